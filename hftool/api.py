@@ -1,0 +1,152 @@
+"""The library behind the CLI: everything `hftool` does is one call here.
+
+    from hftool import api
+    from hftool.config import load_config
+
+    run_dir, metrics = api.finetune(load_config("bert-cls", overrides=["train.max_steps=20"]))
+    api.evaluate(run_dir)                        # re-scores the run's own validation data
+    api.predict(run_dir, ["a wonderful film"])   # [{'text': ..., 'label': ..., 'score': ...}]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+from hftool import logs
+from hftool.config import RunConfig, from_dict, load_config, read_yaml
+from hftool.errors import HftoolError
+
+# Architecture-name suffix -> task, for plain model dirs that carry no hftool config.yaml.
+ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification"}
+
+
+def prepare_run_dir(cfg: RunConfig, recipe: str, resume: bool = False, overwrite: bool = False) -> Path:
+    """The run's directory, checked before anything expensive runs; nothing is lost by default."""
+    if cfg.output_dir:
+        run_dir = Path(cfg.output_dir).expanduser()
+    else:
+        if resume:
+            raise HftoolError("--resume needs --output-dir: the run directory to continue")
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / f"{Path(recipe).stem or 'run'}-{stamp}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise HftoolError(f"output dir {run_dir} is a file; choose another --output-dir")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if resume:
+            return run_dir
+        if not overwrite:
+            raise HftoolError(f"output dir {run_dir} already exists and is not empty; pass --overwrite to replace it, "
+                              "--resume to continue it, or choose another --output-dir")
+        if not (run_dir / "config.yaml").is_file():
+            raise HftoolError(f"output dir {run_dir} is not an hftool run (no config.yaml); refusing to delete it "
+                              "with --overwrite: choose another --output-dir")
+        if logs.is_main_process():
+            logs.info(f"--overwrite: removing the previous run in {run_dir}")
+            shutil.rmtree(run_dir)
+    elif resume:
+        logs.warn(f"--resume: {run_dir} holds no run; starting from scratch")
+    return run_dir
+
+
+def finetune(cfg: RunConfig, recipe: str = "", resume: bool = False, overwrite: bool = False,
+             command: str = "") -> tuple[Path, dict[str, float]]:
+    """Train, evaluate and save a run. Returns (run_dir, metrics as in metrics.json)."""
+    from hftool.training import Trainer
+
+    run_dir = prepare_run_dir(cfg, recipe or cfg.task, resume, overwrite)
+    trainer = Trainer(cfg, run_dir, recipe=recipe, resume=resume, command=command)
+    trainer.setup()
+    trainer.train()
+    metrics = trainer.finish()
+    return run_dir, metrics
+
+
+def run_config(model: str, overrides: list[str] | None = None) -> RunConfig:
+    """The config a saved model was trained with (run dirs), or one inferred from config.json."""
+    path = Path(model).expanduser()
+    saved = path / "config.yaml"
+    if saved.is_file():
+        mapping = read_yaml(saved)
+        if (mapping.get("model") or {}).get("token") == "***":
+            mapping["model"]["token"] = None
+        cfg = from_dict(mapping, str(saved))
+    else:
+        task = None
+        config_json = path / "config.json"
+        if config_json.is_file():
+            architectures = json.loads(config_json.read_text(encoding="utf-8")).get("architectures") or []
+            task = next((t for a in architectures for s, t in ARCHITECTURE_TASKS.items() if a.endswith(s)), None)
+        elif not path.exists():
+            task = None  # a hub id: task must come from an override
+        cfg = load_config(flags={"task": task} if task else None)
+    cfg.model.name = model
+    if overrides:
+        cfg = load_config(from_config_dict(cfg), overrides=overrides)
+        cfg.model.name = model
+    return cfg
+
+
+def from_config_dict(cfg: RunConfig) -> dict:
+    from hftool.config import to_dict
+
+    return to_dict(cfg, redact=False)
+
+
+def _load(model: str, cfg: RunConfig):
+    from hftool.tasks import get_task
+
+    task = get_task(cfg.task)
+    return task, task.build(cfg, None, model_path=model)
+
+
+def evaluate(model: str, data: str | None = None, split: str | None = None, batch_size: int | None = None,
+             overrides: list[str] | None = None, output: str | Path | None = None) -> dict[str, float]:
+    """Score a run dir or model dir on data. With no `data`, a run dir's own validation data.
+
+    Returns:
+        Flat metrics with the keys of the run's metrics.json (eval_loss, eval_accuracy, ...).
+    """
+    from accelerate import Accelerator
+
+    from hftool.data import load_eval_split, load_splits
+    from hftool.evaluation import eval_loader, evaluate_model
+
+    cfg = run_config(model, overrides)
+    if not Path(model).expanduser().is_dir():
+        raise HftoolError(f"{model} is not a model or run directory; pass the folder a run wrote (runs/...)")
+    if data:
+        rows, source = load_eval_split(data, split, cfg.data.encoding, cfg.model.token)
+    else:
+        if not (Path(model) / "config.yaml").is_file():
+            raise HftoolError(f"{model} is not an hftool run dir, so it has no data of its own; pass --data")
+        splits, names = load_splits(cfg.data, cfg.train.seed, cfg.model.token)
+        rows, source = splits["validation"], names["validation"]
+    task, parts = _load(model, cfg)
+    rows, _ = task.prepare(cfg, rows, source, parts.labels)
+    features = task.features(parts, cfg, rows)
+    accelerator = Accelerator()
+    size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+    loader = accelerator.prepare(eval_loader(features, task.collate(parts), size, cfg.data.num_workers))
+    network = accelerator.prepare(parts.model)
+    metrics = evaluate_model(accelerator, network, loader, task, parts)
+    if output and accelerator.is_main_process:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    return metrics
+
+
+def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list[str] | None = None) -> list[dict]:
+    """Predictions for raw inputs, one dict per input, in input order."""
+    import torch
+
+    if not inputs:
+        raise HftoolError("nothing to predict: pass inputs as arguments or --file")
+    cfg = run_config(model, overrides)
+    task, parts = _load(model, cfg)
+    if torch.cuda.is_available():
+        parts.model.to("cuda")
+    return task.predict(parts, cfg, list(inputs), batch_size)

@@ -1,0 +1,379 @@
+"""Typed run configuration: defaults <- recipe YAML <- CLI flags <- `key=value` overrides.
+
+Every field carries its default and a comment saying why. Recipe YAML top-level keys mirror the
+dataclasses (`model:`, `data:`, `train:`, `eval:`), and overrides use dotted keys
+(`train.warmup_ratio=0.1`). An unknown key is an error that names the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hftool.errors import HftoolError
+
+
+@dataclass
+class ModelConfig:
+    # A local model dir or hftool run dir (wins when it exists), a hub id, or tiny:<arch> for a
+    # small randomly initialised model built from a config (tests, demos, air-gapped smoke runs).
+    name: str = "tiny:bert"
+    # Extra model-config fields, e.g. {hidden_dropout_prob: 0.0}. For tiny:<arch> these also set
+    # its size (hidden_size, num_hidden_layers, ...).
+    config_overrides: dict = field(default_factory=dict)
+    # Vocabulary of the tokenizer that tiny:<arch> trains on the training texts: small keeps the
+    # embedding matrix cheap, large enough that common words stay whole.
+    tiny_vocab_size: int = 2000
+    # Hub access token for private models. Never written anywhere: redacted in config.yaml and
+    # in tracker configs.
+    token: str | None = None
+
+
+@dataclass
+class DataConfig:
+    # Training data: a csv/tsv/json/jsonl/parquet/txt file, a folder of split files, a
+    # save_to_disk folder, a hub dataset (`name` or `name:config`) or `sample:<name>` (embedded).
+    train: str | None = None
+    # Evaluation data in the same forms; None uses the source's own validation split or holds
+    # out `validation_split` of the training data.
+    eval: str | None = None
+    # Column names; None auto-detects the usual ones (text/sentence/..., label/labels/...).
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    # Fraction of the training data held out (seeded) when no validation data exists, so every
+    # run reports eval_* metrics. At least one example is held out.
+    validation_split: float = 0.1
+    # Token budget per example; longer inputs are truncated. 128 covers most sentence tasks at a
+    # fraction of the 512-token cost.
+    max_length: int = 128
+    # File encoding; None reads UTF-8 and falls back to Latin-1 with a warning.
+    encoding: str | None = None
+    # DataLoader worker processes. Text is tokenized up front, so 0 (no fork cost) is fastest.
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    # Passes over the training data; ignored when max_steps is set.
+    epochs: float = 3.0
+    # Optimizer steps to run in total; overrides epochs (handy for smoke tests).
+    max_steps: int | None = None
+    # Examples per device per forward pass.
+    batch_size: int = 32
+    # Evaluation batch size; None uses 2x batch_size (no gradients, so twice fits).
+    eval_batch_size: int | None = None
+    # Peak learning rate (AdamW). 5e-5 is the usual BERT fine-tuning rate.
+    lr: float = 5.0e-5
+    # Decoupled weight decay, not applied to biases and LayerNorm weights.
+    weight_decay: float = 0.01
+    # Fraction of the optimizer steps spent warming up linearly from 0 to lr.
+    warmup_ratio: float = 0.0
+    # transformers scheduler name: linear, cosine, constant, constant_with_warmup, ...
+    scheduler: str = "linear"
+    # Micro-batches per optimizer step (effective batch = batch_size x this x processes).
+    gradient_accumulation_steps: int = 1
+    # Gradient-norm clipping; 0 disables it.
+    max_grad_norm: float = 1.0
+    # no | bf16 | fp16 (fp16 needs a GPU; bf16 works on recent CPUs and on Ampere+ GPUs).
+    mixed_precision: str = "no"
+    # Seeds python, numpy and torch; the data order of epoch e uses seed + e.
+    seed: int = 42
+    # Batch examples of similar length together so dynamic padding pads little (shuffled at the
+    # batch level, so training still sees a random order).
+    group_by_length: bool = True
+    # Evaluate every N optimizer steps; None evaluates at the end of each epoch.
+    eval_steps: int | None = None
+    # Also checkpoint every N optimizer steps (a checkpoint is always written at each evaluation).
+    save_steps: int | None = None
+    # Checkpoints kept besides the best one (oldest removed first).
+    save_total_limit: int = 2
+    # Metric that picks the best checkpoint and drives early stopping, without the eval_ prefix;
+    # None uses the task's default (accuracy for classification).
+    metric_for_best: str | None = None
+    # None infers it: lower is better for loss/perplexity/error-like names, higher otherwise.
+    greater_is_better: bool | None = None
+    # Save the best checkpoint's weights as the run's model (metrics.json then describes it).
+    load_best_at_end: bool = True
+    # Stop after this many evaluations without improvement; None never stops early.
+    early_stopping_patience: int | None = None
+    # Log the mean training loss every N optimizer steps.
+    logging_steps: int = 10
+    # none | tensorboard | wandb | mlflow (through Accelerate's trackers).
+    tracking: str = "none"
+    # torch.compile the model (worth it on GPUs for long runs; compile time dominates short ones).
+    compile: bool = False
+
+
+@dataclass
+class RunConfig:
+    # Task name from hftool.tasks.TASKS, e.g. text-classification.
+    task: str = "text-classification"
+    # One line shown by `hftool recipes`.
+    description: str = ""
+    # Where the run goes; None means runs/<recipe>-<timestamp>.
+    output_dir: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes
+
+RECIPES_DIRS = (
+    Path(__file__).resolve().parent / "recipes",  # installed wheel: recipes ship in the package
+    Path(__file__).resolve().parent.parent / "recipes",  # source checkout / editable install
+)
+
+
+def recipes_dir() -> Path:
+    for candidate in RECIPES_DIRS:
+        if candidate.is_dir():
+            return candidate
+    raise HftoolError("the built-in recipes folder is missing from this installation; reinstall hftool")
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Built-in recipe names -> YAML paths, sorted by name."""
+    return {p.stem: p for p in sorted(recipes_dir().glob("*.yaml"), key=lambda p: p.stem)}
+
+
+def find_recipe(recipe: str) -> Path:
+    """A built-in recipe name or a path to a YAML file -> the YAML path."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise HftoolError(f"recipe file {recipe} does not exist; pass a YAML path or a built-in name")
+        return path
+    recipes = builtin_recipes()
+    if recipe in recipes:
+        return recipes[recipe]
+    close = difflib.get_close_matches(recipe, recipes, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise HftoolError(f"unknown recipe '{recipe}': {hint}`hftool recipes` lists them: {', '.join(recipes)}")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise HftoolError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise HftoolError(f"{path}: a recipe must be a mapping of sections (model:, data:, train:)")
+    return loaded
+
+
+# --------------------------------------------------------------------------------------------
+# Setting values by dotted key, with type checks
+
+SECRET_KEY = re.compile(r"^(hub_)?token$|api_key$|password$|secret$")
+
+
+def valid_keys(cfg: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key that can be set, e.g. ['task', ..., 'train.lr', ...]."""
+    cfg = RunConfig() if cfg is None else cfg
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += valid_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key(key: str, source: str) -> HftoolError:
+    keys = valid_keys()
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not close:  # a bare leaf name such as `warmup_ratio` still finds `train.warmup_ratio`
+        leaf = key.rsplit(".", 1)[-1]
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys}
+        leaf_close = difflib.get_close_matches(leaf, by_leaf, n=1, cutoff=0.6)
+        close = [by_leaf[leaf_close[0]]] if leaf_close else []
+    hint = f"did you mean '{close[0]}'?" if close else "`hftool finetune RECIPE --dry-run` shows every key"
+    return HftoolError(f"unknown config key '{key}' in {source}: {hint}")
+
+
+def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Check/convert a YAML or CLI value against a field's type annotation."""
+    args = typing.get_args(annotation)
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args
+    base = next((a for a in args if a is not type(None)), annotation) if optional else annotation
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        raise HftoolError(f"{key} in {source} cannot be empty; set a value")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)  # PyYAML reads 2e-5 as a string; float() takes it
+        if base is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if base is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        kind = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+        raise HftoolError(f"{key} in {source} expects {kind.get(base, base)}, got {value!r}") from None
+    return value
+
+
+def _set(cfg: RunConfig, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    target: Any = cfg
+    for part in parts[:-1]:
+        child = getattr(target, part, None)
+        if not dataclasses.is_dataclass(child):
+            raise _unknown_key(key, source)
+        target = child
+    hints = typing.get_type_hints(type(target))
+    leaf = parts[-1]
+    if leaf not in hints or dataclasses.is_dataclass(getattr(target, leaf)):
+        raise _unknown_key(key, source)
+    setattr(target, leaf, _coerce(value, hints[leaf], key, source))
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        section = getattr(RunConfig(), str(key), None) if not prefix else None
+        if isinstance(value, dict) and dataclasses.is_dataclass(section):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.lr=1e-4` -> ('train.lr', '1e-4'); the value is read as YAML (lists, dicts, bools)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise HftoolError(f"override '{text}' is not KEY=VALUE (e.g. train.warmup_ratio=0.1)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def is_override(text: str) -> bool:
+    """A command-line word that sets a config key (`section.key=value` or `task=...`)."""
+    return re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*=", text) is not None and (
+        "." in text.split("=", 1)[0] or text.split("=", 1)[0] in {"task", "output_dir"}
+    )
+
+
+def load_config(
+    recipe: str | Path | dict | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """Resolve a RunConfig: defaults <- recipe (name, path or dict) <- flags <- overrides.
+
+    Args:
+        recipe: A built-in recipe name, a YAML path, an already-read mapping, or None.
+        flags: Dotted keys set by CLI options; None values are skipped (the option was not given).
+        overrides: `key=value` strings, applied last.
+    """
+    cfg = RunConfig()
+    if recipe is not None:
+        if isinstance(recipe, dict):
+            mapping, source = recipe, "the recipe"
+        else:
+            path = find_recipe(str(recipe))
+            mapping, source = read_yaml(path), str(path)
+        for key, value in _flatten(mapping).items():
+            _set(cfg, key, value, source)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _set(cfg, key, value, "the command-line flags")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set(cfg, key, value, f"override '{text}'")
+    validate(cfg)
+    return cfg
+
+
+CHOICES = {
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.tracking": ("none", "tensorboard", "wandb", "mlflow"),
+}
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject values that cannot work, before anything expensive runs."""
+    for key, allowed in CHOICES.items():
+        section, leaf = key.split(".")
+        value = getattr(getattr(cfg, section), leaf)
+        if value not in allowed:
+            raise HftoolError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+    from hftool.tasks import TASKS  # cheap: the registry imports no task module
+
+    if cfg.task not in TASKS:
+        raise HftoolError(f"unknown task '{cfg.task}'; known tasks: {', '.join(TASKS)}")
+    t = cfg.train
+    positive = {"train.batch_size": t.batch_size, "train.gradient_accumulation_steps": t.gradient_accumulation_steps,
+                "train.logging_steps": t.logging_steps, "data.max_length": cfg.data.max_length}
+    positive |= {f"train.{k}": getattr(t, k) for k in ("max_steps", "eval_steps", "save_steps", "eval_batch_size")
+                 if getattr(t, k) is not None}
+    for key, value in positive.items():
+        if value <= 0:
+            raise HftoolError(f"{key} must be positive, got {value}")
+    if not 0 <= cfg.data.validation_split < 1:
+        raise HftoolError(f"data.validation_split must be in [0, 1), got {cfg.data.validation_split}")
+    if t.max_steps is None and t.epochs <= 0:
+        raise HftoolError(f"train.epochs must be positive, got {t.epochs} (or set --max-steps)")
+
+
+def to_dict(cfg: RunConfig, redact: bool = True) -> dict:
+    """The config as plain data, secrets replaced by '***' (for config.yaml and trackers)."""
+    data = dataclasses.asdict(cfg)
+    return _redact(data) if redact else data
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("***" if SECRET_KEY.search(str(k)) and v else _redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def from_dict(mapping: dict, source: str = "config") -> RunConfig:
+    """Rebuild a RunConfig from a saved config.yaml mapping."""
+    cfg = RunConfig()
+    for key, value in _flatten(mapping).items():
+        _set(cfg, key, value, source)
+    return cfg

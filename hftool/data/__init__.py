@@ -1,0 +1,70 @@
+"""Shared data plumbing: sources -> train/validation splits, batching, padding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hftool import logs
+from hftool.config import DataConfig
+from hftool.data.sources import describe, load_source, read_file, read_text
+from hftool.errors import HftoolError
+
+__all__ = ["describe", "load_eval_split", "load_source", "load_splits", "read_file", "read_text"]
+
+
+def _one_file(spec: str) -> bool:
+    return Path(spec).expanduser().is_file()
+
+
+def load_splits(data: DataConfig, seed: int, token: str | None = None) -> tuple[dict, dict[str, str]]:
+    """Training and validation data for a run, and a readable name for each (for messages).
+
+    Validation comes from `data.eval`, else the source's own validation split, else a seeded
+    hold-out of `data.validation_split` of the training data (announced), so every run has one.
+    """
+    if not data.train:
+        raise HftoolError("no training data: pass --data FILE (or set data.train in the recipe)")
+    source = load_source(data.train, data.encoding, token)
+    whole = _one_file(data.train)
+    if "train" not in source:
+        raise HftoolError(f"{data.train} has no train split (splits: {', '.join(source)}); pass the training data with --data")
+    splits = {"train": source["train"]}
+    names = {"train": describe(data.train, "train", whole)}
+    if data.eval:
+        eval_source = load_source(data.eval, data.encoding, token)
+        eval_name = next((s for s in ("validation", "test", "train") if s in eval_source), None)
+        splits["validation"] = eval_source[eval_name]
+        names["validation"] = describe(data.eval, eval_name, _one_file(data.eval))
+    elif "validation" in source:
+        splits["validation"] = source["validation"]
+        names["validation"] = describe(data.train, "validation", whole)
+    else:
+        n = len(splits["train"])
+        if n < 2:
+            raise HftoolError(f"{names['train']} has {n} rows: too few to hold out validation data; pass --eval-data")
+        if data.validation_split <= 0:
+            raise HftoolError(f"{names['train']} has no validation split and data.validation_split is 0; pass --eval-data")
+        held_out = max(1, round(n * data.validation_split))
+        parts = splits["train"].train_test_split(test_size=held_out, seed=seed, shuffle=True)
+        splits["train"], splits["validation"] = parts["train"], parts["test"]
+        names["validation"] = f"{names['train']} (held-out {held_out} rows)"
+        logs.info(f"no validation data given: holding out {held_out} of {n} training rows (seed {seed}, "
+                  f"data.validation_split={data.validation_split}); pass --eval-data to use your own")
+    for split, ds in splits.items():
+        if len(ds) == 0:
+            raise HftoolError(f"{names[split]} has no rows; {split} data needs at least one example")
+    return splits, names
+
+
+def load_eval_split(spec: str, split: str | None, encoding: str | None, token: str | None = None):
+    """The split `hftool evaluate` scores: `split`, else test, else validation, else the only one."""
+    source = load_source(spec, encoding, token)
+    if split is None:
+        split = next((s for s in ("test", "validation") if s in source), None) or next(iter(source))
+    if split not in source:
+        raise HftoolError(f"{spec} has no split '{split}' (splits: {', '.join(source)}); pass --split with one of them")
+    ds = source[split]
+    name = describe(spec, split, _one_file(spec))
+    if len(ds) == 0:
+        raise HftoolError(f"{name} has no rows; evaluation needs at least one example")
+    return ds, name

@@ -1,0 +1,77 @@
+"""Batching: length-grouped batch order and dynamic padding."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Batches of similar-length examples in a seeded random order.
+
+    Examples are shuffled, cut into mega-batches of `mega` batches, sorted by length inside each
+    mega-batch and chunked, so padding stays small while the order stays random. The batch
+    holding the longest example goes first, so an out-of-memory shows up at step 1, not hours
+    in. The order depends only on (seed, epoch): set `epoch` before iterating, and a resumed
+    run sees exactly the batches the interrupted one would have.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
+                 mega: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.mega = mega
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        if not self.group_by_length:
+            yield from (order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size))
+            return
+        size = self.batch_size * self.mega
+        grouped = []
+        for start in range(0, len(order), size):
+            grouped += sorted(order[start:start + size], key=lambda i: -self.lengths[i])
+        batches = [grouped[i:i + self.batch_size] for i in range(0, len(grouped), self.batch_size)]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        longest = max(range(len(batches)), key=lambda b: self.lengths[batches[b][0]])
+        shuffled.remove(longest)
+        yield from (batches[b] for b in [longest, *shuffled])
+
+
+def pad_collate(pad_values: dict[str, int | float], default_pad: int = 0) -> Callable[[list[dict]], dict]:
+    """Collate lists of dicts into tensors, right-padding list-valued fields to the batch's longest.
+
+    Args:
+        pad_values: Padding value per key, e.g. {"input_ids": tokenizer.pad_token_id, "labels": -100}.
+        default_pad: Padding for other list-valued keys (attention_mask, token_type_ids: 0).
+    """
+
+    def collate(features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for key in features[0]:
+            values = [f[key] for f in features]
+            if isinstance(values[0], (list, tuple)):
+                width = max(len(v) for v in values)
+                pad = pad_values.get(key, default_pad)
+                dtype = torch.float32 if isinstance(pad, float) else torch.long
+                out = torch.full((len(values), width), pad, dtype=dtype)
+                for row, value in enumerate(values):
+                    out[row, : len(value)] = torch.as_tensor(value, dtype=dtype)
+                batch[key] = out
+            elif isinstance(values[0], torch.Tensor):
+                batch[key] = torch.stack(values)
+            else:
+                batch[key] = torch.as_tensor(values)
+        return batch
+
+    return collate

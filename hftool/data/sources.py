@@ -1,0 +1,166 @@
+"""Where data comes from: files, folders, save_to_disk folders, hub datasets, embedded samples.
+
+Every source becomes a `datasets.DatasetDict` whose split names are normalised to train,
+validation and test. Bad input raises HftoolError naming the file (and line, where there is one).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+from hftool import logs
+from hftool.errors import HftoolError
+
+TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "eval": "validation",
+    "test": "test", "testing": "test",
+}
+HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
+
+
+def read_text(path: Path, encoding: str | None = None) -> str:
+    """A text file as a str: UTF-8 (BOM stripped), else Latin-1 with a warning; CRLF becomes LF."""
+    raw = path.read_bytes()
+    if encoding:
+        try:
+            text = raw.decode(encoding)
+        except (UnicodeDecodeError, LookupError) as err:
+            raise HftoolError(f"{path}: cannot be read as {encoding} ({err}); set data.encoding to the file's encoding") from None
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            line = raw[: err.start].count(b"\n") + 1
+            logs.warn(f"{path} is not valid UTF-8 (line {line}); reading it as Latin-1 (set data.encoding to override)")
+            text = raw.decode("latin-1")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _records_to_dataset(records: list[dict], path: Path):
+    import datasets
+    import pandas as pd
+
+    try:
+        return datasets.Dataset.from_pandas(pd.DataFrame.from_records(records), preserve_index=False)
+    except Exception as err:  # pyarrow: mixed types in a column, nested values it cannot type
+        raise HftoolError(f"{path}: rows do not share one type per column ({str(err).splitlines()[0]}); fix the values") from None
+
+
+def read_file(path: Path, encoding: str | None = None):
+    """One data file -> a Dataset. txt files give one `text` row per non-empty line."""
+    import datasets
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            return datasets.Dataset.from_parquet(str(path))
+        except Exception as err:
+            raise HftoolError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None
+    text = read_text(path, encoding)
+    if suffix in (".csv", ".tsv"):
+        try:
+            frame = pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", keep_default_na=False,
+                                quoting=3 if suffix == ".tsv" else 0)  # tsv: quotes are text, not syntax
+        except pd.errors.EmptyDataError:
+            raise HftoolError(f"{path} is empty; it needs a header row and at least one data row") from None
+        except pd.errors.ParserError as err:
+            raise HftoolError(f"{path}: {str(err).strip().splitlines()[-1]}; every row needs the header's number of fields") from None
+        return datasets.Dataset.from_pandas(frame, preserve_index=False)
+    if suffix in (".json", ".jsonl"):
+        records = None
+        if suffix == ".json":
+            try:
+                loaded = json.loads(text)
+                records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
+                if isinstance(records, dict):  # {"column": [values...]}
+                    return datasets.Dataset.from_dict(records)
+            except json.JSONDecodeError:
+                records = None  # many .json files are really JSON lines
+        if records is None:
+            records = []
+            for number, line in enumerate(text.split("\n"), 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise HftoolError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove the line") from None
+        if not all(isinstance(r, dict) for r in records):
+            raise HftoolError(f"{path}: expected JSON objects (one per row), e.g. {{\"text\": ..., \"label\": ...}}")
+        return _records_to_dataset(records, path)
+    if suffix == ".txt":
+        return datasets.Dataset.from_dict({"text": [line for line in text.split("\n") if line.strip()]})
+    raise HftoolError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(TABLE_EXTENSIONS)}")
+
+
+def _split_name(stem: str) -> str | None:
+    return SPLIT_ALIASES.get(stem.lower().split(".")[0])
+
+
+def read_folder(path: Path, encoding: str | None = None):
+    """A save_to_disk folder, or a folder of split files (train.csv, validation.jsonl, test.tsv)."""
+    import datasets
+
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        return _normalise_splits(loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded))
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TABLE_EXTENSIONS)
+    splits = {}
+    for file in files:
+        name = _split_name(file.stem)
+        if name is None:
+            continue
+        if name in splits:
+            raise HftoolError(f"{path} has two {name} files ({splits[name].name}, {file.name}); keep one")
+        splits[name] = file
+    if not splits and len(files) == 1:
+        splits = {"train": files[0]}
+    if "train" not in splits:
+        found = ", ".join(p.name for p in files) or "no data files"
+        raise HftoolError(f"{path} has no train file ({found}); name the files train/validation/test.<csv|jsonl|...>")
+    return datasets.DatasetDict({name: read_file(file, encoding) for name, file in splits.items()})
+
+
+def _normalise_splits(dd):
+    import datasets
+
+    renamed = {}
+    for name, ds in dd.items():
+        renamed.setdefault(SPLIT_ALIASES.get(name, name), ds)
+    return datasets.DatasetDict(renamed)
+
+
+def load_source(spec: str, encoding: str | None = None, token: str | None = None):
+    """A data spec -> DatasetDict (split names normalised). A single file is its `train` split."""
+    import datasets
+
+    if spec.startswith("sample:"):
+        from hftool.samples import load_sample
+
+        return load_sample(spec.removeprefix("sample:"))
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return datasets.DatasetDict(train=read_file(path, encoding))
+    if path.is_dir():
+        return read_folder(path, encoding)
+    looks_like_file = path.suffix.lower() in TABLE_EXTENSIONS or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec)
+    if looks_like_file:
+        raise HftoolError(f"data file {spec} does not exist; check the path (or pass a hub dataset as name or name:config)")
+    name, _, config = spec.partition(":")
+    from hftool.hub import from_hub
+
+    loaded = from_hub(
+        "dataset", spec, "a local file or folder (--data train.csv, csv/tsv/json/jsonl/parquet/txt)",
+        lambda: datasets.load_dataset(name, config or None, token=token),
+    )
+    return _normalise_splits(loaded)
+
+
+def describe(spec: str, split: str, whole: bool) -> str:
+    """How error messages name a split: the file itself, or `spec [split]`."""
+    return spec if whole else f"{spec} [{split}]"

@@ -1,0 +1,9 @@
+"""Offline metrics: `evaluate.Metric` subclasses defined here, so nothing is downloaded.
+
+Every module's `compute()` returns a flat `dict[str, float]`. Instances keep their buffers in
+memory (`keep_in_memory=True`), so processes never contend for evaluate's cache files.
+"""
+
+from hftool.metrics.classification import Accuracy, PrecisionRecallF1
+
+__all__ = ["Accuracy", "PrecisionRecallF1"]

@@ -1,0 +1,70 @@
+"""Classification metrics: accuracy and precision/recall/F1 (macro, micro, weighted)."""
+
+from __future__ import annotations
+
+import datasets
+import evaluate
+import numpy as np
+
+_FEATURES = datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")})
+
+
+class Accuracy(evaluate.Metric):
+    """Fraction of predictions equal to the references."""
+
+    def __init__(self, **kwargs):
+        super().__init__(keep_in_memory=True, **kwargs)
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Fraction of examples whose predicted class equals the reference.",
+            citation="", inputs_description="predictions, references: class ids", features=_FEATURES,
+        )
+
+    def _compute(self, predictions, references) -> dict[str, float]:
+        predictions, references = np.asarray(predictions), np.asarray(references)
+        return {"accuracy": float((predictions == references).mean()) if len(references) else 0.0}
+
+
+class PrecisionRecallF1(evaluate.Metric):
+    """Precision, recall and F1 averaged three ways.
+
+    macro: unweighted mean over classes (a rare class counts as much as a common one); micro:
+    from pooled counts (equals accuracy for single-label data); weighted: mean weighted by each
+    class's support. Classes are those seen in references or predictions, or `num_classes` when
+    given; a class with no predicted (or no true) example scores 0 precision (recall), as
+    scikit-learn does with zero_division=0.
+    """
+
+    def __init__(self, num_classes: int | None = None, **kwargs):
+        super().__init__(keep_in_memory=True, **kwargs)
+        self.num_classes = num_classes
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Precision, recall and F1, macro/micro/weighted averaged.",
+            citation="", inputs_description="predictions, references: class ids", features=_FEATURES,
+        )
+
+    def _compute(self, predictions, references) -> dict[str, float]:
+        predictions, references = np.asarray(predictions, dtype=np.int64), np.asarray(references, dtype=np.int64)
+        seen = np.union1d(predictions, references)
+        k = max(self.num_classes or 0, int(seen.max()) + 1 if len(seen) else 1)
+        confusion = np.bincount(references * k + predictions, minlength=k * k).reshape(k, k)
+        true_pos = np.diag(confusion).astype(float)
+        predicted = confusion.sum(axis=0).astype(float)
+        support = confusion.sum(axis=1).astype(float)
+        classes = np.arange(k) if self.num_classes else seen
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = np.where(predicted > 0, true_pos / predicted, 0.0)
+            recall = np.where(support > 0, true_pos / support, 0.0)
+            f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        result = {}
+        for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+            result[f"{name}_macro"] = float(values[classes].mean())
+            total = support[classes].sum()
+            result[f"{name}_weighted"] = float((values[classes] * support[classes]).sum() / total) if total else 0.0
+        pooled_tp, pooled = true_pos[classes].sum(), support[classes].sum()
+        micro = float(pooled_tp / pooled) if pooled else 0.0  # single-label: micro P = R = F1
+        result.update(precision_micro=micro, recall_micro=micro, f1_micro=micro)
+        return result

@@ -1,0 +1,88 @@
+"""Model specs -> models: an existing local path | a hub id | tiny:<arch>.
+
+A local path always wins (a model dir or an hftool run dir, which is one). Hub ids fail fast
+when offline, saying what to pass instead. `tiny:<arch>` builds a small randomly initialised
+model from a config, with a tokenizer trained on the run's own training text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from hftool.errors import HftoolError
+
+TINY_PREFIX = "tiny:"
+
+
+def tiny_arch(spec: str) -> str | None:
+    """'tiny:bert' -> 'bert'; anything else -> None."""
+    return spec[len(TINY_PREFIX):] if spec.startswith(TINY_PREFIX) else None
+
+
+def is_local(spec: str) -> bool:
+    return Path(spec).expanduser().exists()
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """An hftool run dir: a model dir with hftool's resolved config.yaml beside the weights."""
+    path = Path(path)
+    return (path / "config.yaml").is_file() and (path / "config.json").is_file()
+
+
+def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(spec, ...)` for a local path or a hub id, with clear errors.
+
+    Args:
+        kind: What is loaded, for messages ("model", "tokenizer").
+        loader: A class with from_pretrained (AutoConfig, AutoTokenizer, AutoModelFor...).
+        spec: A local directory or a hub id.
+        token: Hub token for private models.
+    """
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file() and kind != "tokenizer":
+            raise HftoolError(f"{spec} is not a model directory (no config.json); pass a saved model or run dir")
+        try:
+            return loader.from_pretrained(str(path), **kwargs)
+        except (OSError, ValueError) as err:
+            raise HftoolError(f"{spec}: the {kind} cannot be loaded ({str(err).splitlines()[0]})") from None
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise HftoolError(f"model directory {spec} does not exist; check the path")
+    from hftool.hub import from_hub
+
+    return from_hub(
+        kind, spec, "a local model directory (--model path/to/model) or a tiny:<arch> model",
+        lambda: loader.from_pretrained(spec, token=token, **kwargs),
+    )
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, model_max_length: int = 512):
+    """A lower-cased BERT WordPiece tokenizer trained on `texts` (for tiny:bert)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    return BertTokenizer(vocab=tokenizer.get_vocab(), do_lower_case=True, model_max_length=model_max_length)
+
+
+def tiny_bert_config(tokenizer, overrides: dict, **fields: Any):
+    """A small BERT config: 2 layers of width 128, enough to learn sentence-level cues in a minute."""
+    from transformers import BertConfig
+
+    sizes = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+                 max_position_embeddings=512)
+    return BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **(sizes | fields | overrides))
+
+
+def check_tiny(spec: str, supported: tuple[str, ...], task: str) -> str:
+    arch = tiny_arch(spec)
+    if arch not in supported:
+        raise HftoolError(f"model '{spec}': {task} builds tiny models for {', '.join(TINY_PREFIX + a for a in supported)}")
+    return arch

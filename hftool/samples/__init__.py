@@ -1,0 +1,20 @@
+"""Small datasets hftool makes itself, so every recipe runs offline with no arguments.
+
+`sample:<name>` in a data spec loads one. Each is generated deterministically: the train,
+validation and test parts use different seeds, so evaluation never sees training sentences.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from hftool.errors import HftoolError
+
+# name -> module under hftool.samples with a `load()` returning a DatasetDict
+SAMPLES = {"sentiment": "sentiment"}
+
+
+def load_sample(name: str):
+    if name not in SAMPLES:
+        raise HftoolError(f"unknown sample 'sample:{name}'; available: {', '.join('sample:' + s for s in SAMPLES)}")
+    return importlib.import_module(f"hftool.samples.{SAMPLES[name]}").load()

@@ -1,0 +1,20 @@
+"""The task registry: task name -> the class that implements it (imported on first use)."""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> "module:Class". Strings, so `hftool --help` imports no torch.
+TASKS = {
+    "text-classification": "hftool.tasks.text_classification:TextClassification",
+}
+
+
+def get_task(name: str):
+    """An instance of the task registered under `name`."""
+    from hftool.errors import HftoolError
+
+    if name not in TASKS:
+        raise HftoolError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}")
+    module, _, cls = TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()

@@ -1,0 +1,71 @@
+"""The task contract. A task says only what differs between tasks; the loop does the rest.
+
+The training loop, `hftool evaluate` and `hftool predict` call these methods and nothing
+task-specific, so training, evaluation and inference share one featurisation and cannot drift:
+
+    prepare(cfg, ds, source, labels)  raw rows -> canonical columns, validated (label maps found)
+    build(cfg, labels, ...)           model + tokenizer/processor (tiny:<arch> built here)
+    features(parts, cfg, ds)          canonical rows -> model inputs (+ `length` for batching)
+    collate(parts)                    list of features -> batch of tensors
+    metric(parts)                     an evaluate module; compute() -> dict[str, float]
+    eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric
+    predict(parts, cfg, inputs)       user inputs -> one JSON-able dict per input
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Parts:
+    """What a task builds: the model and what turns raw inputs into its inputs."""
+
+    model: Any
+    processor: Any  # tokenizer or image processor; saved beside the model
+    labels: list[str] | None = None  # class names, index = class id
+    extra: dict = field(default_factory=dict)
+
+
+class Task:
+    """Base class with the parts most tasks share; see the module docstring for the contract."""
+
+    name: str = ""
+    # Metric (without eval_) that picks the best checkpoint unless train.metric_for_best says.
+    default_metric: str = "loss"
+    # transformers pipeline task name that works on a saved run dir.
+    pipeline_task: str = ""
+
+    def prepare(self, cfg, ds, source: str, labels: list[str] | None = None):
+        raise NotImplementedError
+
+    def build(self, cfg, labels: list[str] | None, train_ds=None, model_path: str | None = None,
+              run_dir: Path | None = None) -> Parts:
+        raise NotImplementedError
+
+    def features(self, parts: Parts, cfg, ds):
+        raise NotImplementedError
+
+    def collate(self, parts: Parts) -> Callable[[list[dict]], dict]:
+        raise NotImplementedError
+
+    def metric(self, parts: Parts):
+        raise NotImplementedError
+
+    def eval_outputs(self, parts: Parts, outputs, batch) -> dict:
+        raise NotImplementedError
+
+    def predict(self, parts: Parts, cfg, inputs: list[str], batch_size: int) -> list[dict]:
+        raise NotImplementedError
+
+    def format_prediction(self, prediction: dict) -> str:
+        """One line for the terminal."""
+        return str(prediction)
+
+    def save(self, parts: Parts, run_dir: Path) -> None:
+        """Write the processor beside the model (the model itself is saved by the loop)."""
+        if parts.processor is not None:
+            parts.processor.save_pretrained(str(run_dir))

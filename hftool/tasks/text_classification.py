@@ -1,0 +1,166 @@
+"""Text classification (single sentences or pairs): BERT and any AutoModelForSequenceClassification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hftool import models
+from hftool.data.batching import pad_collate
+from hftool.errors import HftoolError
+from hftool.tasks.base import Parts, Task
+
+TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question1", "question", "content", "review",
+                "document", "query")
+PAIR_COLUMNS = {"sentence1": "sentence2", "premise": "hypothesis", "question1": "question2", "text": "text_pair"}
+LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "coarse_label")
+
+
+def _column(ds, source: str, configured: str | None, candidates: tuple[str, ...], what: str, key: str) -> str:
+    if configured:
+        if configured not in ds.column_names:
+            raise HftoolError(f"{source} has no column '{configured}' (columns: {', '.join(ds.column_names)}); "
+                              f"fix data.{key}")
+        return configured
+    found = next((c for c in candidates if c in ds.column_names), None)
+    if found is None:
+        raise HftoolError(f"{source} has no {what} column (columns: {', '.join(ds.column_names)}); "
+                          f"set data.{key}=<column>")
+    return found
+
+
+def _label_names(ds, column: str) -> list[str]:
+    feature = ds.features[column]
+    if hasattr(feature, "names"):  # datasets.ClassLabel
+        return list(feature.names)
+    values = {v for v in ds[column] if v is not None and v != ""}
+    return [str(v) for v in sorted(values)]  # ints sort numerically, strings alphabetically
+
+
+class TextClassification(Task):
+    name = "text-classification"
+    default_metric = "accuracy"
+    pipeline_task = "text-classification"
+
+    def prepare(self, cfg, ds, source, labels=None, require_labels=True):
+        """Rows -> columns text, [text_pair], label (class id); label names come from `ds` when None."""
+        data = cfg.data
+        text = _column(ds, source, data.text_column, TEXT_COLUMNS, "text", "text_column")
+        pair = data.text_pair_column
+        if pair is None and PAIR_COLUMNS.get(text) in ds.column_names:
+            pair = PAIR_COLUMNS[text]
+        elif pair is not None:
+            _column(ds, source, pair, (), "text pair", "text_pair_column")
+        columns = {"text": ds[text]}
+        if pair:
+            columns["text_pair"] = ds[pair]
+        for name, values in columns.items():
+            bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+            if bad is not None:
+                raise HftoolError(f"{source} row {bad + 1}: {name} column '{text if name == 'text' else pair}' "
+                                  f"holds {values[bad]!r}, not text; fix or remove the row")
+        if require_labels or any(c in ds.column_names for c in (data.label_column, *LABEL_COLUMNS) if c):
+            label = _column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")
+            names = _label_names(ds, label) if labels is None else labels
+            if not names:
+                raise HftoolError(f"{source}: the label column '{label}' is empty; every row needs a label")
+            feature = ds.features[label]
+            raw = [feature.names[v] if hasattr(feature, "names") and v is not None and v >= 0 else v
+                   for v in ds[label]]
+            ids = {name: i for i, name in enumerate(names)}
+            columns["label"] = []
+            for row, value in enumerate(raw, 1):
+                key = str(value) if value is not None else ""
+                if key not in ids:
+                    if value is None or value == "":
+                        raise HftoolError(f"{source} row {row}: no label in column '{label}'; every row needs one")
+                    raise HftoolError(f"{source} row {row}: label {value!r} is not one the model was trained on "
+                                      f"({', '.join(names)}); fix the row or add the class to the training data")
+                columns["label"].append(ids[key])
+            labels = names
+        import datasets
+
+        return datasets.Dataset.from_dict(columns), labels
+
+    def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None) -> Parts:
+        spec = model_path or cfg.model.name
+        overrides = dict(cfg.model.config_overrides)
+        if models.tiny_arch(spec) is not None:
+            models.check_tiny(spec, ("bert",), self.name)
+            saved = run_dir is not None and (Path(run_dir) / "tokenizer.json").is_file()
+            if saved:  # a resumed run reuses its tokenizer rather than training another
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+            else:
+                texts = list(train_ds["text"]) + (list(train_ds["text_pair"]) if "text_pair" in train_ds.column_names else [])
+                tokenizer = models.train_wordpiece(texts, cfg.model.tiny_vocab_size)
+            from transformers import BertForSequenceClassification
+
+            config = models.tiny_bert_config(tokenizer, overrides, num_labels=len(labels),
+                                             id2label=dict(enumerate(labels)),
+                                             label2id={n: i for i, n in enumerate(labels)})
+            return Parts(BertForSequenceClassification(config), tokenizer, labels)
+
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        token = cfg.model.token
+        tokenizer = models.load("tokenizer", AutoTokenizer, spec, token)
+        if labels is None:  # evaluate/predict: the model's own label map
+            config = models.load("model", AutoConfig, spec, token, **overrides)
+            labels = [config.id2label[i] for i in range(config.num_labels)]
+        else:
+            config = models.load("model", AutoConfig, spec, token, num_labels=len(labels),
+                                 id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                                 **overrides)
+        model = models.load("model", AutoModelForSequenceClassification, spec, token, config=config,
+                            ignore_mismatched_sizes=model_path is None)  # a new label set replaces the head
+        return Parts(model, tokenizer, labels)
+
+    def features(self, parts, cfg, ds):
+        tokenizer = parts.processor
+        max_length = min(cfg.data.max_length, getattr(parts.model.config, "max_position_embeddings", 10**9))
+
+        def encode(batch):
+            encoded = tokenizer(batch["text"], batch.get("text_pair"), truncation=True, max_length=max_length)
+            encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+            if "label" in batch:
+                encoded["labels"] = batch["label"]
+            return encoded
+
+        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing")
+
+    def collate(self, parts):
+        collate = pad_collate({"input_ids": parts.processor.pad_token_id})
+
+        def without_length(features):
+            return collate([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+        return without_length
+
+    def metric(self, parts):
+        import evaluate
+
+        from hftool.metrics import Accuracy, PrecisionRecallF1
+
+        return evaluate.combine([Accuracy(), PrecisionRecallF1(num_classes=len(parts.labels))])
+
+    def eval_outputs(self, parts, outputs, batch):
+        return {"predictions": outputs.logits.argmax(-1), "references": batch["labels"]}
+
+    def predict(self, parts, cfg, inputs, batch_size):
+        import datasets
+
+        from hftool.evaluation import run_batches
+
+        rows, _ = self.prepare(cfg, datasets.Dataset.from_dict({"text": list(inputs)}), "input", require_labels=False)
+        results = []
+        for batch, outputs in run_batches(parts.model, self.features(parts, cfg, rows), self.collate(parts), batch_size):
+            probs = torch.softmax(outputs.logits.float(), dim=-1)
+            scores, ids = probs.max(-1)
+            results += [{"label": parts.labels[i], "score": round(s, 6)} for i, s in zip(ids.tolist(), scores.tolist())]
+        return [{"text": text, **result} for text, result in zip(inputs, results)]
+
+    def format_prediction(self, prediction):
+        return f"{prediction['label']}\t{prediction['score']:.4f}\t{prediction['text']}"

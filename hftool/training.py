@@ -1,0 +1,416 @@
+"""THE training loop, one for every task (Accelerate).
+
+    trainer = Trainer(cfg, run_dir, recipe="bert-cls", resume=False)
+    trainer.setup()      # data, model, optimizer, schedule; resume state
+    trainer.train()      # accumulate, clip, schedule, evaluate, checkpoint, early stop
+    trainer.finish()     # best weights, metrics.json, curves, model card
+
+Checkpoints live in RUN_DIR/checkpoints/step-NNNNNNN. Each is written to a hidden temporary
+folder and renamed into place when complete, so a kill at any moment leaves either the whole
+checkpoint or none; `--resume` only ever sees complete ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from hftool import logs
+from hftool.config import RunConfig, to_dict, to_yaml
+from hftool.errors import HftoolError
+
+CHECKPOINT = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.json"
+LOG_FILE = "log.jsonl"
+LOWER_IS_BETTER = re.compile(r"loss|perplexity|error|wer|cer|mae|mse|rmse|mape")
+
+
+@dataclass
+class TrainerState:
+    """Where training stands; saved with every checkpoint."""
+
+    global_step: int = 0
+    epoch: int = 0  # the epoch the next batch belongs to
+    batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    last_eval: dict = field(default_factory=dict)
+    num_processes: int = 1
+    gradient_accumulation_steps: int = 1
+    batch_size: int = 0
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of interrupted saves are ignored)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if CHECKPOINT.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: Path, recipe: str = "", resume: bool = False, command: str = ""):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.recipe = recipe
+        self.resume = resume
+        self.command = command
+        self.state = TrainerState()
+        self.metric_name = ""
+        self.greater_is_better = True
+
+    # ---------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from hftool.data import load_splits
+        from hftool.tasks import get_task
+
+        cfg, t = self.cfg, self.cfg.train
+        if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise HftoolError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 (or no) on this machine")
+        tracking = None if t.tracking == "none" else t.tracking
+        if tracking == "tensorboard":
+            _require("tensorboard", "tensorboard", "tracking=tensorboard")
+        elif tracking is not None:
+            _require(tracking, tracking, f"tracking={tracking}")
+        self.accelerator = acc = Accelerator(
+            mixed_precision=t.mixed_precision,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            log_with=tracking,
+            project_dir=str(self.run_dir),
+        )
+        set_seed(t.seed)
+        self.task = task = get_task(cfg.task)
+        self.metric_name = t.metric_for_best or task.default_metric
+        self.greater_is_better = (t.greater_is_better if t.greater_is_better is not None
+                                  else not LOWER_IS_BETTER.search(self.metric_name))
+
+        with acc.main_process_first():
+            raw, self.sources = load_splits(cfg.data, t.seed, cfg.model.token)
+            train_rows, labels = task.prepare(cfg, raw["train"], self.sources["train"])
+            eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
+            self.parts = parts = task.build(cfg, labels, train_rows, run_dir=self.run_dir if self.resume else None)
+            self.train_features = task.features(parts, cfg, train_rows)
+            self.eval_features = task.features(parts, cfg, eval_rows)
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            task.save(parts, self.run_dir)  # the tokenizer first: a resumed run reuses it
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        self._build_loaders()
+        self._build_optimizer()
+        self.state.num_processes = acc.num_processes
+        self.state.gradient_accumulation_steps = t.gradient_accumulation_steps
+        self.state.batch_size = t.batch_size
+        if tracking:
+            acc.init_trackers("hftool", config=_flat_scalars(to_dict(cfg)))
+        if self.resume:
+            self._load_latest_checkpoint()
+
+    def _build_loaders(self) -> None:
+        from torch.utils.data import DataLoader
+
+        from hftool.evaluation import eval_loader
+
+        cfg, t = self.cfg, self.cfg.train
+        collate = self.task.collate(self.parts)
+        lengths = (self.train_features["length"] if "length" in self.train_features.column_names
+                   else [1] * len(self.train_features))
+        from hftool.data.batching import LengthGroupedBatches
+
+        self.sampler = LengthGroupedBatches(lengths, t.batch_size, t.seed, t.group_by_length)
+        # Own generators: a DataLoader without one draws its base seed from the global RNG at
+        # every iter(), which would shift dropout masks between a resumed and an unbroken run.
+        train_loader = DataLoader(self.train_features, batch_sampler=self.sampler, collate_fn=collate,
+                                  num_workers=cfg.data.num_workers, generator=torch.Generator(),
+                                  pin_memory=torch.cuda.is_available())
+        loader = eval_loader(self.eval_features, collate, t.eval_batch_size or 2 * t.batch_size, cfg.data.num_workers)
+        self.train_loader, self.eval_loader = self.accelerator.prepare(train_loader, loader)
+
+    def _build_optimizer(self) -> None:
+        from transformers import get_scheduler
+
+        t, acc = self.cfg.train, self.accelerator
+        # On the device before the optimizer exists: fused AdamW checks where its tensors live.
+        model = self.parts.model.to(acc.device)
+        if t.compile:
+            model = torch.compile(model, dynamic=True)
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = torch.cuda.is_available()  # one kernel per step instead of one per tensor
+        optimizer = torch.optim.AdamW(groups, lr=t.lr, fused=fused)
+        per_epoch = math.ceil(len(self.train_loader) / t.gradient_accumulation_steps)
+        self.steps_per_epoch = per_epoch
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
+        self.num_epochs = math.ceil(self.total_steps / per_epoch)
+        # A prepared scheduler steps once per process per optimizer step, hence the factor.
+        scheduler = get_scheduler(t.scheduler, optimizer,
+                                  num_warmup_steps=int(t.warmup_ratio * self.total_steps) * acc.num_processes,
+                                  num_training_steps=self.total_steps * acc.num_processes)
+        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+
+    # ---------------------------------------------------------------------------------- train
+    def train(self) -> None:
+        acc, t, state = self.accelerator, self.cfg.train, self.state
+        self._banner()
+        progress = tqdm(total=self.total_steps, initial=state.global_step, desc="Training", dynamic_ncols=True,
+                        disable=not acc.is_local_main_process)
+        self.model.train()
+        running_loss = torch.zeros((), device=acc.device)
+        running_batches, window_examples, window_start = 0, 0, time.perf_counter()
+        self.train_start = time.perf_counter()
+        stop = state.global_step >= self.total_steps
+        while not stop and state.epoch < self.num_epochs:
+            self.sampler.epoch = state.epoch
+            loader = self.train_loader
+            if state.batches_in_epoch:  # resume mid-epoch at the next unseen batch
+                loader = acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
+            for batch in loader:
+                with acc.accumulate(self.model):
+                    loss = self.model(**batch).loss
+                    acc.backward(loss)
+                    if acc.sync_gradients and t.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                state.batches_in_epoch += 1
+                running_loss += loss.detach()  # stays on device: no sync per batch
+                running_batches += 1
+                window_examples += _batch_examples(batch) * acc.num_processes
+                if not acc.sync_gradients:
+                    continue
+                state.global_step += 1
+                if state.batches_in_epoch == len(self.train_loader):
+                    state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+                progress.update(1)
+                if state.global_step % t.logging_steps == 0 or state.global_step == self.total_steps:
+                    # .item() forces a device sync: once per logging window, not per step.
+                    mean_loss = acc.reduce(running_loss, "mean").item() / running_batches
+                    elapsed = time.perf_counter() - window_start
+                    record = {"loss": round(mean_loss, 6), "lr": self.scheduler.get_last_lr()[0],
+                              "epoch": round(state.global_step / self.steps_per_epoch, 4),
+                              "samples_per_second": round(window_examples / max(elapsed, 1e-9), 2)}
+                    self._log("train", record)
+                    progress.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{record['samples_per_second']:.1f}")
+                    self.last_train_loss = mean_loss
+                    running_loss.zero_()
+                    running_batches, window_examples, window_start = 0, 0, time.perf_counter()
+                stop = self._after_step(end_of_epoch=state.batches_in_epoch == 0)
+                if stop:
+                    break
+        progress.close()
+        self.train_runtime = time.perf_counter() - self.train_start
+        if state.last_eval.get("step") != state.global_step:
+            self._evaluate_and_checkpoint()
+
+    def _after_step(self, end_of_epoch: bool) -> bool:
+        """Evaluate/checkpoint when due. Returns True when training should stop."""
+        t, state = self.cfg.train, self.state
+        done = state.global_step >= self.total_steps
+        due_eval = (state.global_step % t.eval_steps == 0) if t.eval_steps else end_of_epoch
+        if due_eval or done:
+            if self._evaluate_and_checkpoint():
+                logs.info(f"early stopping: no improvement in eval_{self.metric_name} for "
+                          f"{t.early_stopping_patience} evaluations (best {state.best_metric:.4f} at step {state.best_step})")
+                return True
+        elif t.save_steps and state.global_step % t.save_steps == 0:
+            self.save_checkpoint()
+        return done
+
+    def _evaluate_and_checkpoint(self) -> bool:
+        """Evaluate, track the best, checkpoint. Returns True when patience has run out."""
+        t, state = self.cfg.train, self.state
+        metrics = self.evaluate()
+        state.last_eval = {"step": state.global_step, **metrics}
+        self._log("eval", metrics)
+        key = f"eval_{self.metric_name}"
+        if key not in metrics:
+            raise HftoolError(f"train.metric_for_best={self.metric_name}: the evaluation has no {key} "
+                              f"(it has {', '.join(k.removeprefix('eval_') for k in metrics)})")
+        value = metrics[key]
+        better = state.best_metric is None or (value > state.best_metric if self.greater_is_better
+                                               else value < state.best_metric)
+        if better:
+            state.best_metric, state.best_step, state.evals_without_improvement = value, state.global_step, 0
+        else:
+            state.evals_without_improvement += 1
+        self.save_checkpoint()
+        return t.early_stopping_patience is not None and state.evals_without_improvement >= t.early_stopping_patience
+
+    def evaluate(self) -> dict[str, float]:
+        from hftool.evaluation import evaluate_model
+
+        return evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write RUN_DIR/checkpoints/step-N atomically: a temporary folder, then one rename."""
+        acc, state = self.accelerator, self.state
+        root = self.run_dir / "checkpoints"
+        final = root / f"step-{state.global_step:07d}"
+        if final.exists():
+            return final
+        tmp = root / f".tmp-step-{state.global_step:07d}"
+        if acc.is_main_process:
+            for stale in root.glob(".tmp-*"):  # left by a killed save
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            _write_json(tmp / STATE_FILE, state.__dict__)
+            _fsync_dir(tmp)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+            self._rotate_checkpoints()
+        acc.wait_for_everyone()
+        return final
+
+    def _rotate_checkpoints(self) -> None:
+        keep_best = self.state.best_step
+        checkpoints = list_checkpoints(self.run_dir)
+        removable = [c for c in checkpoints if int(CHECKPOINT.match(c.name).group(1)) != keep_best]
+        for old in removable[: max(0, len(removable) - self.cfg.train.save_total_limit)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _load_latest_checkpoint(self) -> None:
+        checkpoints = list_checkpoints(self.run_dir)
+        if not checkpoints:
+            logs.warn(f"--resume: no complete checkpoint in {self.run_dir / 'checkpoints'}; starting from scratch")
+            return
+        latest = checkpoints[-1]
+        saved = TrainerState(**json.loads((latest / STATE_FILE).read_text()))
+        current = TrainerState(num_processes=self.accelerator.num_processes,
+                               gradient_accumulation_steps=self.cfg.train.gradient_accumulation_steps,
+                               batch_size=self.cfg.train.batch_size)
+        diffs = [f"{k} {getattr(saved, k)} -> {getattr(current, k)}"
+                 for k in ("num_processes", "gradient_accumulation_steps", "batch_size")
+                 if getattr(saved, k) != getattr(current, k)]
+        if diffs:
+            raise HftoolError(f"--resume: {latest} was written with a different setup ({'; '.join(diffs)}); "
+                              "resume with the original settings or start a new run")
+        self.accelerator.load_state(str(latest))
+        self.state = saved
+        self._truncate_log(saved.global_step)
+        logs.info(f"resuming from {latest.name}: step {saved.global_step}, epoch {saved.epoch}, "
+                  f"batch {saved.batches_in_epoch} of the epoch")
+
+    # ---------------------------------------------------------------------------------- finish
+    def finish(self) -> dict[str, float]:
+        """Save the final (or best) model and the run's reports; return metrics.json's content."""
+        from hftool import reports
+
+        acc, state, t = self.accelerator, self.state, self.cfg.train
+        final_eval = {k: v for k, v in state.last_eval.items() if k != "step"}
+        if t.load_best_at_end and state.best_step is not None and state.best_step != state.last_eval.get("step"):
+            best = self.run_dir / "checkpoints" / f"step-{state.best_step:07d}"
+            acc.load_state(str(best))
+            final_eval = self.evaluate()
+            logs.info(f"loaded the best checkpoint (step {state.best_step}, eval_{self.metric_name}="
+                      f"{state.best_metric:.4f}) as the run's model")
+        acc.wait_for_everyone()
+        metrics = dict(final_eval)
+        if hasattr(self, "last_train_loss"):
+            metrics["train_loss"] = self.last_train_loss
+        metrics["train_steps"] = state.global_step
+        metrics["train_runtime"] = round(getattr(self, "train_runtime", 0.0), 3)
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.model)
+            model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+            model.save_pretrained(str(self.run_dir), state_dict=acc.get_state_dict(self.model), safe_serialization=True)
+            self.task.save(self.parts, self.run_dir)
+            _write_json(self.run_dir / "metrics.json", metrics)
+            reports.write_all(self.run_dir, self.cfg, metrics, self.sources, self.recipe, self.command)
+        acc.end_training()
+        return metrics
+
+    # --------------------------------------------------------------------------------- helpers
+    def _banner(self) -> None:
+        t, acc = self.cfg.train, self.accelerator
+        effective = t.batch_size * t.gradient_accumulation_steps * acc.num_processes
+        lines = [
+            "Running training",
+            f"  examples: {len(self.train_features)} train, {len(self.eval_features)} eval",
+            f"  epochs: {self.num_epochs} ({self.steps_per_epoch} optimizer steps each)",
+            f"  batch: {t.batch_size} per device x {t.gradient_accumulation_steps} accumulation x "
+            f"{acc.num_processes} processes = {effective} effective",
+            f"  optimizer steps: {self.total_steps}; best checkpoint by eval_{self.metric_name} "
+            f"({'higher' if self.greater_is_better else 'lower'} is better)",
+            f"  run dir: {self.run_dir}",
+        ]
+        logs.info("\n  ".join(lines))
+
+    def _log(self, kind: str, values: dict) -> None:
+        record = {"type": kind, "step": self.state.global_step, **values}
+        if self.accelerator.is_main_process:
+            with open(self.run_dir / LOG_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        scalars = {f"{'train/' if kind == 'train' else ''}{k}": v for k, v in values.items()
+                   if isinstance(v, (int, float))}
+        self.accelerator.log(scalars, step=self.state.global_step)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log records a killed run wrote after the checkpoint it is resumed from."""
+        path = self.run_dir / LOG_FILE
+        if not self.accelerator.is_main_process or not path.is_file():
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _batch_examples(batch: dict) -> int:
+    value = next(v for v in batch.values() if isinstance(v, torch.Tensor))
+    return int(value.shape[0])
+
+
+def _require(module: str, package: str, what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise HftoolError(f"{what} needs the {package} package: pip install {package}")
+
+
+def _flat_scalars(mapping: dict, prefix: str = "") -> dict:
+    """Nested config -> flat scalar dict (trackers such as TensorBoard take only scalars)."""
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and prefix == "":
+            flat.update(_flat_scalars(value, f"{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
