@@ -14,7 +14,9 @@ def eval_loader(features, collate: Callable, batch_size: int, num_workers: int =
     from torch.utils.data import DataLoader
 
     if "length" in features.column_names:
-        features = features.sort("length")
+        import numpy as np
+
+        features = features.select(np.argsort(features["length"], kind="stable"))
     return DataLoader(features, batch_size=batch_size, shuffle=False, collate_fn=collate,
                       num_workers=num_workers, generator=torch.Generator())
 

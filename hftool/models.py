@@ -59,17 +59,29 @@ def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: 
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, model_max_length: int = 512):
-    """A lower-cased BERT WordPiece tokenizer trained on `texts` (for tiny:bert)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A lower-cased BERT WordPiece tokenizer whose vocabulary comes from `texts` (for tiny:bert).
+
+    The vocabulary is every character seen (as `c` and `##c`, so nothing is ever [UNK]) plus
+    the most frequent words, ties broken alphabetically. Unlike the `tokenizers` WordPiece
+    trainer, whose merges depend on thread timing, the same texts always give the same
+    vocabulary, so a seeded run is reproducible down to its embedding rows.
+    """
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
     from transformers import BertTokenizer
 
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer)
-    return BertTokenizer(vocab=tokenizer.get_vocab(), do_lower_case=True, model_max_length=model_max_length)
+    chars = sorted({c for word in counts for c in word})
+    vocab = specials + chars + [f"##{c}" for c in chars]
+    budget = max(0, vocab_size - len(vocab))
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:budget]
+    vocab = {token: i for i, token in enumerate(vocab + words)}
+    return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=model_max_length)
 
 
 def tiny_bert_config(tokenizer, overrides: dict, **fields: Any):

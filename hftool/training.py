@@ -334,8 +334,7 @@ class Trainer:
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
             model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-            model.save_pretrained(str(self.run_dir), state_dict=acc.get_state_dict(self.model), safe_serialization=True)
-            self.task.save(self.parts, self.run_dir)
+            self.task.save(self.parts, self.run_dir, model=model, state_dict=acc.get_state_dict(self.model))
             _write_json(self.run_dir / "metrics.json", metrics)
             reports.write_all(self.run_dir, self.cfg, metrics, self.sources, self.recipe, self.command)
         acc.end_training()

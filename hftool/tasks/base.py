@@ -65,7 +65,11 @@ class Task:
         """One line for the terminal."""
         return str(prediction)
 
-    def save(self, parts: Parts, run_dir: Path) -> None:
-        """Write the processor beside the model (the model itself is saved by the loop)."""
+    def save(self, parts: Parts, run_dir: Path, model=None, state_dict: dict | None = None) -> None:
+        """Write the run dir's model files: weights + config (when `model` is given) and the
+        processor. The loop calls it with model=None before training (so a resumed tiny model
+        reuses its tokenizer) and with the trained model and its state dict at the end."""
+        if model is not None:
+            model.save_pretrained(str(run_dir), state_dict=state_dict, safe_serialization=True)
         if parts.processor is not None:
             parts.processor.save_pretrained(str(run_dir))

@@ -1,0 +1,67 @@
+"""Shared test setup: offline always, tiny data, and a way to run the CLI in-process."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `hftool ARGS...` in this process (torch stays imported between tests)."""
+    from hftool.cli import main
+
+    def run(*args: str) -> Result:
+        monkeypatch.setattr(sys, "argv", ["hftool", *map(str, args)])
+        capsys.readouterr()
+        code = 0
+        try:
+            main()
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def sentiment_rows(n: int, seed: int) -> list[dict]:
+    from hftool.samples.sentiment import generate
+
+    rows = generate(n, seed)
+    return [{"text": t, "label": l} for t, l in zip(rows["text"], rows["label"])]
+
+
+@pytest.fixture
+def sentiment_csv(tmp_path):
+    """train.csv (160 rows) and val.csv (40 rows) of the embedded sentiment generator."""
+    import csv
+
+    paths = {}
+    for name, n, seed in (("train", 160, 10), ("val", 40, 11)):
+        path = tmp_path / f"{name}.csv"
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["text", "label"])
+            writer.writeheader()
+            writer.writerows(sentiment_rows(n, seed))
+        paths[name] = path
+    return paths
