@@ -42,11 +42,19 @@ def _command_line() -> str:
     return " ".join(words)
 
 
-def _split_overrides(words: list[str] | None) -> tuple[list[str], list[str]]:
+def _split_overrides(first: str, rest: list[str] | None) -> tuple[str, list[str], list[str]]:
+    """Positional words -> (the command's first argument, other arguments, KEY=VALUE overrides).
+
+    Click binds the first positional word to the first argument even when it is an override
+    (`hftool finetune train.lr=1e-4 bert-cls`), so the split is redone over all of them.
+    """
     from hftool.config import is_override
 
-    words = words or []
-    return [w for w in words if not is_override(w)], [w for w in words if is_override(w)]
+    words = [first, *(rest or [])]
+    positional, keyvals = [w for w in words if not is_override(w)], [w for w in words if is_override(w)]
+    if not positional:
+        raise HftoolError("missing the first argument (a recipe or model); overrides are KEY=VALUE")
+    return positional[0], positional[1:], keyvals
 
 
 @app.command()
@@ -70,7 +78,7 @@ def finetune(
     """Fine-tune a model with a recipe; the run dir is a Hugging Face model dir."""
     from hftool.config import load_config, to_yaml
 
-    positional, keyvals = _split_overrides(overrides)
+    recipe, positional, keyvals = _split_overrides(recipe, overrides)
     if positional:
         raise HftoolError(f"unexpected argument '{positional[0]}': overrides are KEY=VALUE (e.g. train.lr=3e-5)")
     flags = {"model.name": model, "data.train": data, "data.eval": eval_data,
@@ -99,7 +107,7 @@ def evaluate(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the metrics JSON here.")] = None,
 ) -> None:
     """Score a model on data; print the metrics (and write them with --output)."""
-    positional, keyvals = _split_overrides(overrides)
+    model, positional, keyvals = _split_overrides(model, overrides)
     if positional:
         raise HftoolError(f"unexpected argument '{positional[0]}': overrides are KEY=VALUE")
     from hftool import api
@@ -120,7 +128,7 @@ def predict(
     """Predict on raw inputs: prints one line per input."""
     from hftool import api
 
-    texts, keyvals = _split_overrides(inputs)
+    model, texts, keyvals = _split_overrides(model, inputs)
     if file is not None:
         texts += _read_inputs(file)
     predictions = api.predict(model, texts, batch_size or 32, keyvals)

@@ -42,7 +42,7 @@ def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: 
     """
     path = Path(spec).expanduser()
     if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file() and kind != "tokenizer":
+        if not path.is_dir() or (kind != "tokenizer" and not (path / "config.json").is_file()):
             raise HftoolError(f"{spec} is not a model directory (no config.json); pass a saved model or run dir")
         try:
             return loader.from_pretrained(str(path), **kwargs)
@@ -56,6 +56,18 @@ def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: 
         kind, spec, "a local model directory (--model path/to/model) or a tiny:<arch> model",
         lambda: loader.from_pretrained(spec, token=token, **kwargs),
     )
+
+
+def check_reachable(spec: str, token: str | None = None) -> None:
+    """Fail before any data is read when a hub model cannot be loaded (offline, not cached).
+
+    Specs with a scheme (tiny:bert, timm:resnet18) and local paths are left to the task.
+    """
+    if ":" in spec or is_local(spec):
+        return
+    from transformers import AutoConfig
+
+    load("model", AutoConfig, spec, token)  # a small file; cached for the real load
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, model_max_length: int = 512):

@@ -98,9 +98,13 @@ class Trainer:
         self.greater_is_better = (t.greater_is_better if t.greater_is_better is not None
                                   else not LOWER_IS_BETTER.search(self.metric_name))
 
+        from hftool.models import check_reachable
+
+        check_reachable(cfg.model.name, cfg.model.token)
         with acc.main_process_first():
             raw, self.sources = load_splits(cfg.data, t.seed, cfg.model.token)
-            train_rows, labels = task.prepare(cfg, raw["train"], self.sources["train"])
+            _, labels = task.prepare(cfg, raw["full"], self.sources["train"]) if "full" in raw else (None, None)
+            train_rows, labels = task.prepare(cfg, raw["train"], self.sources["train"], labels)
             eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
             self.parts = parts = task.build(cfg, labels, train_rows, run_dir=self.run_dir if self.resume else None)
             self.train_features = task.features(parts, cfg, train_rows)

@@ -19,6 +19,9 @@ def _one_file(spec: str) -> bool:
 def load_splits(data: DataConfig, seed: int, token: str | None = None) -> tuple[dict, dict[str, str]]:
     """Training and validation data for a run, and a readable name for each (for messages).
 
+    Returns ({"train", "validation"[, "full"]}, names): "full" is the training source before
+    a hold-out was taken from it, where there was one.
+
     Validation comes from `data.eval`, else the source's own validation split, else a seeded
     hold-out of `data.validation_split` of the training data (announced), so every run has one.
     """
@@ -30,6 +33,8 @@ def load_splits(data: DataConfig, seed: int, token: str | None = None) -> tuple[
         raise HftoolError(f"{data.train} has no train split (splits: {', '.join(source)}); pass the training data with --data")
     splits = {"train": source["train"]}
     names = {"train": describe(data.train, "train", whole)}
+    if len(splits["train"]) == 0:
+        raise HftoolError(f"{names['train']} has no rows; training data needs at least one example")
     if data.eval:
         eval_source = load_source(data.eval, data.encoding, token)
         eval_name = next((s for s in ("validation", "test", "train") if s in eval_source), None)
@@ -45,13 +50,16 @@ def load_splits(data: DataConfig, seed: int, token: str | None = None) -> tuple[
         if data.validation_split <= 0:
             raise HftoolError(f"{names['train']} has no validation split and data.validation_split is 0; pass --eval-data")
         held_out = max(1, round(n * data.validation_split))
+        # "full" lets label maps come from all the rows: a rare class that lands only in the
+        # held-out part is still a class of the data, not an unknown label.
+        splits["full"] = splits["train"]
         parts = splits["train"].train_test_split(test_size=held_out, seed=seed, shuffle=True)
         splits["train"], splits["validation"] = parts["train"], parts["test"]
         names["validation"] = f"{names['train']} (held-out {held_out} rows)"
         logs.info(f"no validation data given: holding out {held_out} of {n} training rows (seed {seed}, "
                   f"data.validation_split={data.validation_split}); pass --eval-data to use your own")
     for split, ds in splits.items():
-        if len(ds) == 0:
+        if len(ds) == 0 and split in names:
             raise HftoolError(f"{names[split]} has no rows; {split} data needs at least one example")
     return splits, names
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import warnings
 from pathlib import Path
 
 from hftool import logs
@@ -65,8 +66,14 @@ def read_file(path: Path, encoding: str | None = None):
     text = read_text(path, encoding)
     if suffix in (".csv", ".tsv"):
         try:
-            frame = pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", keep_default_na=False,
-                                quoting=3 if suffix == ".tsv" else 0)  # tsv: quotes are text, not syntax
+            with warnings.catch_warnings():
+                # Extra fields in the first row would silently become an index or be dropped.
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                frame = pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", keep_default_na=False,
+                                    index_col=False, quoting=3 if suffix == ".tsv" else 0)  # tsv: quotes are text
+        except pd.errors.ParserWarning:
+            raise HftoolError(f"{path}: a row has more fields than the header; quote fields that contain the "
+                              "separator, or fix the header") from None
         except pd.errors.EmptyDataError:
             raise HftoolError(f"{path} is empty; it needs a header row and at least one data row") from None
         except pd.errors.ParserError as err:

@@ -1,0 +1,147 @@
+"""The data layer: every file format, folders, encodings, splits, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hftool.config import DataConfig
+from hftool.data import load_eval_split, load_source, load_splits
+from hftool.errors import HftoolError
+
+ROWS = [{"text": "a good film", "label": "pos"}, {"text": "a dull film", "label": "neg"},
+        {"text": "great, really", "label": "pos"}]
+
+
+def write(path, fmt, rows=ROWS):
+    if fmt == "csv":
+        path.write_text("text,label\n" + "".join(f"\"{r['text']}\",{r['label']}\n" for r in rows))
+    elif fmt == "tsv":
+        path.write_text("text\tlabel\n" + "".join(f"{r['text']}\t{r['label']}\n" for r in rows))
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "json":
+        path.write_text(json.dumps(rows))
+    elif fmt == "parquet":
+        import pandas as pd
+
+        pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "json", "jsonl", "parquet"])
+def test_each_table_format_reads_the_same_rows(tmp_path, fmt):
+    ds = load_source(str(write(tmp_path / f"train.{fmt}", fmt)))["train"]
+    assert ds.to_list() == ROWS
+
+
+def test_txt_is_one_row_per_non_empty_line(tmp_path):
+    path = tmp_path / "inputs.txt"
+    path.write_text("first line\n\nsecond line\n")
+    assert load_source(str(path))["train"]["text"] == ["first line", "second line"]
+
+
+def test_json_lines_in_a_json_file(tmp_path):
+    ds = load_source(str(write(tmp_path / "t.json", "jsonl")))["train"]
+    assert len(ds) == 3
+
+
+def test_crlf_and_bom_are_handled(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"\xef\xbb\xbftext,label\r\nhello,pos\r\nbye,neg")
+    ds = load_source(str(path))["train"]
+    assert ds.column_names == ["text", "label"] and ds["label"] == ["pos", "neg"]
+
+
+def test_latin1_falls_back_with_a_warning(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    path.write_bytes("text,label\ncaf\u00e9 cr\u00e8me,pos\n".encode("latin-1"))
+    ds = load_source(str(path))["train"]
+    assert ds["text"] == ["caf\u00e9 cr\u00e8me"]
+    assert "not valid UTF-8" in capsys.readouterr().err
+
+
+def test_encoding_override(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("text,label\n\u00e9t\u00e9,pos\n".encode("cp1252"))
+    assert load_source(str(path), encoding="cp1252")["train"]["text"] == ["\u00e9t\u00e9"]
+
+
+def test_folder_of_split_files(tmp_path):
+    write(tmp_path / "train.csv", "csv")
+    write(tmp_path / "dev.jsonl", "jsonl", ROWS[:2])
+    write(tmp_path / "test.tsv", "tsv", ROWS[:1])
+    dd = load_source(str(tmp_path))
+    assert {k: len(v) for k, v in dd.items()} == {"train": 3, "validation": 2, "test": 1}
+
+
+def test_save_to_disk_folder(tmp_path):
+    import datasets
+
+    datasets.DatasetDict(train=datasets.Dataset.from_list(ROWS),
+                         validation=datasets.Dataset.from_list(ROWS[:1])).save_to_disk(str(tmp_path / "dd"))
+    dd = load_source(str(tmp_path / "dd"))
+    assert len(dd["train"]) == 3 and len(dd["validation"]) == 1
+
+
+def test_validation_is_held_out_with_a_message(tmp_path, capsys):
+    path = write(tmp_path / "train.csv", "csv", ROWS * 10)
+    splits, names = load_splits(DataConfig(train=str(path), validation_split=0.2), seed=1)
+    assert len(splits["train"]) == 24 and len(splits["validation"]) == 6
+    assert "holding out 6 of 30" in capsys.readouterr().err
+    again, _ = load_splits(DataConfig(train=str(path), validation_split=0.2), seed=1)
+    assert again["validation"]["text"] == splits["validation"]["text"]  # seeded
+
+
+def test_eval_data_wins_over_hold_out(tmp_path):
+    train = write(tmp_path / "train.csv", "csv")
+    val = write(tmp_path / "val.jsonl", "jsonl", ROWS[:1])
+    splits, names = load_splits(DataConfig(train=str(train), eval=str(val)), seed=0)
+    assert len(splits["train"]) == 3 and len(splits["validation"]) == 1
+    assert names["validation"] == str(val)
+
+
+def test_embedded_sample_has_disjoint_splits():
+    dd = load_source("sample:sentiment")
+    assert set(dd) == {"train", "validation", "test"}
+    assert not set(dd["train"]["text"]) & set(dd["validation"]["text"])
+
+
+def test_eval_split_selection(tmp_path):
+    write(tmp_path / "train.csv", "csv")
+    write(tmp_path / "test.csv", "csv", ROWS[:2])
+    ds, name = load_eval_split(str(tmp_path), None, None)
+    assert len(ds) == 2 and "test" in name
+    with pytest.raises(HftoolError, match="has no split 'validation'"):
+        load_eval_split(str(tmp_path), "validation", None)
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: None, "data file .*missing.csv does not exist"),
+    (lambda p: (p / "missing.csv").write_text(""), "is empty"),
+    (lambda p: (p / "missing.csv").write_text("a,b\n1,2,3,4\n"), "fields"),
+])
+def test_bad_files(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(HftoolError, match=message):
+        load_source(str(tmp_path / "missing.csv"))
+
+
+def test_bad_json_line_names_the_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n{"text": oops}\n')
+    with pytest.raises(HftoolError, match=r"t.jsonl:2: not valid JSON"):
+        load_source(str(path))
+
+
+def test_folder_without_train_file(tmp_path):
+    write(tmp_path / "a.csv", "csv")
+    write(tmp_path / "b.csv", "csv")
+    with pytest.raises(HftoolError, match="has no train file"):
+        load_source(str(tmp_path))
+
+
+def test_hub_dataset_offline_fails_fast_with_what_to_pass():
+    with pytest.raises(HftoolError, match="pass a local file or folder"):
+        load_source("glue:sst2")
