@@ -1,0 +1,214 @@
+"""bert-cls end to end, and the loop behaviours the reference scripts get wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hftool import api
+from hftool.config import load_config
+from tests.conftest import sentiment_rows
+
+
+def write_csv(path, rows):
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return {"train": write_csv(root / "train.csv", sentiment_rows(160, 10)),
+            "val": write_csv(root / "val.csv", sentiment_rows(37, 11))}  # 37: no batch size divides it
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+    """One short training run shared by the read-only tests below."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    cfg = load_config("bert-cls", overrides=[
+        f"data.train={data['train']}", f"data.eval={data['val']}", f"output_dir={out}",
+        "train.max_steps=12", "train.eval_steps=6", "train.batch_size=16", "train.logging_steps=3"])
+    run_dir, metrics = api.finetune(cfg, recipe="bert-cls", command="hftool finetune bert-cls ...")
+    return run_dir, metrics
+
+
+def test_run_dir_has_every_artifact(run):
+    run_dir, metrics = run
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "config.yaml", "metrics.json", "log.jsonl",
+                 "curves.png", "README.md", "provenance.json"):
+        assert (run_dir / name).is_file(), name
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved == metrics
+    assert {"eval_loss", "eval_accuracy", "eval_f1_macro", "eval_f1_micro", "eval_f1_weighted"} <= set(saved)
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "eval"] == [6, 12]
+    assert [r["step"] for r in records if r["type"] == "train"] == [3, 6, 9, 12]
+    card = (run_dir / "README.md").read_text()
+    assert "eval_accuracy" in card and "hftool finetune bert-cls" in card
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["packages"]["torch"] and len(provenance["data"]["train"]["sha256"]) == 64
+
+
+def test_pipeline_loads_the_run_dir_and_returns_label_names(run):
+    from transformers import pipeline
+
+    run_dir, _ = run
+    out = pipeline("text-classification", model=str(run_dir), device="cpu")(["the plot was wonderful"])
+    assert out[0]["label"] in {"negative", "positive"}
+
+
+def test_evaluate_reproduces_metrics_json(run, data, cli, tmp_path):
+    run_dir, metrics = run
+    out = tmp_path / "m.json"
+    result = cli("evaluate", run_dir, "--data", data["val"], "--output", out, "--batch-size", "5")
+    assert result.code == 0, result.err
+    scored = json.loads(out.read_text())
+    assert json.loads(result.out) == scored
+    for key, value in metrics.items():
+        if key.startswith("eval_"):
+            assert scored[key] == pytest.approx(value, abs=1e-6), key
+    # with no --data, a run dir re-scores its own validation data
+    assert api.evaluate(str(run_dir))["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-6)
+
+
+def test_predict_prints_label_names_and_writes_jsonl(run, cli, tmp_path):
+    run_dir, _ = run
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("a dull film\n\nthe ending was superb\n")
+    out = tmp_path / "p.jsonl"
+    result = cli("predict", run_dir, "the cast was wonderful", "--file", inputs, "--output", out)
+    assert result.code == 0, result.err
+    lines = result.out.strip().splitlines()
+    assert len(lines) == 3 and all(line.split("\t")[0] in {"negative", "positive"} for line in lines)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in records] == ["the cast was wonderful", "a dull film", "the ending was superb"]
+    assert all(0.5 <= r["score"] <= 1 for r in records)
+
+
+def test_best_checkpoint_is_the_saved_model_and_reloads_identically(run):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run_dir, _ = run
+    state = json.loads(sorted((run_dir / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())
+    best = run_dir / "checkpoints" / f"step-{state['best_step']:07d}"
+    saved, checkpoint = load_file(run_dir / "model.safetensors"), load_file(best / "model.safetensors")
+    assert saved.keys() == checkpoint.keys()
+    assert all(torch.equal(saved[k], checkpoint[k]) for k in saved)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    batch = tokenizer(["the plot was not clever", "a superb film"], return_tensors="pt", padding=True)
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
+    again = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, again(**batch).logits)
+    predicted = api.predict(str(run_dir), ["the plot was not clever", "a superb film"])
+    expected = model(**batch).logits.softmax(-1).max(-1)
+    assert [p["label"] for p in predicted] == [model.config.id2label[i] for i in expected.indices.tolist()]
+
+
+def trainer_for(data, tmp_path, *overrides):
+    from hftool.training import Trainer
+
+    cfg = load_config("bert-cls", overrides=[f"data.train={data['train']}", f"data.eval={data['val']}",
+                                             "train.batch_size=8", *overrides])
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    return trainer
+
+
+def test_parameters_change_after_one_step(data, tmp_path):
+    trainer = trainer_for(data, tmp_path, "train.max_steps=1")
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)]
+    assert len(changed) == len(before), set(before) - set(changed)
+
+
+def test_accumulation_steps_the_optimizer_after_every_nth_micro_batch(data, tmp_path):
+    """Not after the first micro-batch (`step % n == 0` on 0), and once at a short epoch's end."""
+    trainer = trainer_for(data, tmp_path, "train.gradient_accumulation_steps=3", "train.epochs=1")
+    seen = []
+    inner = trainer.optimizer.optimizer
+    original = inner.step
+
+    def recording_step(*args, **kwargs):
+        seen.append(trainer.state.batches_in_epoch + 1)  # counted after the step returns
+        return original(*args, **kwargs)
+
+    inner.step = recording_step
+    trainer.train()
+    # 160 rows / batch 8 = 20 micro-batches: steps after 3, 6, ..., 18 and the last (20)
+    assert seen == [3, 6, 9, 12, 15, 18, 20]
+    assert trainer.state.global_step == 7
+
+
+def test_checkpoints_are_saved_once_per_save_point_not_per_micro_batch(data, tmp_path, monkeypatch):
+    from hftool.training import Trainer
+
+    saves = []
+    real = Trainer.save_checkpoint
+    monkeypatch.setattr(Trainer, "save_checkpoint", lambda self: saves.append(self.state.global_step) or real(self))
+    trainer = trainer_for(data, tmp_path, "train.gradient_accumulation_steps=2", "train.save_steps=2",
+                          "train.max_steps=6", "train.eval_steps=3", "train.save_total_limit=10")
+    trainer.train()
+    assert saves == [2, 3, 4, 6]
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["step-0000002", "step-0000003", "step-0000004", "step-0000006"]
+
+
+def test_old_checkpoints_rotate_but_the_best_stays(data, tmp_path):
+    trainer = trainer_for(data, tmp_path, "train.max_steps=8", "train.eval_steps=2", "train.save_total_limit=1",
+                          "train.metric_for_best=loss")
+    trainer.train()
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    best = f"step-{trainer.state.best_step:07d}"
+    assert best in names and "step-0000008" in names and len(names) == len({best, "step-0000008"})
+
+
+def test_early_stopping(data, tmp_path):
+    trainer = trainer_for(data, tmp_path, "train.max_steps=40", "train.eval_steps=1",
+                          "train.early_stopping_patience=2", "train.lr=0.0")  # nothing can improve
+    trainer.train()
+    assert trainer.state.global_step == 3  # best at 1, two evaluations without improvement
+
+
+def test_tracker_config_and_outputs_never_contain_the_token(data, tmp_path):
+    pytest.importorskip("tensorboard")
+    secret = "hf_DoNotLeakThisToken"
+    trainer = trainer_for(data, tmp_path, "train.max_steps=2", "train.tracking=tensorboard", f"model.token={secret}")
+    trainer.train()
+    trainer.finish()
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any("events.out.tfevents" in p.name for p in files)  # the tracker really wrote
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
+
+
+def test_resume_refuses_a_different_setup(data, tmp_path):
+    from hftool.errors import HftoolError
+    from hftool.training import Trainer
+
+    trainer = trainer_for(data, tmp_path, "train.max_steps=2", "train.save_steps=1")
+    trainer.train()
+    cfg = load_config("bert-cls", overrides=[f"data.train={data['train']}", f"data.eval={data['val']}",
+                                             "train.batch_size=8", "train.gradient_accumulation_steps=2"])
+    resumed = Trainer(cfg, tmp_path / "run", resume=True)
+    with pytest.raises(HftoolError, match="gradient_accumulation_steps 1 -> 2"):
+        resumed.setup()
+
+
+@pytest.mark.slow
+def test_embedded_default_learns(cli, tmp_path):
+    """`hftool finetune bert-cls` alone beats the majority class (0.5) clearly."""
+    result = cli("finetune", "bert-cls", "-o", tmp_path / "run")
+    assert result.code == 0, result.err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["eval_accuracy"] >= 0.70
