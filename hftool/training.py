@@ -17,6 +17,8 @@ import math
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,14 @@ class TrainerState:
     batch_size: int = 0
 
 
+class TrainingStopped(HftoolError):
+    """A signal stopped training after saving a checkpoint; the exit code is 128 + signal."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary folders of interrupted saves are ignored)."""
     root = run_dir / "checkpoints"
@@ -67,6 +77,7 @@ class Trainer:
         self.resume = resume
         self.command = command
         self.state = TrainerState()
+        self.stop_signal = 0
         self.metric_name = ""
         self.greater_is_better = True
 
@@ -120,6 +131,7 @@ class Trainer:
         self.state.batch_size = t.batch_size
         if tracking:
             acc.init_trackers("hftool", config=_flat_scalars(to_dict(cfg)))
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
         if self.resume:
             self._load_latest_checkpoint()
 
@@ -170,6 +182,41 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- train
     def train(self) -> None:
+        """Run the loop. SIGTERM/SIGINT save a checkpoint at the next optimizer step and stop."""
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        if in_main_thread:
+            for sig in previous:
+                signal.signal(sig, self._on_signal)
+        try:
+            self._train()
+        finally:
+            if in_main_thread:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        logs.info(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step")
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor(int(self.stop_signal), device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:  # every process must stop at the same step
+            flag = self.accelerator.reduce(flag, "max")
+        return bool(flag.item())
+
+    def _check_finite(self) -> None:
+        """Raise if any loss since the last check was NaN/inf, before it reaches a checkpoint."""
+        step = int(self.accelerator.reduce(self.first_bad_step, "max").item())
+        if step >= 0:
+            good = list_checkpoints(self.run_dir)
+            kept = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written"
+            raise HftoolError(f"the training loss became NaN/inf at step {step}; lower train.lr, keep "
+                              f"train.max_grad_norm > 0, or use bf16 rather than fp16 ({kept})")
+
+    def _train(self) -> None:
         acc, t, state = self.accelerator, self.cfg.train, self.state
         self._banner()
         progress = tqdm(total=self.total_steps, initial=state.global_step, desc="Training", dynamic_ncols=True,
@@ -194,7 +241,11 @@ class Trainer:
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 state.batches_in_epoch += 1
-                running_loss += loss.detach()  # stays on device: no sync per batch
+                # Both stay on the device: no sync per batch. The first non-finite loss's step is
+                # kept so the error can name it when the next check reads it.
+                running_loss += loss.detach()
+                self.first_bad_step = torch.where(~torch.isfinite(loss.detach()) & (self.first_bad_step < 0),
+                                                  state.global_step + 1, self.first_bad_step)
                 running_batches += 1
                 window_examples += _batch_examples(batch) * acc.num_processes
                 if not acc.sync_gradients:
@@ -205,6 +256,7 @@ class Trainer:
                 progress.update(1)
                 if state.global_step % t.logging_steps == 0 or state.global_step == self.total_steps:
                     # .item() forces a device sync: once per logging window, not per step.
+                    self._check_finite()
                     mean_loss = acc.reduce(running_loss, "mean").item() / running_batches
                     elapsed = time.perf_counter() - window_start
                     record = {"loss": round(mean_loss, 6), "lr": self.scheduler.get_last_lr()[0],
@@ -216,6 +268,13 @@ class Trainer:
                     running_loss.zero_()
                     running_batches, window_examples, window_start = 0, 0, time.perf_counter()
                 stop = self._after_step(end_of_epoch=state.batches_in_epoch == 0)
+                if self._stop_requested():
+                    checkpoint = self.save_checkpoint()
+                    progress.close()
+                    name = signal.Signals(self.stop_signal).name
+                    raise TrainingStopped(f"stopped by {name} at step {state.global_step}; checkpoint saved in "
+                                          f"{checkpoint}; run the same command with --resume to continue",
+                                          exit_code=128 + self.stop_signal)
                 if stop:
                     break
         progress.close()
@@ -270,6 +329,7 @@ class Trainer:
         final = root / f"step-{state.global_step:07d}"
         if final.exists():
             return final
+        self._check_finite()  # a NaN-poisoned model never becomes a checkpoint
         tmp = root / f".tmp-step-{state.global_step:07d}"
         if acc.is_main_process:
             for stale in root.glob(".tmp-*"):  # left by a killed save
