@@ -212,3 +212,26 @@ def test_embedded_default_learns(cli, tmp_path):
     assert result.code == 0, result.err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["eval_accuracy"] >= 0.70
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    from safetensors.torch import load_file
+
+    from hftool.errors import HftoolError
+
+    trainer = trainer_for(data, tmp_path, "train.max_steps=10", "train.save_steps=2", "train.logging_steps=5")
+    calls = {"n": 0}
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            output.loss = output.loss * float("nan")
+        return output
+
+    trainer.model.register_forward_hook(poison)
+    with pytest.raises(HftoolError, match=r"NaN/inf at step 3; lower train.lr.*step-0000002"):
+        trainer.train()
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step-0000002"]
+    weights = load_file(tmp_path / "run" / "checkpoints" / "step-0000002" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())

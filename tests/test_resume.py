@@ -75,3 +75,22 @@ def test_resume_without_a_checkpoint_starts_fresh_with_a_warning(data, tmp_path,
     assert "no complete checkpoint" in result.err
     assert (run / "metrics.json").is_file()
     assert not (run / "checkpoints" / ".tmp-step-0000004").exists()  # cleaned by the next save
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(data, tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen(command(data, run, "train.save_steps=1000", "train.eval_steps=1000"), cwd=REPO,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    log = run / "log.jsonl"
+    deadline = time.time() + 240
+    while not (log.exists() and log.read_text().count("\n") >= 2) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: stopped by SIGTERM at step") and "--resume" in last
+    step = int(last.split("at step ")[1].split(";")[0])
+    assert (run / "checkpoints" / f"step-{step:07d}" / "trainer_state.json").is_file()
+    assert not (run / "metrics.json").exists()
