@@ -23,6 +23,11 @@ from hftool.errors import HftoolError
 ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification"}
 
 
+def default_run_dir(recipe: str) -> Path:
+    """runs/<recipe>-<YYYYmmdd-HHMMSS> for a run given no --output-dir."""
+    return Path("runs") / f"{Path(recipe).stem or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
 def prepare_run_dir(cfg: RunConfig, recipe: str, resume: bool = False, overwrite: bool = False) -> Path:
     """The run's directory, checked before anything expensive runs; nothing is lost by default."""
     if cfg.output_dir:
@@ -30,8 +35,9 @@ def prepare_run_dir(cfg: RunConfig, recipe: str, resume: bool = False, overwrite
     else:
         if resume:
             raise HftoolError("--resume needs --output-dir: the run directory to continue")
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"{Path(recipe).stem or 'run'}-{stamp}"
+        run_dir = default_run_dir(recipe)
+    if not logs.is_main_process():
+        return run_dir  # the main process checks and prepares it; the others would race it
     if run_dir.exists() and not run_dir.is_dir():
         raise HftoolError(f"output dir {run_dir} is a file; choose another --output-dir")
     if run_dir.is_dir() and any(run_dir.iterdir()):
@@ -43,9 +49,8 @@ def prepare_run_dir(cfg: RunConfig, recipe: str, resume: bool = False, overwrite
         if not (run_dir / "config.yaml").is_file():
             raise HftoolError(f"output dir {run_dir} is not an hftool run (no config.yaml); refusing to delete it "
                               "with --overwrite: choose another --output-dir")
-        if logs.is_main_process():
-            logs.info(f"--overwrite: removing the previous run in {run_dir}")
-            shutil.rmtree(run_dir)
+        logs.info(f"--overwrite: removing the previous run in {run_dir}")
+        shutil.rmtree(run_dir)
     elif resume:
         logs.warn(f"--resume: {run_dir} holds no run; starting from scratch")
     return run_dir
@@ -109,10 +114,9 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     Returns:
         Flat metrics with the keys of the run's metrics.json (eval_loss, eval_accuracy, ...).
     """
-    from accelerate import Accelerator
-
     from hftool.data import load_eval_split, load_splits
     from hftool.evaluation import eval_loader, evaluate_model
+    from hftool.training import make_accelerator
 
     cfg = run_config(model, overrides)
     if not Path(model).expanduser().is_dir():
@@ -127,7 +131,7 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     task, parts = _load(model, cfg)
     rows, _ = task.prepare(cfg, rows, source, parts.labels)
     features = task.features(parts, cfg, rows)
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     loader = accelerator.prepare(eval_loader(features, task.collate(parts), size, cfg.data.num_workers))
     network = accelerator.prepare(parts.model)

@@ -29,6 +29,13 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(
     help="Config overrides KEY=VALUE (e.g. train.warmup_ratio=0.1), anywhere on the line.", show_default=False)]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Examples per batch.")]
 ModelArg = Annotated[str, typer.Argument(help="A run dir written by `hftool finetune`, or a model dir.")]
+NumProcesses = Annotated[Optional[int], typer.Option(
+    help="Processes per machine (GPUs, or CPU workers): started through accelerate launch / torchrun.",
+    rich_help_panel="Distributed")]
+NumMachines = Annotated[int, typer.Option(help="Machines in the job.", rich_help_panel="Distributed")]
+MachineRank = Annotated[int, typer.Option(help="This machine's rank (0 on the main one).", rich_help_panel="Distributed")]
+MainProcessIp = Annotated[Optional[str], typer.Option(help="Address of machine rank 0.", rich_help_panel="Distributed")]
+MainProcessPort = Annotated[int, typer.Option(help="Port on machine rank 0.", rich_help_panel="Distributed")]
 
 
 def _command_line() -> str:
@@ -74,6 +81,11 @@ def finetune(
     resume: Annotated[bool, typer.Option(help="Continue the run in --output-dir from its latest checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --output-dir.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
+    num_processes: NumProcesses = None,
+    num_machines: NumMachines = 1,
+    machine_rank: MachineRank = 0,
+    main_process_ip: MainProcessIp = None,
+    main_process_port: MainProcessPort = 29500,
 ) -> None:
     """Fine-tune a model with a recipe; the run dir is a Hugging Face model dir."""
     from hftool.config import load_config, to_yaml
@@ -90,7 +102,15 @@ def finetune(
         typer.echo(to_yaml(cfg), nl=False)
         return
     from hftool import api
+    from hftool.launch import Launch, in_distributed_run, relaunch
 
+    launch = Launch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
+    if (launch.wanted or in_distributed_run()) and not cfg.output_dir:
+        if in_distributed_run():
+            raise HftoolError("a multi-process run needs --output-dir, so every process writes to the same run")
+        cfg.output_dir = str(api.default_run_dir(recipe))
+        relaunch(launch, ["-o", cfg.output_dir])
+    relaunch(launch)
     run_dir, metrics = api.finetune(cfg, recipe=recipe, resume=resume, overwrite=overwrite, command=_command_line())
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(json.dumps(metrics, indent=2))
@@ -105,12 +125,20 @@ def evaluate(
     split: Annotated[Optional[str], typer.Option(help="Split of --data (default: test, else validation).")] = None,
     batch_size: BatchSize = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the metrics JSON here.")] = None,
+    num_processes: NumProcesses = None,
+    num_machines: NumMachines = 1,
+    machine_rank: MachineRank = 0,
+    main_process_ip: MainProcessIp = None,
+    main_process_port: MainProcessPort = 29500,
 ) -> None:
     """Score a model on data; print the metrics (and write them with --output)."""
     model, positional, keyvals = _split_overrides(model, overrides)
     if positional:
         raise HftoolError(f"unexpected argument '{positional[0]}': overrides are KEY=VALUE")
     from hftool import api
+    from hftool.launch import Launch, relaunch
+
+    relaunch(Launch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port))
 
     metrics = api.evaluate(model, data, split, batch_size, keyvals, output)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -281,7 +281,20 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key.strip(), value
+    return key.strip(), _fix_flow_mapping(value)
+
+
+def _fix_flow_mapping(value: Any) -> Any:
+    """`{a:0.1}` is YAML for {"a:0.1": None}; on a command line it always means {a: 0.1}."""
+    if not isinstance(value, dict):
+        return value
+    fixed = {}
+    for key, item in value.items():
+        if item is None and isinstance(key, str) and ":" in key:
+            key, _, raw = key.partition(":")
+            item = yaml.safe_load(raw)
+        fixed[key] = _fix_flow_mapping(item)
+    return fixed
 
 
 def is_override(text: str) -> bool:

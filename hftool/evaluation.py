@@ -36,15 +36,17 @@ def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval"
     for batch in progress:
         with torch.no_grad():
             outputs = model(**batch)
-        gathered = accelerator.gather_for_metrics(task.eval_outputs(parts, outputs, batch))
-        metric.add_batch(**{k: v.cpu().numpy() for k, v in gathered.items()})
-        if getattr(outputs, "loss", None) is not None:
-            # Weight each batch's mean loss by its real examples (duplicates dropped) so the
-            # result is the mean over examples whatever the batch size or process count.
-            per_example = outputs.loss.detach().double().reshape(1).repeat(batch_size_of(batch))
-            losses = accelerator.gather_for_metrics(per_example)
+        values = task.eval_outputs(parts, outputs, batch)
+        if "loss" not in values and getattr(outputs, "loss", None) is not None:
+            # Tasks that can give per-example losses do (exact whatever the batching); else the
+            # batch mean stands for each of its examples.
+            values["loss"] = outputs.loss.detach().reshape(1).repeat(batch_size_of(batch))
+        gathered = accelerator.gather_for_metrics(values)  # duplicates from uneven sharding dropped
+        if "loss" in gathered:
+            losses = gathered.pop("loss").double()
             loss_sum += losses.sum()
             count += losses.numel()
+        metric.add_batch(**{k: v.cpu().numpy() for k, v in gathered.items()})
     if was_training:
         model.train()
     results = {f"{prefix}_{k}": float(v) for k, v in metric.compute().items()}

@@ -102,7 +102,20 @@ def tiny_bert_config(tokenizer, overrides: dict, **fields: Any):
 
     sizes = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                  max_position_embeddings=512)
+    check_config_overrides(BertConfig(), overrides)
     return BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **(sizes | fields | overrides))
+
+
+def check_config_overrides(config: Any, overrides: dict) -> None:
+    """Reject model.config_overrides keys the model's config does not have (typos train silently)."""
+    import difflib
+
+    known = set(config.to_dict()) | set(getattr(config, "attribute_map", {}))
+    for key in overrides:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "see the model's config.json for its fields"
+            raise HftoolError(f"model.config_overrides: {type(config).__name__} has no field '{key}'; {hint}")
 
 
 def check_tiny(spec: str, supported: tuple[str, ...], task: str) -> str:

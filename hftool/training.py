@@ -83,8 +83,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import DataLoaderConfiguration, set_seed
 
         from hftool.data import load_splits
         from hftool.tasks import get_task
@@ -97,11 +96,14 @@ class Trainer:
             _require("tensorboard", "tensorboard", "tracking=tensorboard")
         elif tracking is not None:
             _require(tracking, tracking, f"tracking={tracking}")
-        self.accelerator = acc = Accelerator(
+        self.accelerator = acc = make_accelerator(
             mixed_precision=t.mixed_precision,
             gradient_accumulation_steps=t.gradient_accumulation_steps,
             log_with=tracking,
             project_dir=str(self.run_dir),
+            # The sampler yields global batches that Accelerate slices across processes, so N
+            # processes see exactly the batches one process would (same data order, same result).
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
         )
         set_seed(t.seed)
         self.task = task = get_task(cfg.task)
@@ -146,13 +148,15 @@ class Trainer:
                    else [1] * len(self.train_features))
         from hftool.data.batching import LengthGroupedBatches
 
-        self.sampler = LengthGroupedBatches(lengths, t.batch_size, t.seed, t.group_by_length)
+        processes = self.accelerator.num_processes
+        self.sampler = LengthGroupedBatches(lengths, t.batch_size * processes, t.seed, t.group_by_length)
         # Own generators: a DataLoader without one draws its base seed from the global RNG at
         # every iter(), which would shift dropout masks between a resumed and an unbroken run.
         train_loader = DataLoader(self.train_features, batch_sampler=self.sampler, collate_fn=collate,
                                   num_workers=cfg.data.num_workers, generator=torch.Generator(),
                                   pin_memory=torch.cuda.is_available())
-        loader = eval_loader(self.eval_features, collate, t.eval_batch_size or 2 * t.batch_size, cfg.data.num_workers)
+        loader = eval_loader(self.eval_features, collate, (t.eval_batch_size or 2 * t.batch_size) * processes,
+                             cfg.data.num_workers)
         self.train_loader, self.eval_loader = self.accelerator.prepare(train_loader, loader)
 
     def _build_optimizer(self) -> None:
@@ -174,10 +178,9 @@ class Trainer:
         self.steps_per_epoch = per_epoch
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
         self.num_epochs = math.ceil(self.total_steps / per_epoch)
-        # A prepared scheduler steps once per process per optimizer step, hence the factor.
-        scheduler = get_scheduler(t.scheduler, optimizer,
-                                  num_warmup_steps=int(t.warmup_ratio * self.total_steps) * acc.num_processes,
-                                  num_training_steps=self.total_steps * acc.num_processes)
+        # With split batches a prepared scheduler steps once per optimizer step.
+        scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
+                                  num_training_steps=self.total_steps)
         self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
 
     # ---------------------------------------------------------------------------------- train
@@ -247,7 +250,7 @@ class Trainer:
                 self.first_bad_step = torch.where(~torch.isfinite(loss.detach()) & (self.first_bad_step < 0),
                                                   state.global_step + 1, self.first_bad_step)
                 running_batches += 1
-                window_examples += _batch_examples(batch) * acc.num_processes
+                window_examples += _batch_examples(batch) * acc.num_processes  # approximate on the last batch
                 if not acc.sync_gradients:
                     continue
                 state.global_step += 1
@@ -395,10 +398,11 @@ class Trainer:
             metrics["train_loss"] = self.last_train_loss
         metrics["train_steps"] = state.global_step
         metrics["train_runtime"] = round(getattr(self, "train_runtime", 0.0), 3)
+        state_dict = acc.get_state_dict(self.model)  # a collective under FSDP/DeepSpeed: every process calls it
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
             model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-            self.task.save(self.parts, self.run_dir, model=model, state_dict=acc.get_state_dict(self.model))
+            self.task.save(self.parts, self.run_dir, model=model, state_dict=state_dict)
             _write_json(self.run_dir / "metrics.json", metrics)
             reports.write_all(self.run_dir, self.cfg, metrics, self.sources, self.recipe, self.command)
         acc.end_training()
@@ -437,6 +441,20 @@ class Trainer:
         kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def make_accelerator(**kwargs):
+    """An Accelerator that also joins CPU process groups started by torchrun.
+
+    Accelerate only treats RANK/WORLD_SIZE as a CPU process group when told it runs on CPU;
+    without that every torchrun worker would train alone.
+    """
+    from accelerate import Accelerator
+
+    from hftool.launch import in_distributed_run
+
+    cpu = in_distributed_run() and not torch.cuda.is_available()
+    return Accelerator(cpu=cpu, **kwargs)
 
 
 def _batch_examples(batch: dict) -> int:

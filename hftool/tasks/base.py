@@ -8,7 +8,8 @@ task-specific, so training, evaluation and inference share one featurisation and
     features(parts, cfg, ds)          canonical rows -> model inputs (+ `length` for batching)
     collate(parts)                    list of features -> batch of tensors
     metric(parts)                     an evaluate module; compute() -> dict[str, float]
-    eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric
+    eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric (plus
+                                      optional per-example "loss", which makes eval_loss exact)
     predict(parts, cfg, inputs)       user inputs -> one JSON-able dict per input
 """
 

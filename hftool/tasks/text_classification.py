@@ -114,6 +114,7 @@ class TextClassification(Task):
             config = models.load("model", AutoConfig, spec, token, num_labels=len(labels),
                                  id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
                                  **overrides)
+        models.check_config_overrides(config, overrides)
         model = models.load("model", AutoModelForSequenceClassification, spec, token, config=config,
                             ignore_mismatched_sizes=model_path is None)  # a new label set replaces the head
         return Parts(model, tokenizer, labels)
@@ -147,7 +148,9 @@ class TextClassification(Task):
         return evaluate.combine([Accuracy(), PrecisionRecallF1(num_classes=len(parts.labels))])
 
     def eval_outputs(self, parts, outputs, batch):
-        return {"predictions": outputs.logits.argmax(-1), "references": batch["labels"]}
+        logits = outputs.logits.float()
+        losses = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+        return {"predictions": logits.argmax(-1), "references": batch["labels"], "loss": losses}
 
     def predict(self, parts, cfg, inputs, batch_size):
         import datasets

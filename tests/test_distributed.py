@@ -1,0 +1,80 @@
+"""Two CPU processes (gloo, through torchrun) give what one process gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, sentiment_rows
+from tests.test_bert_cls import write_csv
+
+NO_DROPOUT = "model.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist-data")
+    return {"train": write_csv(root / "train.csv", sentiment_rows(96, 30)),
+            "val": write_csv(root / "val.csv", sentiment_rows(37, 31))}  # 37: uneven across 2 processes
+
+
+def hftool(*args, launcher=()):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [*launcher, *(["-m", "hftool"] if launcher else [sys.executable, "-m", "hftool"]), *map(str, args)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def finetune(data, out, batch_size, *extra):
+    return hftool("finetune", "bert-cls", "--data", data["train"], "--eval-data", data["val"], "-o", out,
+                  "--max-steps", "8", "--batch-size", batch_size, "train.eval_steps=4", "train.logging_steps=2",
+                  NO_DROPOUT, *extra)
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist-runs")
+    finetune(data, root / "one", 16)
+    finetune(data, root / "two", 8, "--num-processes", 2)  # same global batch: 2 x 8
+    return root / "one", root / "two"
+
+
+def test_two_processes_train_to_the_same_metrics(runs):
+    one, two = runs
+    m1, m2 = (json.loads((run / "metrics.json").read_text()) for run in runs)
+    for key, value in m1.items():
+        if key.startswith("eval_"):
+            assert m2[key] == pytest.approx(value, abs=1e-5), key
+    losses = [[r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["type"] == "train"]
+              for run in runs]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+
+
+def test_only_the_main_process_writes(runs):
+    one, two = runs
+    files = [sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if "checkpoints" not in p.parts)
+             for run in runs]
+    assert files[0] == files[1]
+    records = (two / "log.jsonl").read_text().splitlines()
+    assert len(records) == len(set(records)) == len((one / "log.jsonl").read_text().splitlines())
+    # each process keeps its own random state in a checkpoint, so a resume restores both
+    assert {p.name for p in (two / "checkpoints" / "step-0000008").iterdir()} >= {"random_states_0.pkl",
+                                                                                 "random_states_1.pkl"}
+
+
+def test_torchrun_evaluate_equals_one_process(runs, data, tmp_path):
+    one, _ = runs
+    hftool("evaluate", one, "--data", data["val"], "--batch-size", 5, "-o", tmp_path / "one.json")
+    hftool("evaluate", one, "--data", data["val"], "--batch-size", 5, "-o", tmp_path / "two.json",
+           launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"))
+    single, double = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert single.keys() == double.keys()
+    for key, value in single.items():
+        # metrics from predictions are exact; the loss differs only by float rounding of
+        # differently padded batches
+        assert double[key] == (pytest.approx(value, abs=1e-7) if key == "eval_loss" else value), key
