@@ -95,3 +95,13 @@ def test_every_builtin_recipe_parses():
         cfg = load_config(name)
         assert cfg.description, f"{name} needs a description for `hftool recipes`"
         assert cfg.data.train, f"{name} names no training data"
+
+
+def test_shipped_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from hftool.config import recipes_dir
+
+    paths = sorted((recipes_dir() / "accelerate").glob("*.yaml"))
+    kinds = {load_config_from_file(str(p)).distributed_type for p in paths}
+    assert {str(k).split(".")[-1] for k in kinds} == {"MULTI_GPU", "FSDP", "DEEPSPEED"}
