@@ -1,0 +1,167 @@
+"""Run every comparison and write benchmarks/README.md.
+
+    python benchmarks/run.py [--reps 2] [--train-rows 2000] [--only bert-cls,cli]
+
+Each comparison runs hftool and the tool a user would pick instead on the same machine, data,
+model and settings, alternating the sides (A B A B ...) and reporting medians and ratios. Whole
+processes are timed (start-up, data preparation, training, final evaluation), as a user sees
+them; peak memory is the child's max RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, RESULTS, minilm_path, trec_csv  # noqa: E402
+
+PY = sys.executable
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "PYTHONPATH": str(REPO)}
+
+
+def timed(command: list[str]) -> dict:
+    """Wall time, peak RSS (MiB) and stdout of one whole process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    stdout = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"failed ({process.returncode}): {shlex.join(command)}")
+    return {"seconds": time.perf_counter() - start, "rss_mib": usage.ru_maxrss / 1024, "stdout": stdout}
+
+
+def subset(path: Path, rows: int | None, out: Path) -> Path:
+    if not rows:
+        return path
+    with open(path, encoding="utf-8") as f:
+        lines = list(csv.reader(f))
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(lines[: rows + 1])
+    return out
+
+
+def bert_cls(reps: int, train_rows: int | None) -> dict:
+    """hftool vs transformers Trainer (run_glue defaults, and its best CPU settings)."""
+    data = trec_csv()
+    train = subset(data["train"], train_rows, RESULTS / "trec" / f"train-{train_rows}.csv")
+    n = sum(1 for _ in open(train, encoding="utf-8")) - 1
+    model = str(minilm_path())
+    common = ["--epochs", "1", "--batch-size", "32", "--lr", "1e-4"]
+    out = RESULTS / "bert-cls"
+    sides = {
+        "hftool": [PY, "-m", "hftool", "finetune", "bert-cls", "--model", model, "--data", str(train),
+                   "--eval-data", str(data["test"]), "-o", str(out / "hftool"), "--overwrite", *common,
+                   "data.max_length=128", "train.warmup_ratio=0.0", "train.logging_steps=50"],
+        "Trainer, run_glue defaults (pad to 128)": [
+            PY, "benchmarks/peer_trainer.py", "--train", str(train), "--test", str(data["test"]), "--model", model,
+            "--out", str(out / "trainer-max"), "--padding", "max", *common],
+        "Trainer, dynamic padding + group_by_length": [
+            PY, "benchmarks/peer_trainer.py", "--train", str(train), "--test", str(data["test"]), "--model", model,
+            "--out", str(out / "trainer-dynamic"), "--padding", "dynamic", *common],
+    }
+    runs = {name: [] for name in sides}
+    for rep in range(reps):
+        for name, command in sides.items():
+            result = timed(command)
+            if name == "hftool":
+                accuracy = json.loads((out / "hftool" / "metrics.json").read_text())["eval_accuracy"]
+            else:
+                accuracy = json.loads(result["stdout"].strip().splitlines()[-1])["accuracy"]
+            runs[name].append({**result, "accuracy": accuracy, "samples_per_second": n / result["seconds"]})
+            print(f"  [{rep + 1}/{reps}] {name}: {result['seconds']:.1f} s, acc {accuracy:.4f}", flush=True)
+    rows = []
+    base = statistics.median(r["samples_per_second"] for r in runs["hftool"])
+    for name, results in runs.items():
+        speed = statistics.median(r["samples_per_second"] for r in results)
+        rows.append({"side": name, "samples/s": round(speed, 2),
+                     "hftool speed-up": "-" if name == "hftool" else f"{base / speed:.2f}x",
+                     "accuracy": round(statistics.median(r["accuracy"] for r in results), 4),
+                     "peak RSS MiB": round(statistics.median(r["rss_mib"] for r in results)),
+                     "runs": len(results)})
+    commands = {name: shlex.join(c).replace(str(REPO) + "/", "") for name, c in sides.items()}
+    return {"title": f"bert-cls training: all-MiniLM-L6-v2 on TREC-6 ({n} train rows, 500 test), 1 epoch, "
+                     "batch 32, lr 1e-4, whole processes", "rows": rows, "commands": commands}
+
+
+def cli_startup(reps: int, _rows) -> dict:
+    """`hftool --help` / `hftool recipes` against `accelerate --help` (a CLI in the same stack)."""
+    sides = {"hftool --help": [PY, "-m", "hftool", "--help"], "hftool recipes": [PY, "-m", "hftool", "recipes"],
+             "accelerate --help (peer)": [PY, "-m", "accelerate.commands.accelerate_cli", "--help"]}
+    times = {name: [] for name in sides}
+    for _ in range(max(reps, 5)):
+        for name, command in sides.items():
+            times[name].append(timed(command)["seconds"])
+    peer = statistics.median(times["accelerate --help (peer)"])
+    rows = [{"command": name, "median s": round(statistics.median(t), 3),
+             "vs accelerate --help": f"{peer / statistics.median(t):.2f}x faster"} for name, t in times.items()]
+    return {"title": "CLI start-up (wall time of the whole process)", "rows": rows,
+            "commands": {name: shlex.join(c) for name, c in sides.items()}}
+
+
+def external(script: str):
+    """Comparisons that live in their own scripts print a JSON result as their last line."""
+
+    def run(reps: int, _rows) -> dict:
+        path = REPO / "benchmarks" / script
+        if not path.is_file():
+            raise SystemExit(f"{path.name} is not there yet")
+        result = timed([PY, str(path), "--reps", str(reps), "--json"])
+        return json.loads(result["stdout"].strip().splitlines()[-1])
+
+    return run
+
+
+BENCHMARKS = {"bert-cls": bert_cls, "cli": cli_startup,
+              "generate": external("generate_vs_pipeline.py"), "image": external("image_pipeline.py")}
+
+
+def table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--train-rows", type=int, default=2000, help="TREC-6 training rows (0: all 5452)")
+    parser.add_argument("--only", default=",".join(BENCHMARKS))
+    args = parser.parse_args()
+    sections = []
+    for name in args.only.split(","):
+        if name not in BENCHMARKS:
+            raise SystemExit(f"unknown benchmark {name}; choose from {', '.join(BENCHMARKS)}")
+        print(f"{name} ...", flush=True)
+        try:
+            sections.append(BENCHMARKS[name](args.reps, args.train_rows or None))
+        except SystemExit as skipped:
+            print(f"  skipped: {skipped}", flush=True)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    text = [f"# Benchmarks\n\nMeasured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}; {args.reps} alternating repetitions per side, medians.\n\n"
+            f"Reproduce: `python benchmarks/run.py --reps {args.reps} --train-rows {args.train_rows}`\n"]
+    for section in sections:
+        text.append(f"## {section['title']}\n\n{table(section['rows'])}\n")
+        if section.get("notes"):
+            text.append(section["notes"] + "\n")
+        text.append("Commands:\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in section["commands"].items()) + "\n")
+    (REPO / "benchmarks" / "README.md").write_text("\n".join(text), encoding="utf-8")
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
