@@ -4,14 +4,19 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip repeats a warning for every package when its configured local indexes lack one: noise.
+QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
 .PHONY: setup demo test test-fast benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e ".[dev]" $(TORCH_PINS)
+	$(PY) -m pip install -q --upgrade pip $(QUIET)
+	$(PY) -m pip install -q $(TORCH_PINS) $(QUIET)
+	$(PY) -m pip install -q -e ".[dev]" $(TORCH_PINS) $(QUIET)
+	$(PY) -c "import hftool, torch, transformers, datasets, accelerate, evaluate, timm"
 	touch $@
 
 setup: $(VENV)/.installed
