@@ -68,7 +68,8 @@ def run_dir(tmp_path_factory):
     from hftool.config import load_config
 
     out = tmp_path_factory.mktemp("ner") / "run"
-    api.finetune(load_config("bert-ner", overrides=["train.max_steps=150", "train.eval_steps=150", f"output_dir={out}"]), recipe="bert-ner")
+    overrides = ["train.max_steps=110", "train.eval_steps=110", f"output_dir={out}"]
+    api.finetune(load_config("bert-ner", overrides=overrides), recipe="bert-ner")
     return out
 
 
