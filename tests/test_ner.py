@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 SENTENCES = [  # (tokens, IOB2 tags)
     (["Angela", "Merkel", "visited", "New", "York", "."], ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"]),
-    (["Siemens", "hired", "Yuki", "Tanaka", "and", "Olga", "Berg"], ["B-ORG", "O", "B-PER", "I-PER", "O", "B-PER", "I-PER"]),
+    (["Siemens", "hired", "Yuki", "Tanaka", "and", "Olga", "Berg"],
+     ["B-ORG", "O", "B-PER", "I-PER", "O", "B-PER", "I-PER"]),
     (["Rain", "hit", "Paris", "Lima", "and", "Oslo"], ["O", "O", "B-LOC", "B-LOC", "O", "B-LOC"]),
 ]
 # The same sentences in the other schemes hftool accepts.
@@ -291,7 +292,8 @@ def test_evaluation_is_exact_across_two_processes(run_dir, tmp_path):
 def test_bad_conll_lines_are_named_with_file_and_line(cli, tmp_path, text, line, words):
     data = tmp_path / "bad.conll"
     data.write_text(text, encoding="utf-8")
-    result = cli("finetune", "bert-ner", "--data", data, "--eval-data", data, "-o", tmp_path / "run", "--max-steps", "1")
+    result = cli("finetune", "bert-ner", "--data", data, "--eval-data", data, "-o", tmp_path / "run",
+                 "--max-steps", "1")
     assert result.code == 2
     assert str(data) in result.err and (f":{line}" in result.err or f"line {line}" in result.err)
     assert words in result.err and "Traceback" not in result.err
