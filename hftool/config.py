@@ -39,22 +39,36 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # Training data: a csv/tsv/json/jsonl/parquet/txt file, a folder of split files, a
-    # save_to_disk folder, a hub dataset (`name` or `name:config`) or `sample:<name>` (embedded).
+    # Training data: a csv/tsv/json/jsonl/parquet/txt file, a CoNLL file (any other extension),
+    # a folder of split files, a save_to_disk folder, a hub dataset (`name` or `name:config`)
+    # or `sample:<name>` (embedded).
     train: str | None = None
     # Evaluation data in the same forms; None uses the source's own validation split or holds
     # out `validation_split` of the training data.
     eval: str | None = None
-    # Column names; None auto-detects the usual ones (text/sentence/..., label/labels/...).
+    # Column names; None auto-detects the usual ones (text/sentence/..., label/labels/...; for
+    # token classification tokens/words and ner_tags/tags).
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
     # Fraction of the training data held out (seeded) when no validation data exists, so every
     # run reports eval_* metrics. At least one example is held out.
     validation_split: float = 0.1
-    # Token budget per example; longer inputs are truncated. 128 covers most sentence tasks at a
-    # fraction of the 512-token cost.
+    # Token budget per example; longer inputs are truncated (token classification splits them
+    # into overlapping windows instead). 128 covers most sentence tasks at a fraction of the
+    # 512-token cost.
     max_length: int = 128
+    # Token classification: tokens shared by consecutive windows of a text longer than
+    # max_length. Each word is scored in the window where it has the most context, so 32 gives
+    # every word at least ~16 tokens of context on the side where a window was cut.
+    stride: int = 32
+    # Token classification: also train a word's later subwords (B- becomes I-) instead of only
+    # its first. False is the usual choice: the first subword is the one predicted and scored.
+    label_all_tokens: bool = False
+    # Token classification: tag names for data whose tags are integer ids without names (a
+    # hub ClassLabel names them otherwise), e.g. [O, B-PER, I-PER]; index = id. None: tags are
+    # names, or the hub's names.
+    tag_names: list | None = None
     # File encoding; None reads UTF-8 and falls back to Latin-1 with a warning.
     encoding: str | None = None
     # DataLoader worker processes. Text is tokenized up front, so 0 (no fork cost) is fastest.
@@ -239,8 +253,13 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             if not isinstance(value, dict):
                 raise ValueError
             return value
+        if base is list:
+            if not isinstance(value, list):
+                raise ValueError
+            return value
     except (TypeError, ValueError):
-        kind = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+        kind = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+                list: "a list, e.g. [a, b]"}
         raise HftoolError(f"{key} in {source} expects {kind.get(base, base)}, got {value!r}") from None
     return value
 
@@ -360,6 +379,8 @@ def validate(cfg: RunConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise HftoolError(f"{key} must be positive, got {value}")
+    if cfg.data.stride < 0:
+        raise HftoolError(f"data.stride must be 0 or more, got {cfg.data.stride}")
     if not 0 <= cfg.data.validation_split < 1:
         raise HftoolError(f"data.validation_split must be in [0, 1), got {cfg.data.validation_split}")
     if t.max_steps is None and t.epochs <= 0:

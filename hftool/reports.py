@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -21,6 +22,9 @@ def write_all(run_dir: Path, cfg: RunConfig, metrics: dict, sources: dict[str, s
     (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
     plot_curves(run_dir / "log.jsonl", run_dir / "curves.png")
     (run_dir / "README.md").write_text(model_card(cfg, metrics, provenance, recipe), encoding="utf-8")
+    from hftool.tasks import get_task
+
+    get_task(cfg.task).write_reports(run_dir, metrics)
 
 
 def collect_provenance(cfg: RunConfig, sources: dict[str, str], command: str) -> dict:
@@ -89,15 +93,20 @@ def plot_curves(log_path: Path, out_path: Path) -> None:
     evals = [r for r in records if r["type"] == "eval"]
     metric_names = [k for k in (evals[-1] if evals else {}) if k.startswith("eval_")]
     panels = 1 + len(metric_names)
-    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), squeeze=False)
-    ax = axes[0][0]
+    # At most 4 panels a row: per-type metrics (token classification) make dozens.
+    cols, rows = min(panels, 4), math.ceil(panels / 4)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    axes = axes.ravel()
+    for unused in axes[panels:]:
+        unused.set_visible(False)
+    ax = axes[0]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
     if evals and "eval_loss" in evals[0]:
         ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
     ax.set_xlabel("step")
     ax.set_title("loss")
     ax.legend()
-    for ax, name in zip(axes[0][1:], metric_names):
+    for ax, name in zip(axes[1:], metric_names):
         ax.plot([r["step"] for r in evals], [r.get(name) for r in evals], "o-")
         ax.set_xlabel("step")
         ax.set_title(name)

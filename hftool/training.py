@@ -236,7 +236,7 @@ class Trainer:
                 loader = acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
             for batch in loader:
                 with acc.accumulate(self.model):
-                    loss = self.model(**batch).loss
+                    loss = self.model(**self.task.model_inputs(batch)).loss
                     acc.backward(loss)
                     if acc.sync_gradients and t.max_grad_norm > 0:
                         acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)

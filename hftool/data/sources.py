@@ -1,5 +1,8 @@
 """Where data comes from: files, folders, save_to_disk folders, hub datasets, embedded samples.
 
+A file is read by its extension: csv, tsv, json, jsonl, parquet and txt are tables (a .txt file
+whose lines are token/tag columns is CoNLL); any other extension (`eng.train`, `x.conll`,
+`emerging.test.annotated`) is read as CoNLL, the format token classification data ships in.
 Every source becomes a `datasets.DatasetDict` whose split names are normalised to train,
 validation and test. Bad input raises HftoolError naming the file (and line, where there is one).
 """
@@ -16,6 +19,8 @@ from hftool import logs
 from hftool.errors import HftoolError
 
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
+# Extensions a folder of split files may also hold (train.conll, dev.conll, test.conll).
+FOLDER_EXTENSIONS = (*TABLE_EXTENSIONS, ".conll")
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
     "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "eval": "validation",
@@ -53,7 +58,8 @@ def _records_to_dataset(records: list[dict], path: Path):
 
 
 def read_file(path: Path, encoding: str | None = None):
-    """One data file -> a Dataset. txt files give one `text` row per non-empty line."""
+    """One data file -> a Dataset. txt files give one `text` row per non-empty line, unless
+    they hold CoNLL columns; files with other extensions are CoNLL (tokens, tags, line)."""
     import datasets
     import pandas as pd
 
@@ -100,9 +106,11 @@ def read_file(path: Path, encoding: str | None = None):
         if not all(isinstance(r, dict) for r in records):
             raise HftoolError(f"{path}: expected JSON objects (one per row), e.g. {{\"text\": ..., \"label\": ...}}")
         return _records_to_dataset(records, path)
-    if suffix == ".txt":
+    from hftool.data.conll import looks_like_conll, read_conll
+
+    if suffix == ".txt" and not looks_like_conll(text):
         return datasets.Dataset.from_dict({"text": [line for line in text.split("\n") if line.strip()]})
-    raise HftoolError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(TABLE_EXTENSIONS)}")
+    return read_conll(path, text)
 
 
 def _split_name(stem: str) -> str | None:
@@ -116,7 +124,7 @@ def read_folder(path: Path, encoding: str | None = None):
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         loaded = datasets.load_from_disk(str(path))
         return _normalise_splits(loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded))
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TABLE_EXTENSIONS)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FOLDER_EXTENSIONS)
     splits = {}
     for file in files:
         name = _split_name(file.stem)
@@ -129,7 +137,7 @@ def read_folder(path: Path, encoding: str | None = None):
         splits = {"train": files[0]}
     if "train" not in splits:
         found = ", ".join(p.name for p in files) or "no data files"
-        raise HftoolError(f"{path} has no train file ({found}); name the files train/validation/test.<csv|jsonl|...>")
+        raise HftoolError(f"{path} has no train file ({found}); name the files train/validation/test.<csv|jsonl|conll|...>")
     return datasets.DatasetDict({name: read_file(file, encoding) for name, file in splits.items()})
 
 
@@ -155,7 +163,7 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
         return datasets.DatasetDict(train=read_file(path, encoding))
     if path.is_dir():
         return read_folder(path, encoding)
-    looks_like_file = path.suffix.lower() in TABLE_EXTENSIONS or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec)
+    looks_like_file = path.suffix.lower() in FOLDER_EXTENSIONS or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec)
     if looks_like_file:
         raise HftoolError(f"data file {spec} does not exist; check the path (or pass a hub dataset as name or name:config)")
     name, _, config = spec.partition(":")

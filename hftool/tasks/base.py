@@ -11,6 +11,10 @@ task-specific, so training, evaluation and inference share one featurisation and
     eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric (plus
                                       optional per-example "loss", which makes eval_loss exact)
     predict(parts, cfg, inputs)       user inputs -> one JSON-able dict per input
+    write_reports(run_dir, metrics)   task-specific files beside metrics.json (optional)
+
+A collated batch may carry `meta_keys` for eval_outputs only (e.g. which sentence a window of
+a long one belongs to); the loop calls the model with `model_inputs(batch)`, which drops them.
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ class Task:
     default_metric: str = "loss"
     # transformers pipeline task name that works on a saved run dir.
     pipeline_task: str = ""
+    # Batch keys that are bookkeeping for eval_outputs, not arguments of the model's forward().
+    meta_keys: tuple[str, ...] = ()
+
+    def model_inputs(self, batch: dict) -> dict:
+        """The batch without meta_keys: what the model is called with."""
+        return {k: v for k, v in batch.items() if k not in self.meta_keys} if self.meta_keys else batch
 
     def prepare(self, cfg, ds, source: str, labels: list[str] | None = None):
         raise NotImplementedError
@@ -61,6 +71,9 @@ class Task:
 
     def predict(self, parts: Parts, cfg, inputs: list[str], batch_size: int) -> list[dict]:
         raise NotImplementedError
+
+    def write_reports(self, run_dir: Path, metrics: dict[str, float]) -> None:
+        """Files a finished run leaves beside metrics.json, from its final metrics; none by default."""
 
     def format_prediction(self, prediction: dict) -> str:
         """One line for the terminal."""

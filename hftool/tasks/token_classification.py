@@ -1,0 +1,338 @@
+"""Token classification (NER and other word tagging): BERT and any AutoModelForTokenClassification.
+
+Tags belong to words; the model sees subwords. A word's first subword carries its tag (the rest
+are ignored unless data.label_all_tokens), and predictions are read back from that subword, so
+metrics are computed on words, never on subwords or padding. A sentence longer than
+data.max_length is split into windows of whole words that overlap by about data.stride tokens;
+each word is scored in the one window where it has most context, so every word is predicted and
+scored exactly once. IOB1, IOB2 and BIOES tags are accepted and normalised to IOB2 (the scheme
+transformers' token-classification pipeline aggregates).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import torch
+
+from hftool import models
+from hftool.data.batching import pad_collate
+from hftool.data.conll import TAG
+from hftool.errors import HftoolError
+from hftool.tasks.base import Parts, Task
+from hftool.tasks.text_classification import _column
+
+TOKEN_COLUMNS = ("tokens", "words")
+TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner")
+# How `predict` splits raw text into words: runs of letters/digits, and each other visible
+# character on its own, as BERT's pre-tokenizer and CoNLL's tokenisation split punctuation.
+WORD = re.compile(r"\w+|[^\w\s]")
+REPORT = "entity_metrics.tsv"
+
+
+def to_iob2(tags: list[str]) -> list[str]:
+    """IOB1, IOB2 or BIOES tags -> IOB2: B- starts every entity, I- continues it.
+
+    One rule covers the three schemes: S-/E- become B-/I-, and an I- that does not continue an
+    entity of its type (IOB1's usual start) becomes B-.
+    """
+    out, previous = [], "O"
+    for tag in tags:
+        if tag != "O":
+            prefix, kind = tag[0], tag[2:]
+            prefix = {"S": "B", "E": "I"}.get(prefix, prefix)
+            if prefix == "I" and previous[2:] != kind:
+                prefix = "B"
+            tag = f"{prefix}-{kind}"
+        out.append(tag)
+        previous = tag
+    return out
+
+
+def label_names(types: set[str]) -> list[str]:
+    """O, then B-/I- for each type in name order: every type can begin and continue an entity."""
+    return ["O"] + [f"{prefix}-{kind}" for kind in sorted(types) for prefix in "BI"]
+
+
+def windows(pieces: list[int], budget: int, stride: int) -> list[tuple[int, int]]:
+    """Split words with `pieces` subwords each into [start, end) windows of at most `budget`
+    subwords, each repeating about `stride` subwords of the previous one as context. A single
+    word longer than the budget gets a window of its own (and is cut, but keeps its first piece)."""
+    if not pieces:
+        return [(0, 0)]
+    spans, start = [], 0
+    while True:
+        end, used = start, 0
+        while end < len(pieces) and used + pieces[end] <= budget:
+            used += pieces[end]
+            end += 1
+        end = max(end, start + 1)
+        spans.append((start, end))
+        if end >= len(pieces):
+            return spans
+        back, shared = end, 0  # step back over whole words while the shared part and the next word fit
+        while back - 1 > start and shared + pieces[back - 1] <= min(stride, budget - pieces[end]):
+            back -= 1
+            shared += pieces[back]
+        start = back
+
+
+def home_windows(pieces: list[int], spans: list[tuple[int, int]]) -> list[int]:
+    """For each word, the window where it has most context: the largest min(subwords before it,
+    subwords after it) within the window (ties: the earlier window)."""
+    best: list[tuple[int, int]] = [(-1, 0)] * len(pieces)
+    for index, (start, end) in enumerate(spans):
+        before = 0
+        total = sum(pieces[start:end])
+        for word in range(start, end):
+            context = min(before, total - before - pieces[word])
+            if context > best[word][0]:
+                best[word] = (context, index)
+            before += pieces[word]
+    return [index for _, index in best]
+
+
+class TokenClassification(Task):
+    name = "token-classification"
+    default_metric = "f1"
+    pipeline_task = "token-classification"
+    meta_keys = ("word_ids", "example_id")
+
+    def prepare(self, cfg, ds, source, labels=None, require_labels=True):
+        """Rows -> columns tokens, [tags] (IOB2 tag ids); tag names come from `ds` when None."""
+        import datasets
+
+        data = cfg.data
+        column = _column(ds, source, data.text_column, TOKEN_COLUMNS, "tokens", "text_column")
+        lines = ds["line"] if "line" in ds.column_names else None
+
+        def where(row: int, word: int) -> str:
+            return f"{source} line {lines[row] + word}" if lines else f"{source} row {row + 1}, word {word + 1}"
+
+        sentences = ds[column]
+        for row, words in enumerate(sentences):
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                raise HftoolError(f"{source} row {row + 1}: column '{column}' holds {words!r}, not a list of "
+                                  "words; each row needs a list of tokens")
+        columns = {"tokens": sentences}
+        if require_labels or any(c in ds.column_names for c in (data.label_column, *TAG_COLUMNS) if c):
+            tag_column = _column(ds, source, data.label_column, TAG_COLUMNS, "tags", "label_column")
+            rows = self._tag_strings(ds, tag_column, source, data.tag_names, where)
+            normalised = []
+            for row, (words, tags) in enumerate(zip(sentences, rows)):
+                if len(tags) != len(words):
+                    raise HftoolError(f"{where(row, 0)}: {len(words)} tokens but {len(tags)} tags; "
+                                      "every token needs exactly one tag")
+                for i, tag in enumerate(tags):
+                    if not TAG.match(tag):
+                        raise HftoolError(f"{where(row, i)}: tag {tag!r} is not O or B-/I-/E-/S-<type> "
+                                          "(IOB1, IOB2 and BIOES are accepted); fix the tag")
+                normalised.append(to_iob2(tags))
+            if labels is None:
+                labels = label_names({tag[2:] for tags in normalised for tag in tags if tag != "O"})
+            ids = {name: i for i, name in enumerate(labels)}
+            columns["tags"] = []
+            for row, tags in enumerate(normalised):
+                unknown = next((i for i, tag in enumerate(tags) if tag not in ids), None)
+                if unknown is not None:
+                    kinds = sorted({n[2:] for n in labels if n != "O"})
+                    raise HftoolError(f"{where(row, unknown)}: tag {rows[row][unknown]!r} is not a type the model was "
+                                      f"trained on ({', '.join(kinds) or 'none'}); fix the tag or add the type to "
+                                      "the training data")
+                columns["tags"].append([ids[tag] for tag in tags])
+        return datasets.Dataset.from_dict(columns), labels
+
+    @staticmethod
+    def _tag_strings(ds, column: str, source: str, tag_names: list | None, where) -> list[list[str]]:
+        """Tags as names: strings as they are; integer ids through data.tag_names or the
+        dataset's ClassLabel names."""
+        values = ds[column]
+        inner = getattr(ds.features[column], "feature", None)
+        names = tag_names or getattr(inner, "names", None)
+        out = []
+        for row, tags in enumerate(values):
+            if not isinstance(tags, list):
+                raise HftoolError(f"{source} row {row + 1}: column '{column}' holds {tags!r}, not a list of tags")
+            if all(isinstance(t, str) for t in tags):
+                out.append(tags)
+                continue
+            bad = next((i for i, t in enumerate(tags) if not isinstance(t, int) or isinstance(t, bool)), None)
+            if bad is not None:
+                raise HftoolError(f"{where(row, bad)}: tag {tags[bad]!r} is neither a name nor an id; "
+                                  "use names (B-PER) or integer ids throughout")
+            if names is None:
+                raise HftoolError(f"{source}: column '{column}' holds tag ids without names; set "
+                                  "data.tag_names=[O, B-PER, I-PER, ...] (index = id) or write the tags as names")
+            bad = next((i for i, t in enumerate(tags) if not 0 <= t < len(names)), None)
+            if bad is not None:
+                raise HftoolError(f"{where(row, bad)}: tag id {tags[bad]} has no name ({len(names)} tag names); "
+                                  "fix the id or data.tag_names")
+            out.append([str(names[t]) for t in tags])
+        return out
+
+    def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None) -> Parts:
+        spec = model_path or cfg.model.name
+        overrides = dict(cfg.model.config_overrides)
+        if models.tiny_arch(spec) is not None:
+            models.check_tiny(spec, ("bert",), self.name)
+            saved = run_dir is not None and (Path(run_dir) / "tokenizer.json").is_file()
+            if saved:  # a resumed run reuses its tokenizer rather than training another
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+            else:
+                tokenizer = models.train_wordpiece((" ".join(words) for words in train_ds["tokens"]),
+                                                   cfg.model.tiny_vocab_size)
+            from transformers import BertForTokenClassification
+
+            config = models.tiny_bert_config(tokenizer, overrides, num_labels=len(labels),
+                                             id2label=dict(enumerate(labels)),
+                                             label2id={n: i for i, n in enumerate(labels)})
+            return Parts(BertForTokenClassification(config), tokenizer, labels)
+
+        from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+
+        token = cfg.model.token
+        tokenizer = models.load("tokenizer", AutoTokenizer, spec, token)
+        if not getattr(tokenizer, "is_fast", False):
+            raise HftoolError(f"{spec}: token classification needs a fast (tokenizers) tokenizer to map subwords "
+                              "to words; pass a model dir with a tokenizer.json")
+        if labels is None:  # evaluate/predict: the model's own label map
+            config = models.load("model", AutoConfig, spec, token, **overrides)
+            labels = [config.id2label[i] for i in range(config.num_labels)]
+        else:
+            config = models.load("model", AutoConfig, spec, token, num_labels=len(labels),
+                                 id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                                 **overrides)
+        model = models.load("model", AutoModelForTokenClassification, spec, token, config=config,
+                            ignore_mismatched_sizes=model_path is None)  # a new tag set replaces the head
+        return Parts(model, tokenizer, labels)
+
+    def features(self, parts, cfg, ds):
+        """Sentences -> windows of whole words, with labels on first subwords and, as meta,
+        `word_ids` (the sentence's word index where this window scores a word, else -100) and
+        `example_id` (the sentence's row)."""
+        tokenizer = parts.processor
+        max_length = min(cfg.data.max_length, getattr(parts.model.config, "max_position_embeddings", 10**9))
+        budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+        stride, label_all = cfg.data.stride, cfg.data.label_all_tokens
+        if stride >= budget:
+            raise HftoolError(f"data.stride={stride} must be smaller than data.max_length={max_length} minus "
+                              f"{max_length - budget} special tokens; lower data.stride")
+        labels = parts.labels
+        inside = [labels.index("I" + name[1:]) if name.startswith("B-") and "I" + name[1:] in labels else i
+                  for i, name in enumerate(labels)]
+
+        def encode(batch, indices):
+            sentences = [list(words) for words in batch["tokens"]]
+            pieces = []
+            encoded = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
+            for i, words in enumerate(sentences):
+                counts = Counter(w for w in encoded.word_ids(i) if w is not None)
+                for j in range(len(words)):
+                    if not counts[j]:
+                        # A word the tokenizer turns into nothing (a zero-width space, a control
+                        # character) becomes the one-piece unknown token: it is still scored.
+                        words[j], counts[j] = tokenizer.unk_token, 1
+                pieces.append([counts[j] for j in range(len(words))])
+            jobs = []  # (sentence, window index, start, end, home windows)
+            for i, words in enumerate(sentences):
+                spans = windows(pieces[i], budget, stride)
+                home = home_windows(pieces[i], spans)
+                jobs += [(i, k, start, end, home) for k, (start, end) in enumerate(spans)]
+            chunks = tokenizer([sentences[i][start:end] for i, _, start, end, _ in jobs], is_split_into_words=True,
+                               truncation=True, max_length=max_length)
+            out = {key: list(values) for key, values in chunks.items()}
+            out |= {"length": [], "word_ids": [], "example_id": []}
+            if "tags" in batch:
+                out["labels"] = []
+            for row, (i, k, start, _, home) in enumerate(jobs):
+                word_ids, scored, targets = chunks.word_ids(row), [], []
+                for position, word in enumerate(word_ids):
+                    first = word is not None and (position == 0 or word_ids[position - 1] != word)
+                    absolute = None if word is None else start + word
+                    scored.append(absolute if first and home[absolute] == k else -100)
+                    if "tags" in batch:
+                        tag = None if word is None else batch["tags"][i][absolute]
+                        targets.append(-100 if tag is None else tag if first else inside[tag] if label_all else -100)
+                out["length"].append(len(word_ids))
+                out["word_ids"].append(scored)
+                out["example_id"].append(indices[i])
+                if "tags" in batch:
+                    out["labels"].append(targets)
+            return out
+
+        return ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names, desc="Tokenizing")
+
+    def collate(self, parts):
+        collate = pad_collate({"input_ids": parts.processor.pad_token_id, "labels": -100, "word_ids": -100})
+
+        def without_length(features):
+            return collate([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+        return without_length
+
+    def metric(self, parts):
+        from hftool.metrics import Seqeval
+
+        return Seqeval(parts.labels)
+
+    def eval_outputs(self, parts, outputs, batch):
+        # Widths differ between processes (dynamic padding); gathering needs one width.
+        from accelerate.utils import pad_across_processes
+
+        rows = {"predictions": outputs.logits.argmax(-1), "references": batch["labels"], "word_ids": batch["word_ids"]}
+        rows = {k: pad_across_processes(v, dim=1, pad_index=-100) for k, v in rows.items()}
+        return {**rows, "example_ids": batch["example_id"]}
+
+    def predict(self, parts, cfg, inputs, batch_size):
+        import datasets
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        from hftool.evaluation import run_batches
+
+        spans = [[m.span() for m in WORD.finditer(text)] for text in inputs]
+        rows = datasets.Dataset.from_dict({"tokens": [[t[a:b] for a, b in s] for t, s in zip(inputs, spans)]})
+        features = self.features(parts, cfg, rows)
+        word_ids, example_ids = features["word_ids"], features["example_id"]
+        words: dict[int, dict[int, tuple[int, float]]] = defaultdict(dict)
+        batches = run_batches(parts.model, features.remove_columns(list(self.meta_keys)), self.collate(parts),
+                              batch_size)
+        for start, (_, outputs) in zip(range(0, len(features), batch_size), batches):
+            scores, ids = torch.softmax(outputs.logits.float(), dim=-1).max(-1)
+            scores, ids = scores.tolist(), ids.tolist()
+            for r in range(len(ids)):
+                for position, word in enumerate(word_ids[start + r]):
+                    if word >= 0:
+                        words[example_ids[start + r]][word] = (ids[r][position], scores[r][position])
+        results = []
+        for n, (text, offsets) in enumerate(zip(inputs, spans)):
+            predicted = [words[n][w] for w in range(len(offsets))]
+            entities = []
+            for kind, first, last in get_entities([parts.labels[i] for i, _ in predicted]):
+                start, end = offsets[first][0], offsets[last][1]
+                score = sum(s for _, s in predicted[first:last + 1]) / (last + 1 - first)
+                entities.append({"type": kind, "text": text[start:end], "start": start, "end": end,
+                                 "score": round(score, 6)})
+            results.append({"text": text, "entities": entities})
+        return results
+
+    def format_prediction(self, prediction):
+        found = "; ".join(f"{e['type']} {json.dumps(e['text'], ensure_ascii=False)} {e['start']}-{e['end']} "
+                          f"{e['score']:.4f}" for e in prediction["entities"])
+        return f"{prediction['text']}\t{found or '(no entities)'}"
+
+    def write_reports(self, run_dir, metrics):
+        """entity_metrics.tsv: precision, recall, F1 and support per entity type, then overall."""
+        kinds = [k[len("eval_"):-len("_support")] for k in metrics if k.startswith("eval_") and k.endswith("_support")]
+        lines = ["type\tprecision\trecall\tf1\tsupport"]
+        for kind in kinds:
+            values = [metrics[f"eval_{kind}_{m}"] for m in ("precision", "recall", "f1")]
+            lines.append("\t".join([kind, *(f"{v:.4f}" for v in values), str(int(metrics[f"eval_{kind}_support"]))]))
+        total = sum(int(metrics[f"eval_{kind}_support"]) for kind in kinds)
+        overall = [metrics.get(f"eval_{m}", 0.0) for m in ("precision", "recall", "f1")]
+        lines.append("\t".join(["overall", *(f"{v:.4f}" for v in overall), str(total)]))
+        (Path(run_dir) / REPORT).write_text("\n".join(lines) + "\n", encoding="utf-8")
