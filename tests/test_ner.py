@@ -267,17 +267,18 @@ def test_evaluation_is_exact_across_two_processes(run_dir, tmp_path):
     rows.append((sum((t for t, _ in rows[:6]), []), sum((g for _, g in rows[:6]), [])))
     data = tmp_path / "eval.conll"
     data.write_text(conll(rows), encoding="utf-8")
-    args = ["-m", "hftool", "evaluate", str(run_dir), "--data", str(data), "-b", "3", "data.max_length=16",
-            "data.stride=4"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     outputs = []
-    for launcher, name in ((torchrun, "two.json"), ([sys.executable], "one.json")):
-        done = subprocess.run([*launcher, *args, "-o", str(tmp_path / name)], capture_output=True, text=True,
-                              env=env, timeout=300)
+    for name, processes in (("one.json", "1"), ("two.json", "2")):
+        done = subprocess.run([sys.executable, "-m", "hftool", "evaluate", str(run_dir), "--data", str(data), "-b", "3",
+                               "--num-processes", processes, "-o", str(tmp_path / name), "data.max_length=16",
+                               "data.stride=4"], capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
+        assert ("torch.distributed.run" in done.stderr) == (processes == "2")
         outputs.append(json.loads((tmp_path / name).read_text()))
-    assert outputs[0] == outputs[1]
+    assert outputs[0].keys() == outputs[1].keys()
+    for key, value in outputs[0].items():  # the loss may differ by float rounding of other paddings
+        assert outputs[1][key] == (pytest.approx(value, abs=1e-7) if key == "eval_loss" else value), key
     assert sum(v for k, v in outputs[0].items() if k.endswith("_support")) == gold_entities(rows)
 
 

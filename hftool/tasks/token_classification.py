@@ -284,9 +284,14 @@ class TokenClassification(Task):
         # Widths differ between processes (dynamic padding); gathering needs one width.
         from accelerate.utils import pad_across_processes
 
-        rows = {"predictions": outputs.logits.argmax(-1), "references": batch["labels"], "word_ids": batch["word_ids"]}
+        logits, labels = outputs.logits.float(), batch["labels"]
+        rows = {"predictions": logits.argmax(-1), "references": labels, "word_ids": batch["word_ids"]}
         rows = {k: pad_across_processes(v, dim=1, pad_index=-100) for k, v in rows.items()}
-        return {**rows, "example_ids": batch["example_id"]}
+        # Each window's mean loss over its labelled tokens, so eval_loss does not depend on how
+        # windows are batched (a window with no labelled token, an empty sentence, counts 0).
+        token_losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+        losses = token_losses.sum(-1) / (labels != -100).sum(-1).clamp(min=1)
+        return {**rows, "example_ids": batch["example_id"], "loss": losses}
 
     def predict(self, parts, cfg, inputs, batch_size):
         import datasets
