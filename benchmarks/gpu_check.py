@@ -35,8 +35,11 @@ def run(name: str, args: list[str], launcher: list[str] | None = None) -> dict:
     out = OUT / name
     command = [*(launcher or [sys.executable]), "-m", "hftool", *args, "-o", str(out), "--overwrite"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
     if result.returncode != 0:
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT.parent / f"{name}.err").write_text(result.stderr[-20000:])
         return {"run": name, "error": result.stderr.strip().splitlines()[-1][:300]}
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     train = [r for r in records if r["type"] == "train"][1:]  # the first window holds warm-up/compile

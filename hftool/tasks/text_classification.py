@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -130,7 +131,11 @@ class TextClassification(Task):
                 encoded["labels"] = batch["label"]
             return encoded
 
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing")
+        # Our own cache key: datasets would otherwise pickle the tokenizer inside `encode` to
+        # hash it, which is slow and fails on some dill/pyarrow combinations.
+        key = f"{ds._fingerprint}|{type(tokenizer).__name__}|{len(tokenizer)}|{tokenizer.name_or_path}|{max_length}"
+        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
+                      new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16])
 
     def collate(self, parts):
         collate = pad_collate({"input_ids": parts.processor.pad_token_id})
