@@ -270,7 +270,9 @@ class Trainer:
                     self.last_train_loss = mean_loss
                     running_loss.zero_()
                     running_batches, window_examples, window_start = 0, 0, time.perf_counter()
+                paused = time.perf_counter()
                 stop = self._after_step(end_of_epoch=state.batches_in_epoch == 0)
+                window_start += time.perf_counter() - paused  # throughput counts training time only
                 if self._stop_requested():
                     checkpoint = self.save_checkpoint()
                     progress.close()
