@@ -118,7 +118,7 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     if not Path(model).expanduser().is_dir():
         raise HftoolError(f"{model} is not a model or run directory; pass the folder a run wrote (runs/...)")
     if data:
-        rows, source = load_eval_split(data, split, cfg.data.encoding, cfg.model.token)
+        rows, source = load_eval_split(data, split, cfg.data.encoding, cfg.model.token, cfg.data.txt_unit)
     else:
         if not (Path(model) / "config.yaml").is_file():
             raise HftoolError(f"{model} is not an hftool run dir, so it has no data of its own; pass --data")
@@ -126,7 +126,7 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
         rows, source = splits["validation"], names["validation"]
     task, parts = _load(model, cfg)
     rows, _ = task.prepare(cfg, rows, source, parts.labels)
-    features = task.features(parts, cfg, rows)
+    features = task.eval_features(parts, cfg, rows)
     accelerator = Accelerator()
     size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     loader = accelerator.prepare(eval_loader(features, task.collate(parts), size, cfg.data.num_workers))
