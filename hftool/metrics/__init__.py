@@ -5,5 +5,6 @@ memory (`keep_in_memory=True`), so processes never contend for evaluate's cache 
 """
 
 from hftool.metrics.classification import Accuracy, PrecisionRecallF1
+from hftool.metrics.perplexity import Perplexity
 
-__all__ = ["Accuracy", "PrecisionRecallF1"]
+__all__ = ["Accuracy", "Perplexity", "PrecisionRecallF1"]

@@ -7,6 +7,7 @@ import importlib
 # name -> "module:Class". Strings, so `hftool --help` imports no torch.
 TASKS = {
     "text-classification": "hftool.tasks.text_classification:TextClassification",
+    "causal-lm": "hftool.tasks.causal_lm:CausalLM",
 }
 
 
