@@ -49,7 +49,8 @@ def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: 
             return loader.from_pretrained(str(path), **kwargs)
         except (OSError, ValueError) as err:
             raise HftoolError(f"{spec}: the {kind} cannot be loaded ({str(err).splitlines()[0]})") from None
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+    # "runs/mine" is a path when ./runs exists, though it reads like a hub id "owner/name".
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (path.parent != Path(".") and path.parent.is_dir()):
         raise HftoolError(f"model directory {spec} does not exist; check the path")
     from hftool.hub import from_hub
 
