@@ -6,6 +6,7 @@
     run_dir, metrics = api.finetune(load_config("bert-cls", overrides=["train.max_steps=20"]))
     api.evaluate(run_dir)                        # re-scores the run's own validation data
     api.predict(run_dir, ["a wonderful film"])   # [{'text': ..., 'label': ..., 'score': ...}]
+    api.generate("runs/gpt2", ["Once upon a time"])  # [{'prompt': ..., 'generated_text': ...}]
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from hftool.config import RunConfig, from_dict, load_config, read_yaml
 from hftool.errors import HftoolError
 
 # Architecture-name suffix -> task, for plain model dirs that carry no hftool config.yaml.
-ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification"}
+ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification", "ForCausalLM": "causal-lm",
+                      "LMHeadModel": "causal-lm"}
 
 
 def prepare_run_dir(cfg: RunConfig, recipe: str, resume: bool = False, overwrite: bool = False) -> Path:
@@ -74,19 +76,25 @@ def run_config(model: str, overrides: list[str] | None = None) -> RunConfig:
             mapping["model"]["token"] = None
         cfg = from_dict(mapping, str(saved))
     else:
-        task = None
-        config_json = path / "config.json"
-        if config_json.is_file():
-            architectures = json.loads(config_json.read_text(encoding="utf-8")).get("architectures") or []
-            task = next((t for a in architectures for s, t in ARCHITECTURE_TASKS.items() if a.endswith(s)), None)
-        elif not path.exists():
-            task = None  # a hub id: task must come from an override
+        task = model_task(model)  # None for a hub id: the task must come from an override
         cfg = load_config(flags={"task": task} if task else None)
     cfg.model.name = model
     if overrides:
         cfg = load_config(from_config_dict(cfg), overrides=overrides)
         cfg.model.name = model
     return cfg
+
+
+def model_task(model: str) -> str | None:
+    """The task of a local run dir (its config.yaml) or model dir (config.json's architectures); None if unknown."""
+    path = Path(model).expanduser()
+    if (path / "config.yaml").is_file():
+        return read_yaml(path / "config.yaml").get("task")
+    config_json = path / "config.json"
+    if not config_json.is_file():
+        return None
+    architectures = json.loads(config_json.read_text(encoding="utf-8")).get("architectures") or []
+    return next((t for a in architectures for s, t in ARCHITECTURE_TASKS.items() if a.endswith(s)), None)
 
 
 def from_config_dict(cfg: RunConfig) -> dict:
@@ -150,3 +158,31 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
     if torch.cuda.is_available():
         parts.model.to("cuda")
     return task.predict(parts, cfg, list(inputs), batch_size)
+
+
+def generate(model: str, prompts: list[str], options=None, on_text=None) -> list[dict]:
+    """Continue prompts with a causal LM: a run dir, a local model dir or a hub id.
+
+    Args:
+        options: hftool.generation.GenerationOptions; None keeps the model's generation_config.
+        on_text: Streaming callback, see hftool.generation.generate.
+
+    Returns:
+        One {"prompt", "generated_text"} per returned sequence, in prompt order.
+    """
+    import torch
+
+    from hftool.generation import generate as generate_texts
+
+    if not prompts:
+        raise HftoolError("nothing to generate: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    task = model_task(model)
+    if task not in (None, "causal-lm"):
+        raise HftoolError(f"{model} is a {task} model; `hftool generate` needs a causal language model "
+                          "(a gpt2 run, or any model with a ...ForCausalLM/LMHeadModel architecture)")
+    cfg = run_config(model)
+    cfg.task = "causal-lm"
+    _, parts = _load(model, cfg)
+    if torch.cuda.is_available():
+        parts.model.to("cuda")
+    return generate_texts(parts.model, parts.processor, list(prompts), options, on_text)
