@@ -29,14 +29,15 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture
 def reference(model_dir):
-    """model.generate on the same model: (new token ids, their text) for one prompt, greedy."""
+    """model.generate on the same model and device as hftool's: (new token ids, their text), greedy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     def run(prompt: str, **kwargs) -> tuple[list[int], str]:
-        inputs = tokenizer(prompt, return_tensors="pt")
+        inputs = tokenizer(prompt, return_tensors="pt").to(device)
         out = model.generate(**inputs, do_sample=False, pad_token_id=tokenizer.eos_token_id, **kwargs)
         ids = out[0, inputs["input_ids"].shape[1]:].tolist()
         if tokenizer.eos_token_id in ids:

@@ -13,7 +13,7 @@ import random
 
 NAMES = ["Mila", "Tom", "Ada", "Ben", "Lena", "Omar", "Ivy", "Finn", "Nora", "Leo", "Rosa", "Max"]
 ANIMALS = ["fox", "owl", "rabbit", "bear", "mouse", "duck", "cat", "frog", "deer", "goat"]
-ADJECTIVES = ["little", "brave", "sleepy", "curious", "clever", "shy", "happy", "old"]
+ADJECTIVES = ["little", "brave", "sleepy", "curious", "clever", "shy", "happy", "gentle"]
 PLACES = ["a quiet forest", "a green valley", "a small village", "an old mill", "a sunny meadow",
           "a hollow tree", "a stone house", "a windy hill"]
 ROUTINES = ["picked berries", "sang to the birds", "counted the clouds", "swept the path",
