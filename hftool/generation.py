@@ -9,6 +9,7 @@ strings and streaming. Used by `hftool generate` and by `hftool predict` on lang
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections.abc import Callable
@@ -51,8 +52,6 @@ class GenerationOptions:
         Args:
             model_defaults: The model's GenerationConfig; it fills what is not given here.
         """
-        from transformers import GenerationConfig
-
         names = [f.name for f in dataclasses.fields(self) if f.name not in ("stop", "seed", "batch_size")]
         given = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
         sampling = [k for k in SAMPLING if k in given]
@@ -65,8 +64,10 @@ class GenerationOptions:
             raise HftoolError("--stop needs a non-empty string")
         if self.batch_size < 1:
             raise HftoolError(f"--batch-size must be at least 1, got {self.batch_size}")
-        try:
-            GenerationConfig(**given).validate(strict=True)
+        merged = copy.deepcopy(model_defaults)  # e.g. several sequences are fine when the model samples
+        merged.update(**given)
+        try:  # conflicts count only where the user set a flag: a model's own odd defaults are its business
+            merged.validate(strict=True, user_set_attributes=set(given))
         except ValueError as err:
             raise HftoolError(f"invalid generation settings: {' '.join(str(err).split())}") from None
         if "max_new_tokens" not in given and model_defaults.max_new_tokens is None:

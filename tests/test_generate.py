@@ -175,6 +175,11 @@ def test_generation_config_json_gives_the_defaults(cli, model_dir, tmp_path, spy
     assert cli("generate", local, "-p", PROMPTS[0]).code == 0
     (prompt_len, generated), = spy
     assert generated.shape[1] - prompt_len == 5
+    GenerationConfig(do_sample=True, max_new_tokens=5, eos_token_id=0, pad_token_id=0).save_pretrained(local)
+    out = tmp_path / "out.jsonl"
+    result = cli("generate", local, "-p", PROMPTS[0], "--num-return-sequences", "2", "--seed", "1", "-o", out)
+    assert result.code == 0, result.err  # sampling comes from the model's config, so two sequences are fine
+    assert len(read_jsonl(out)) == 2
 
 
 def test_beams_return_sequences_per_prompt_in_order(cli, model_dir, tmp_path):
