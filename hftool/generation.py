@@ -129,8 +129,8 @@ def generate(model, tokenizer, prompts: list[str], options: GenerationOptions | 
     import torch
 
     options = options or GenerationOptions()
-    kwargs = options.generate_kwargs(model.generation_config)
     defaults = model.generation_config
+    kwargs = options.generate_kwargs(defaults)
     per_prompt = kwargs.get("num_return_sequences") or defaults.num_return_sequences or 1
     if on_text is not None and (per_prompt > 1 or (kwargs.get("num_beams") or defaults.num_beams or 1) > 1):
         raise HftoolError("--stream shows one sequence as it grows; drop --num-beams/--num-return-sequences or --stream")
@@ -140,7 +140,9 @@ def generate(model, tokenizer, prompts: list[str], options: GenerationOptions | 
     tokenizer.padding_side = "left"
     encoded = [ids or [start] for ids in tokenizer(list(prompts))["input_ids"]]
     size = 1 if on_text is not None else options.batch_size
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]) if size > 1 else 0)  # little padding
+    order = list(range(len(prompts)))
+    if size > 1:
+        order.sort(key=lambda i: len(encoded[i]))  # similar lengths share a batch: little padding
     texts: list[list[str]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     if options.seed is not None:
