@@ -6,6 +6,7 @@
     run_dir, metrics = api.finetune(load_config("bert-cls", overrides=["train.max_steps=20"]))
     api.evaluate(run_dir)                        # re-scores the run's own validation data
     api.predict(run_dir, ["a wonderful film"])   # [{'text': ..., 'label': ..., 'score': ...}]
+    api.generate("runs/gpt2", ["Once upon a time"])  # [{'prompt': ..., 'generated_text': ...}]
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from hftool.errors import HftoolError
 
 # Architecture-name suffix -> task, for plain model dirs that carry no hftool config.yaml.
 ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification",
-                      "ForTokenClassification": "token-classification"}
+                      "ForTokenClassification": "token-classification",
+                      "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm"}
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -80,19 +82,25 @@ def run_config(model: str, overrides: list[str] | None = None) -> RunConfig:
             mapping["model"]["token"] = None
         cfg = from_dict(mapping, str(saved))
     else:
-        task = None
-        config_json = path / "config.json"
-        if config_json.is_file():
-            architectures = json.loads(config_json.read_text(encoding="utf-8")).get("architectures") or []
-            task = next((t for a in architectures for s, t in ARCHITECTURE_TASKS.items() if a.endswith(s)), None)
-        elif not path.exists():
-            task = None  # a hub id: task must come from an override
+        task = model_task(model)  # None for a hub id: the task must come from an override
         cfg = load_config(flags={"task": task} if task else None)
     cfg.model.name = model
     if overrides:
         cfg = load_config(from_config_dict(cfg), overrides=overrides)
         cfg.model.name = model
     return cfg
+
+
+def model_task(model: str) -> str | None:
+    """The task of a local run dir (its config.yaml) or model dir (config.json's architectures); None if unknown."""
+    path = Path(model).expanduser()
+    if (path / "config.yaml").is_file():
+        return read_yaml(path / "config.yaml").get("task")
+    config_json = path / "config.json"
+    if not config_json.is_file():
+        return None
+    architectures = json.loads(config_json.read_text(encoding="utf-8")).get("architectures") or []
+    return next((t for a in architectures for s, t in ARCHITECTURE_TASKS.items() if a.endswith(s)), None)
 
 
 def from_config_dict(cfg: RunConfig) -> dict:
@@ -123,7 +131,7 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     if not Path(model).expanduser().is_dir():
         raise HftoolError(f"{model} is not a model or run directory; pass the folder a run wrote (runs/...)")
     if data:
-        rows, source = load_eval_split(data, split, cfg.data.encoding, cfg.model.token)
+        rows, source = load_eval_split(data, split, cfg.data.encoding, cfg.model.token, cfg.data.txt_unit)
     else:
         if not (Path(model) / "config.yaml").is_file():
             raise HftoolError(f"{model} is not an hftool run dir, so it has no data of its own; pass --data")
@@ -131,7 +139,7 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
         rows, source = splits["validation"], names["validation"]
     task, parts = _load(model, cfg)
     rows, _ = task.prepare(cfg, rows, source, parts.labels)
-    features = task.features(parts, cfg, rows)
+    features = task.eval_features(parts, cfg, rows)
     accelerator = make_accelerator()
     size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     loader = accelerator.prepare(eval_loader(features, task.collate(parts), size, cfg.data.num_workers))
@@ -155,3 +163,31 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
     if torch.cuda.is_available():
         parts.model.to("cuda")
     return task.predict(parts, cfg, list(inputs), batch_size)
+
+
+def generate(model: str, prompts: list[str], options=None, on_text=None) -> list[dict]:
+    """Continue prompts with a causal LM: a run dir, a local model dir or a hub id.
+
+    Args:
+        options: hftool.generation.GenerationOptions; None keeps the model's generation_config.
+        on_text: Streaming callback, see hftool.generation.generate.
+
+    Returns:
+        One {"prompt", "generated_text"} per returned sequence, in prompt order.
+    """
+    import torch
+
+    from hftool.generation import generate as generate_texts
+
+    if not prompts:
+        raise HftoolError("nothing to generate: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    task = model_task(model)
+    if task not in (None, "causal-lm"):
+        raise HftoolError(f"{model} is a {task} model; `hftool generate` needs a causal language model "
+                          "(a gpt2 run, or any model with a ...ForCausalLM/LMHeadModel architecture)")
+    cfg = run_config(model)
+    cfg.task = "causal-lm"
+    _, parts = _load(model, cfg)
+    if torch.cuda.is_available():
+        parts.model.to("cuda")
+    return generate_texts(parts.model, parts.processor, list(prompts), options, on_text)

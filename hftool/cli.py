@@ -194,6 +194,56 @@ def _read_inputs(path: Path) -> list[str]:
 
 
 @app.command()
+def generate(
+    model: Annotated[str, typer.Argument(help="A causal LM: a run dir, a local model dir or a hub id.")],
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt to continue (repeatable).")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option(help="More prompts: one per line, or JSONL with a \"prompt\" field.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per returned sequence here.")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="Tokens to generate at most.")] = None,
+    min_new_tokens: Annotated[Optional[int], typer.Option(min=0, help="Tokens to generate before EOS may end a text.")] = None,
+    greedy: Annotated[Optional[bool], typer.Option("--greedy/--sample", help="Greedy decoding or sampling (default: the model's generation_config.json).", show_default=False)] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (implies --sample).")] = None,
+    top_k: Annotated[Optional[int], typer.Option(min=0, help="Sample from the k most likely tokens (implies --sample).")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Sample from the smallest set with this probability (implies --sample).")] = None,
+    repetition_penalty: Annotated[Optional[float], typer.Option(help="Above 1.0 discourages repeating tokens.")] = None,
+    no_repeat_ngram_size: Annotated[Optional[int], typer.Option(min=0, help="Never repeat an n-gram of this size.")] = None,
+    num_beams: Annotated[Optional[int], typer.Option(min=1, help="Beam search with this many beams.")] = None,
+    num_return_sequences: Annotated[Optional[int], typer.Option(min=1, help="Texts per prompt.")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(help="End each text right before this string (repeatable).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling: the same seed gives the same text.")] = None,
+    stream: Annotated[bool, typer.Option(help="Print text as it is generated (one prompt at a time).")] = False,
+    batch_size: BatchSize = 8,
+) -> None:
+    """Continue prompts with a causal LM; prints the texts (and writes JSONL with --output)."""
+    from hftool import api
+    from hftool.generation import GenerationOptions, read_prompts
+
+    prompts = list(prompt or []) + (read_prompts(prompts_file) if prompts_file else [])
+    options = GenerationOptions(
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=None if greedy is None else not greedy,
+        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size, num_beams=num_beams, num_return_sequences=num_return_sequences,
+        stop=list(stop or []), seed=seed, batch_size=batch_size or 8)
+    shown = []  # prompt indices already begun on the terminal
+
+    def show(index: int, piece: str) -> None:
+        if not shown or shown[-1] != index:
+            typer.echo(("\n\n" if shown else "") + prompts[index], nl=False)
+            shown.append(index)
+        typer.echo(piece, nl=False)
+
+    results = api.generate(model, prompts, options, on_text=show if stream else None)
+    if stream:
+        typer.echo()
+    else:
+        typer.echo("\n\n".join(r["prompt"] + r["generated_text"] for r in results))
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+
+
+@app.command()
 def recipes(name: Annotated[Optional[str], typer.Argument(help="Print this recipe's YAML.")] = None) -> None:
     """List the built-in recipes, or print one."""
     from hftool.config import builtin_recipes, find_recipe, read_yaml

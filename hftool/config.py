@@ -32,6 +32,10 @@ class ModelConfig:
     # Vocabulary of the tokenizer that tiny:<arch> trains on the training texts: small keeps the
     # embedding matrix cheap, large enough that common words stay whole.
     tiny_vocab_size: int = 2000
+    # generation_config.json fields saved with a generative run: the defaults `hftool generate`
+    # uses on it, e.g. {do_sample: true, top_p: 0.95, max_new_tokens: 100}. Empty keeps the
+    # model's own (greedy for GPT-2, which loops on repeated phrases).
+    generation_config: dict = field(default_factory=dict)
     # Hub access token for private models. Never written anywhere: redacted in config.yaml and
     # in tracker configs.
     token: str | None = None
@@ -69,6 +73,17 @@ class DataConfig:
     # hub ClassLabel names them otherwise), e.g. [O, B-PER, I-PER]; index = id. None: tags are
     # names, or the hub's names.
     tag_names: list | None = None
+    # How a .txt file becomes rows: `line` (one example per non-empty line: classification
+    # inputs) or `paragraph` (blocks between blank lines, line breaks inside kept: the documents
+    # of a book or a wiki dump for language modelling, where a lone line is a poor document).
+    txt_unit: str = "line"
+    # Language modelling: texts are packed (EOS between documents) into blocks of this many
+    # tokens. None uses the model's context, at most 1024: attention memory grows with the square
+    # of the block, and fine-tuning gains little beyond GPT-2's 1024.
+    block_size: int | None = None
+    # Language modelling: keep line breaks inside a document (verse, code, dialogue). false joins
+    # hard-wrapped lines with a space, so a line end in the middle of a sentence costs no token.
+    keep_linebreaks: bool = True
     # File encoding; None reads UTF-8 and falls back to Latin-1 with a warning.
     encoding: str | None = None
     # DataLoader worker processes. Text is tokenized up front, so 0 (no fork cost) is fastest.
@@ -128,6 +143,15 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Language modelling: score with a window of block_size tokens moved this many tokens at a
+    # time, so every scored token sees at least block_size - stride tokens of context (closer to
+    # the model's real perplexity, at block_size / stride times the cost). None: plain blocks,
+    # as in training, where a block's first tokens are predicted from little context.
+    stride: int | None = None
+
+
+@dataclass
 class RunConfig:
     # Task name from hftool.tasks.TASKS, e.g. text-classification.
     task: str = "text-classification"
@@ -138,6 +162,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,6 +382,7 @@ def load_config(
 CHOICES = {
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.tracking": ("none", "tensorboard", "wandb", "mlflow"),
+    "data.txt_unit": ("line", "paragraph"),
 }
 
 
@@ -376,6 +402,8 @@ def validate(cfg: RunConfig) -> None:
                 "train.logging_steps": t.logging_steps, "data.max_length": cfg.data.max_length}
     positive |= {f"train.{k}": getattr(t, k) for k in ("max_steps", "eval_steps", "save_steps", "eval_batch_size")
                  if getattr(t, k) is not None}
+    positive |= {key: value for key, value in (("data.block_size", cfg.data.block_size), ("eval.stride", cfg.eval.stride))
+                 if value is not None}
     for key, value in positive.items():
         if value <= 0:
             raise HftoolError(f"{key} must be positive, got {value}")

@@ -7,6 +7,7 @@ model from a config, with a tokenizer trained on the run's own training text.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: 
             return loader.from_pretrained(str(path), **kwargs)
         except (OSError, ValueError) as err:
             raise HftoolError(f"{spec}: the {kind} cannot be loaded ({str(err).splitlines()[0]})") from None
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+    # "runs/mine" is a path when ./runs exists, though it reads like a hub id "owner/name".
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (path.parent != Path(".") and path.parent.is_dir()):
         raise HftoolError(f"model directory {spec} does not exist; check the path")
     from hftool.hub import from_hub
 
@@ -94,6 +96,47 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, model_max_length: int
     words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:budget]
     vocab = {token: i for i, token in enumerate(vocab + words)}
     return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=model_max_length)
+
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+def byte_bpe_merges(texts: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocabulary and merges of a GPT-2-style byte-level BPE learned from `texts`.
+
+    Every byte is in the vocabulary, so any text encodes. The `tokenizers` BPE trainer breaks
+    ties between equally frequent pairs by the pair itself, so the same texts give the same
+    merges in every process (checked by a test), which seeded runs and `--resume` rely on.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    return model["vocab"], [tuple(merge) for merge in model["merges"]]
+
+
+def train_byte_bpe(texts: Iterable[str], vocab_size: int, model_max_length: int = 1024):
+    """A GPT-2 tokenizer (byte-level BPE, <|endoftext|> as bos/eos/pad) learned from `texts` (for tiny:gpt2)."""
+    from transformers import GPT2Tokenizer
+
+    vocab, merges = byte_bpe_merges(texts, vocab_size)
+    # pad = eos: batches pad with it and mask it out, as GPT-2 itself has no pad token.
+    return GPT2Tokenizer(vocab=vocab, merges=merges, pad_token=END_OF_TEXT, model_max_length=model_max_length)
+
+
+def tiny_gpt2_config(tokenizer, overrides: dict, **fields: Any):
+    """A small GPT-2 config: 4 layers of width 128, which learns templated or Shakespearean text
+    within minutes on a CPU. Dropout is off: runs that short do not overfit, and dropout slows them."""
+    from transformers import GPT2Config
+
+    eos = tokenizer.eos_token_id  # GPT2Config's defaults (50256) lie outside a small vocabulary
+    sizes = dict(n_embd=128, n_layer=4, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2Config(vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                      **(sizes | fields | overrides))
 
 
 def tiny_bert_config(tokenizer, overrides: dict, **fields: Any):

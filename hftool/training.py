@@ -121,7 +121,7 @@ class Trainer:
             eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
             self.parts = parts = task.build(cfg, labels, train_rows, run_dir=self.run_dir if self.resume else None)
             self.train_features = task.features(parts, cfg, train_rows)
-            self.eval_features = task.features(parts, cfg, eval_rows)
+            self.eval_features = task.eval_features(parts, cfg, eval_rows)
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             task.save(parts, self.run_dir)  # the tokenizer first: a resumed run reuses it

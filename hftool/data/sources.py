@@ -27,6 +27,7 @@ SPLIT_ALIASES = {
     "test": "test", "testing": "test",
 }
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
+BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
 
 
 def read_text(path: Path, encoding: str | None = None) -> str:
@@ -57,9 +58,10 @@ def _records_to_dataset(records: list[dict], path: Path):
         raise HftoolError(f"{path}: rows do not share one type per column ({str(err).splitlines()[0]}); fix the values") from None
 
 
-def read_file(path: Path, encoding: str | None = None):
-    """One data file -> a Dataset. txt files give one `text` row per non-empty line, unless
-    they hold CoNLL columns; files with other extensions are CoNLL (tokens, tags, line)."""
+def read_file(path: Path, encoding: str | None = None, txt_unit: str = "line"):
+    """One data file -> a Dataset. txt files give one `text` row per non-empty line (or per
+    paragraph with txt_unit="paragraph"), unless they hold CoNLL columns; files with other
+    extensions are CoNLL (tokens, tags, line)."""
     import datasets
     import pandas as pd
 
@@ -109,7 +111,11 @@ def read_file(path: Path, encoding: str | None = None):
     from hftool.data.conll import looks_like_conll, read_conll
 
     if suffix == ".txt" and not looks_like_conll(text):
-        return datasets.Dataset.from_dict({"text": [line for line in text.split("\n") if line.strip()]})
+        if txt_unit == "paragraph":
+            rows = [block.rstrip() for block in BLANK_LINES.split(text) if block.strip()]
+        else:
+            rows = [line for line in text.split("\n") if line.strip()]
+        return datasets.Dataset.from_dict({"text": rows})
     return read_conll(path, text)
 
 
@@ -117,8 +123,9 @@ def _split_name(stem: str) -> str | None:
     return SPLIT_ALIASES.get(stem.lower().split(".")[0])
 
 
-def read_folder(path: Path, encoding: str | None = None):
-    """A save_to_disk folder, or a folder of split files (train.csv, validation.jsonl, test.tsv)."""
+def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line"):
+    """A save_to_disk folder, a folder of split files (train.csv, validation.jsonl, test.tsv), or
+    a folder of text files (no split names), each file one `text` row: a document."""
     import datasets
 
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
@@ -133,12 +140,15 @@ def read_folder(path: Path, encoding: str | None = None):
         if name in splits:
             raise HftoolError(f"{path} has two {name} files ({splits[name].name}, {file.name}); keep one")
         splits[name] = file
+    if not splits and len(files) > 1 and all(p.suffix.lower() == ".txt" for p in files):
+        documents = [text.strip("\n") for text in (read_text(p, encoding) for p in files) if text.strip()]
+        return datasets.DatasetDict(train=datasets.Dataset.from_dict({"text": documents}))
     if not splits and len(files) == 1:
         splits = {"train": files[0]}
     if "train" not in splits:
         found = ", ".join(p.name for p in files) or "no data files"
         raise HftoolError(f"{path} has no train file ({found}); name the files train/validation/test.<csv|jsonl|conll|...>")
-    return datasets.DatasetDict({name: read_file(file, encoding) for name, file in splits.items()})
+    return datasets.DatasetDict({name: read_file(file, encoding, txt_unit) for name, file in splits.items()})
 
 
 def _normalise_splits(dd):
@@ -150,7 +160,7 @@ def _normalise_splits(dd):
     return datasets.DatasetDict(renamed)
 
 
-def load_source(spec: str, encoding: str | None = None, token: str | None = None):
+def load_source(spec: str, encoding: str | None = None, token: str | None = None, txt_unit: str = "line"):
     """A data spec -> DatasetDict (split names normalised). A single file is its `train` split."""
     import datasets
 
@@ -160,9 +170,9 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
         return load_sample(spec.removeprefix("sample:"))
     path = Path(spec).expanduser()
     if path.is_file():
-        return datasets.DatasetDict(train=read_file(path, encoding))
+        return datasets.DatasetDict(train=read_file(path, encoding, txt_unit))
     if path.is_dir():
-        return read_folder(path, encoding)
+        return read_folder(path, encoding, txt_unit)
     looks_like_file = path.suffix.lower() in FOLDER_EXTENSIONS or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec)
     if looks_like_file:
         raise HftoolError(f"data file {spec} does not exist; check the path (or pass a hub dataset as name or name:config)")

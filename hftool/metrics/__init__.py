@@ -5,6 +5,7 @@ memory (`keep_in_memory=True`), so processes never contend for evaluate's cache 
 """
 
 from hftool.metrics.classification import Accuracy, PrecisionRecallF1
+from hftool.metrics.perplexity import Perplexity
 from hftool.metrics.tagging import Seqeval
 
-__all__ = ["Accuracy", "PrecisionRecallF1", "Seqeval"]
+__all__ = ["Accuracy", "Perplexity", "PrecisionRecallF1", "Seqeval"]

@@ -8,6 +8,7 @@ import importlib
 TASKS = {
     "text-classification": "hftool.tasks.text_classification:TextClassification",
     "token-classification": "hftool.tasks.token_classification:TokenClassification",
+    "causal-lm": "hftool.tasks.causal_lm:CausalLM",
 }
 
 

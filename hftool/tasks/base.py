@@ -6,6 +6,7 @@ task-specific, so training, evaluation and inference share one featurisation and
     prepare(cfg, ds, source, labels)  raw rows -> canonical columns, validated (label maps found)
     build(cfg, labels, ...)           model + tokenizer/processor (tiny:<arch> built here)
     features(parts, cfg, ds)          canonical rows -> model inputs (+ `length` for batching)
+    eval_features(parts, cfg, ds)     the same for evaluation data, unless a task scores differently
     collate(parts)                    list of features -> batch of tensors
     metric(parts)                     an evaluate module; compute() -> dict[str, float]
     eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric (plus
@@ -59,6 +60,11 @@ class Task:
 
     def features(self, parts: Parts, cfg, ds):
         raise NotImplementedError
+
+    def eval_features(self, parts: Parts, cfg, ds):
+        """Model inputs for evaluation (training, `hftool evaluate`). The training features unless
+        the task scores differently, e.g. a language model's overlapping strided windows."""
+        return self.features(parts, cfg, ds)
 
     def collate(self, parts: Parts) -> Callable[[list[dict]], dict]:
         raise NotImplementedError

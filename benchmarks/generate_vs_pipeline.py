@@ -1,0 +1,134 @@
+"""`hftool generate` against `transformers.pipeline("text-generation")`: tokens/s, same model, prompts, settings.
+
+    python benchmarks/generate_vs_pipeline.py            # ~2-3 min on 2 idle CPU cores
+    python benchmarks/generate_vs_pipeline.py --rounds 5 --max-new-tokens 64
+
+The model is GPT-2-small-sized (12 layers, width 768, 1024 positions) with random weights,
+built from a config, and a byte-level BPE learned from tiny Shakespeare (or sample:tales), so
+nothing is downloaded; on a tiny model the ratio would measure only import time. Each tool runs
+as a fresh process, as a user runs it (imports and model loading included), in alternation A B
+A B, so drifting machine load hits both alike; the ratio is given per round and as the median, for
+wall time and for CPU time (which other jobs on a shared machine disturb much less). Decoding is greedy with min_new_tokens =
+max_new_tokens, so both generate exactly the same number of tokens, and their texts are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "generate_vs_pipeline"
+SHAKESPEARE = Path("/work/shared/data/causal_lm/tiny_shakespeare/input.txt")
+
+
+def build_model(path: Path) -> None:
+    """A GPT-2-small-sized random model and a tokenizer, saved as a model dir (once)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hftool import models
+    from hftool.samples.tales import generate
+
+    if (path / "model.safetensors").is_file():
+        return
+    texts = SHAKESPEARE.read_text(encoding="utf-8").split("\n\n") if SHAKESPEARE.is_file() else generate(2000, 0)
+    tokenizer = models.train_byte_bpe(texts, 50257)
+    eos = tokenizer.eos_token_id
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def prompts(n: int) -> list[str]:
+    """Prompts of 2 to ~30 words, so batches need padding."""
+    from hftool.samples.tales import generate
+
+    words = " ".join(generate(n, 9)).split()
+    return [" ".join(words[i * 31: i * 31 + 2 + (i * 7) % 29]) for i in range(n)]
+
+
+def pipeline_worker(model: str, prompts_file: str, out: str, max_new_tokens: int, batch_size: int) -> None:
+    """What a user of transformers would write: one pipeline call over all prompts."""
+    from transformers import AutoTokenizer, pipeline
+
+    texts = Path(prompts_file).read_text(encoding="utf-8").splitlines()
+    tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")  # decoder-only batches pad left
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, device="cpu")
+    outputs = pipe(texts, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                   batch_size=batch_size, return_full_text=False)
+    with open(out, "w", encoding="utf-8") as f:
+        for prompt, result in zip(texts, outputs):
+            f.write(json.dumps({"prompt": prompt, "generated_text": result[0]["generated_text"]}) + "\n")
+
+
+def timed(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of one run of `command`."""
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    start, cpu_start = time.perf_counter(), cpu()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    return time.perf_counter() - start, cpu() - cpu_start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="A B pairs to run")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--pipeline-worker", nargs=3, metavar=("MODEL", "PROMPTS", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.pipeline_worker:
+        pipeline_worker(*args.pipeline_worker, args.max_new_tokens, args.batch_size)
+        return
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    model = RESULTS / "gpt2-small-random"
+    build_model(model)
+    prompts_file = RESULTS / "prompts.txt"
+    prompts_file.write_text("\n".join(prompts(args.prompts)) + "\n", encoding="utf-8")
+    settings = ["--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size)]
+    commands = {
+        "hftool generate": [sys.executable, "-m", "hftool", "generate", str(model), "--prompts-file", str(prompts_file),
+                            "--greedy", "--min-new-tokens", str(args.max_new_tokens), *settings,
+                            "-o", str(RESULTS / "hftool.jsonl")],
+        "pipeline": [sys.executable, __file__, *settings, "--pipeline-worker", str(model), str(prompts_file),
+                     str(RESULTS / "pipeline.jsonl")],
+    }
+    tokens = args.prompts * args.max_new_tokens
+    rates: dict[str, list[float]] = {name: [] for name in commands}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in commands}
+    for round_ in range(args.rounds):
+        for name, command in commands.items():
+            seconds, cpu_seconds = timed(command)
+            rates[name].append(tokens / seconds)
+            cpu_rates[name].append(tokens / cpu_seconds)
+            print(f"round {round_ + 1} {name:<16} {seconds:6.1f} s  {tokens / seconds:6.1f} tokens/s  "
+                  f"{cpu_seconds:6.1f} CPU s  {tokens / cpu_seconds:6.1f} tokens/CPU s", flush=True)
+    ours, theirs = (statistics.mean(rates[name]) for name in commands)
+    ratios = [a / b for a, b in zip(*rates.values())]
+    cpu_ratios = [a / b for a, b in zip(*cpu_rates.values())]
+    same = sum(a == b for a, b in zip(*(Path(RESULTS / f).read_text().splitlines() for f in ("hftool.jsonl", "pipeline.jsonl"))))
+    print(f"\n{args.prompts} prompts x {args.max_new_tokens} new tokens, greedy, batch {args.batch_size}, "
+          f"{os.cpu_count()} CPUs, end to end (process start, imports, model load, generation)")
+    print(f"hftool generate: {ours:.1f} tokens/s   pipeline: {theirs:.1f} tokens/s (means)   identical texts: "
+          f"{same}/{args.prompts}")
+    for what, values in (("wall", ratios), ("CPU", cpu_ratios)):
+        print(f"ratio hftool/pipeline, {what} time, per round: {' '.join(f'{r:.2f}' for r in values)}   "
+              f"median: {statistics.median(values):.2f} (above 1: hftool is faster)")
+
+
+if __name__ == "__main__":
+    main()

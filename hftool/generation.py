@@ -1,0 +1,210 @@
+"""Text generation: options over the model's generation_config.json, batched prompts, exact stop
+strings and streaming. Used by `hftool generate` and by `hftool predict` on language models.
+
+    from hftool import api
+    from hftool.generation import GenerationOptions
+
+    api.generate("runs/gpt2", ["Once upon a time"], GenerationOptions(do_sample=False, max_new_tokens=40))
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hftool import logs
+from hftool.errors import HftoolError
+
+# transformers stops at 20 tokens (prompt included) when a model sets no length: too short to judge.
+DEFAULT_MAX_NEW_TOKENS = 100
+SAMPLING = ("temperature", "top_k", "top_p")
+
+
+@dataclass
+class GenerationOptions:
+    """What to change from the model's generation_config.json; None keeps the model's value
+    (a fine-tuned run saved its recipe's model.generation_config there)."""
+
+    max_new_tokens: int | None = None  # None: the model's, else DEFAULT_MAX_NEW_TOKENS
+    min_new_tokens: int | None = None
+    do_sample: bool | None = None  # False: greedy (beam search with num_beams > 1); a sampling knob implies True
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    num_beams: int | None = None
+    num_return_sequences: int | None = None
+    # Each text ends right before the first of these strings (dropped), and generation stops there.
+    stop: list[str] = field(default_factory=list)
+    # Seeds sampling: the same seed, prompts and batch size give the same text.
+    seed: int | None = None
+    # Prompts per generate call; prompts are sorted by length first, so little padding is needed.
+    batch_size: int = 8
+
+    def generate_kwargs(self, model_defaults) -> dict:
+        """The settings to pass to `model.generate`, checked before any model runs.
+
+        Args:
+            model_defaults: The model's GenerationConfig; it fills what is not given here.
+        """
+        names = [f.name for f in dataclasses.fields(self) if f.name not in ("stop", "seed", "batch_size")]
+        given = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        sampling = [k for k in SAMPLING if k in given]
+        if sampling and self.do_sample is False:
+            raise HftoolError(f"--greedy does not sample, so --{sampling[0].replace('_', '-')} would be ignored; "
+                              "drop one of them")
+        if sampling:
+            given["do_sample"] = True
+        if any(not s for s in self.stop):
+            raise HftoolError("--stop needs a non-empty string")
+        if self.batch_size < 1:
+            raise HftoolError(f"--batch-size must be at least 1, got {self.batch_size}")
+        merged = copy.deepcopy(model_defaults)  # e.g. several sequences are fine when the model samples
+        merged.update(**given)
+        try:  # conflicts count only where the user set a flag: a model's own odd defaults are its business
+            merged.validate(strict=True, user_set_attributes=set(given))
+        except ValueError as err:
+            raise HftoolError(f"invalid generation settings: {' '.join(str(err).split())}") from None
+        if "max_new_tokens" not in given and model_defaults.max_new_tokens is None:
+            given["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
+        if self.stop:
+            given["stop_strings"] = list(self.stop)
+        return given
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a file: one per non-empty line, or JSONL objects with a "prompt" (or "text") string."""
+    from hftool.data import read_text
+
+    if not path.is_file():
+        raise HftoolError(f"prompts file {path} does not exist; check the path")
+    lines = [(number, line) for number, line in enumerate(read_text(path).split("\n"), 1) if line.strip()]
+    if not lines:
+        raise HftoolError(f"prompts file {path} is empty; write one prompt per line (or JSONL {{\"prompt\": ...}})")
+    if path.suffix.lower() != ".jsonl":
+        return [line for _, line in lines]
+    prompts = []
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise HftoolError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove the line") from None
+        prompt = next((record[k] for k in ("prompt", "text") if isinstance(record, dict) and k in record), None)
+        if not isinstance(prompt, str):
+            raise HftoolError(f"{path}:{number}: expected an object with a \"prompt\" string, e.g. {{\"prompt\": \"Once\"}}")
+        prompts.append(prompt)
+    return prompts
+
+
+def continuation(tokenizer, ids: list[int], eos_ids: set[int], stop: list[str]) -> str:
+    """The text of generated `ids`: up to the first EOS, and cut right before the first stop string."""
+    end = next((i for i, t in enumerate(ids) if t in eos_ids), len(ids))
+    text = tokenizer.decode(ids[:end], skip_special_tokens=True)
+    cuts = [text.find(s) for s in stop if s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+def generate(model, tokenizer, prompts: list[str], options: GenerationOptions | None = None,
+             on_text: Callable[[int, str], None] | None = None) -> list[dict]:
+    """Continue each prompt.
+
+    Args:
+        model: A causal LM (on the device it should run on).
+        tokenizer: Its tokenizer; padding is set to the left, so every row ends where generation starts.
+        prompts: Texts to continue; an empty one starts from the BOS token.
+        options: What to change from the model's generation_config.
+        on_text: Streaming: called as on_text(prompt_index, piece) with each new piece of text as
+            it is generated, prompts one at a time (at least one call per prompt). The pieces
+            of a prompt join into its generated_text.
+
+    Returns:
+        One {"prompt", "generated_text"} per returned sequence (the continuation only), grouped by
+        prompt in prompt order.
+    """
+    import torch
+
+    options = options or GenerationOptions()
+    defaults = model.generation_config
+    kwargs = options.generate_kwargs(defaults)
+    per_prompt = kwargs.get("num_return_sequences") or defaults.num_return_sequences or 1
+    if on_text is not None and (per_prompt > 1 or (kwargs.get("num_beams") or defaults.num_beams or 1) > 1):
+        raise HftoolError("--stream shows one sequence as it grows; drop --num-beams/--num-return-sequences or --stream")
+    eos = defaults.eos_token_id if defaults.eos_token_id is not None else tokenizer.eos_token_id
+    eos_ids = set(eos) if isinstance(eos, list) else {eos} - {None}
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    tokenizer.padding_side = "left"
+    encoded = [ids or [start] for ids in tokenizer(list(prompts))["input_ids"]]
+    size = 1 if on_text is not None else options.batch_size
+    order = list(range(len(prompts)))
+    if size > 1:
+        order.sort(key=lambda i: len(encoded[i]))  # similar lengths share a batch: little padding
+    texts: list[list[str]] = [[] for _ in prompts]
+    device = next(model.parameters()).device
+    if options.seed is not None:
+        torch.manual_seed(options.seed)  # every device's generator
+    model.eval()
+    context = getattr(model.config, "max_position_embeddings", None)
+    limit = kwargs.get("max_new_tokens") or defaults.max_new_tokens
+    for first in range(0, len(order), size):
+        rows = order[first:first + size]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(device)
+        call = kwargs
+        width = batch["input_ids"].shape[1]
+        if context and limit and width + limit > context:  # past the position table GPT-2 fails with an IndexError
+            room = context - width
+            if room < 1:
+                raise HftoolError(f"prompt {rows[0] + 1} is {width} tokens long, and the model's context is {context} "
+                                  "tokens; shorten the prompt")
+            logs.warn(f"the model's context is {context} tokens: generating at most {room} new tokens after "
+                      f"{width} prompt tokens (asked for {limit})")
+            call = {**kwargs, "max_new_tokens": room,
+                    "min_new_tokens": min(kwargs.get("min_new_tokens") or defaults.min_new_tokens or 0, room)}
+        streamer = None
+        if on_text is not None:
+            streamer = _Streamer(lambda ids: continuation(tokenizer, ids, eos_ids, options.stop),
+                                 lambda piece, i=rows[0]: on_text(i, piece), options.stop)
+        try:
+            with torch.inference_mode():
+                out = model.generate(**batch, **call, tokenizer=tokenizer, streamer=streamer)
+        except ValueError as err:  # settings the model cannot honour, e.g. greedy with several sequences
+            raise HftoolError(f"generation failed: {' '.join(str(err).split())}") from None
+        for row, ids in enumerate(out[:, batch["input_ids"].shape[1]:].tolist()):
+            texts[rows[row // per_prompt]].append(continuation(tokenizer, ids, eos_ids, options.stop))
+    return [{"prompt": p, "generated_text": t} for p, generated in zip(prompts, texts) for t in generated]
+
+
+class _Streamer:
+    """Receives tokens from `model.generate` and hands on each piece of text once it is settled.
+
+    Text is recomputed from all tokens with the same function as the final text, so the pieces
+    join into exactly that. A piece is held back while it may still change: a partial UTF-8
+    character, trailing spaces (tokenizers may tidy them), or the start of a stop string.
+    """
+
+    def __init__(self, text_of: Callable[[list[int]], str], on_piece: Callable[[str], None], stop: list[str]):
+        self.text_of, self.on_piece, self.stop = text_of, on_piece, stop
+        self.ids: list[int] | None = None  # None until the prompt (generate's first put) has passed
+        self.shown = 0
+
+    def put(self, value) -> None:
+        if self.ids is None:
+            self.ids = []
+            return
+        self.ids += value.reshape(-1).tolist()
+        text = self.text_of(self.ids)
+        settled = len(text.rstrip(" \t\n\ufffd"))
+        held = max((n for s in self.stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+        settled = min(settled, len(text) - held)
+        if settled > self.shown:
+            self.on_piece(text[self.shown:settled])
+            self.shown = settled
+
+    def end(self) -> None:
+        text = self.text_of(self.ids or [])
+        self.on_piece(text[self.shown:])
+        self.ids, self.shown = None, 0
