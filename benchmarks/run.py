@@ -1,4 +1,4 @@
-"""Run every comparison and write benchmarks/README.md.
+"""Run the training and start-up comparisons and write benchmarks/RESULTS.md.
 
     python benchmarks/run.py [--reps 2] [--train-rows 2000] [--only bert-cls,cli]
 
@@ -106,26 +106,13 @@ def cli_startup(reps: int, _rows) -> dict:
             times[name].append(timed(command)["seconds"])
     peer = statistics.median(times["accelerate --help (peer)"])
     rows = [{"command": name, "median s": round(statistics.median(t), 3),
-             "vs accelerate --help": f"{peer / statistics.median(t):.2f}x faster"} for name, t in times.items()]
+             "vs accelerate --help": "-" if "peer" in name else f"{peer / statistics.median(t):.2f}x faster"}
+            for name, t in times.items()]
     return {"title": "CLI start-up (wall time of the whole process)", "rows": rows,
             "commands": {name: shlex.join(c) for name, c in sides.items()}}
 
 
-def external(script: str):
-    """Comparisons that live in their own scripts print a JSON result as their last line."""
-
-    def run(reps: int, _rows) -> dict:
-        path = REPO / "benchmarks" / script
-        if not path.is_file():
-            raise SystemExit(f"{path.name} is not there yet")
-        result = timed([PY, str(path), "--reps", str(reps), "--json"])
-        return json.loads(result["stdout"].strip().splitlines()[-1])
-
-    return run
-
-
-BENCHMARKS = {"bert-cls": bert_cls, "cli": cli_startup,
-              "generate": external("generate_vs_pipeline.py"), "image": external("image_pipeline.py")}
+BENCHMARKS = {"bert-cls": bert_cls, "cli": cli_startup}
 
 
 def table(rows: list[dict]) -> str:
@@ -159,7 +146,7 @@ def main() -> None:
         if section.get("notes"):
             text.append(section["notes"] + "\n")
         text.append("Commands:\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in section["commands"].items()) + "\n")
-    (REPO / "benchmarks" / "README.md").write_text("\n".join(text), encoding="utf-8")
+    (REPO / "benchmarks" / "RESULTS.md").write_text("\n".join(text), encoding="utf-8")
     print("\n".join(text))
 
 
