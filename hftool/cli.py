@@ -156,9 +156,11 @@ def predict(
     """Predict on raw inputs: prints one line per input."""
     from hftool import api
 
+    from hftool.data import read_inputs
+
     model, texts, keyvals = _split_overrides(model, inputs)
     if file is not None:
-        texts += _read_inputs(file)
+        texts += read_inputs(file)
     predictions = api.predict(model, texts, batch_size or 32, keyvals)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -170,27 +172,6 @@ def predict(
     task = get_task(run_config(model, keyvals).task)
     for prediction in predictions:
         typer.echo(task.format_prediction(prediction))
-
-
-def _read_inputs(path: Path) -> list[str]:
-    from hftool.data import read_text
-
-    if not path.is_file():
-        raise HftoolError(f"input file {path} does not exist")
-    lines = [line for line in read_text(path).split("\n") if line.strip()]
-    if path.suffix.lower() != ".jsonl":
-        return lines
-    texts = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise HftoolError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-        text = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            raise HftoolError(f"{path}:{number}: expected an object with a \"text\" string")
-        texts.append(text)
-    return texts
 
 
 @app.command()
@@ -216,9 +197,10 @@ def generate(
 ) -> None:
     """Continue prompts with a causal LM; prints the texts (and writes JSONL with --output)."""
     from hftool import api
-    from hftool.generation import GenerationOptions, read_prompts
+    from hftool.data import read_inputs
+    from hftool.generation import GenerationOptions
 
-    prompts = list(prompt or []) + (read_prompts(prompts_file) if prompts_file else [])
+    prompts = list(prompt or []) + (read_inputs(prompts_file, ("prompt", "text")) if prompts_file else [])
     options = GenerationOptions(
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=None if greedy is None else not greedy,
         temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,

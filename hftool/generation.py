@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hftool import logs
 from hftool.errors import HftoolError
@@ -75,30 +73,6 @@ class GenerationOptions:
         if self.stop:
             given["stop_strings"] = list(self.stop)
         return given
-
-
-def read_prompts(path: Path) -> list[str]:
-    """Prompts from a file: one per non-empty line, or JSONL objects with a "prompt" (or "text") string."""
-    from hftool.data import read_text
-
-    if not path.is_file():
-        raise HftoolError(f"prompts file {path} does not exist; check the path")
-    lines = [(number, line) for number, line in enumerate(read_text(path).split("\n"), 1) if line.strip()]
-    if not lines:
-        raise HftoolError(f"prompts file {path} is empty; write one prompt per line (or JSONL {{\"prompt\": ...}})")
-    if path.suffix.lower() != ".jsonl":
-        return [line for _, line in lines]
-    prompts = []
-    for number, line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise HftoolError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove the line") from None
-        prompt = next((record[k] for k in ("prompt", "text") if isinstance(record, dict) and k in record), None)
-        if not isinstance(prompt, str):
-            raise HftoolError(f"{path}:{number}: expected an object with a \"prompt\" string, e.g. {{\"prompt\": \"Once\"}}")
-        prompts.append(prompt)
-    return prompts
 
 
 def continuation(tokenizer, ids: list[int], eos_ids: set[int], stop: list[str]) -> str:

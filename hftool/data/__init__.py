@@ -6,10 +6,10 @@ from pathlib import Path
 
 from hftool import logs
 from hftool.config import DataConfig
-from hftool.data.sources import describe, load_source, read_file, read_text
+from hftool.data.sources import describe, load_source, read_file, read_inputs, read_text
 from hftool.errors import HftoolError
 
-__all__ = ["describe", "load_eval_split", "load_source", "load_splits", "read_file", "read_text"]
+__all__ = ["describe", "load_eval_split", "load_source", "load_splits", "read_file", "read_inputs", "read_text"]
 
 
 def _one_file(spec: str) -> bool:

@@ -48,6 +48,30 @@ def read_text(path: Path, encoding: str | None = None) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def read_inputs(path: Path, fields: tuple[str, ...] = ("text",)) -> list[str]:
+    """Inference inputs from a file: one per non-empty line, or (.jsonl) objects with a string
+    under the first of `fields` they have."""
+    if not path.is_file():
+        raise HftoolError(f"input file {path} does not exist; check the path")
+    lines = [(number, line) for number, line in enumerate(read_text(path).split("\n"), 1) if line.strip()]
+    example = f'{{"{fields[0]}": ...}}'
+    if not lines:
+        raise HftoolError(f"input file {path} is empty; write one input per line (or JSONL {example})")
+    if path.suffix.lower() != ".jsonl":
+        return [line for _, line in lines]
+    inputs = []
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise HftoolError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove the line") from None
+        value = next((record[k] for k in fields if isinstance(record, dict) and k in record), None)
+        if not isinstance(value, str):
+            raise HftoolError(f"{path}:{number}: expected an object with a \"{fields[0]}\" string, e.g. {example}")
+        inputs.append(value)
+    return inputs
+
+
 def _records_to_dataset(records: list[dict], path: Path):
     import datasets
     import pandas as pd
