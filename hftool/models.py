@@ -8,7 +8,7 @@ model from a config, with a tokenizer trained on the run's own training text.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,16 @@ def check_config_overrides(config: Any, overrides: dict) -> None:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean '{close[0]}'?" if close else "see the model's config.json for its fields"
             raise HftoolError(f"model.config_overrides: {type(config).__name__} has no field '{key}'; {hint}")
+
+
+def tiny_tokenizer(run_dir: str | Path | None, train: Callable[[], Any]):
+    """The tokenizer of a tiny:<arch> model: a resumed run's saved one, so token ids match its
+    checkpoint, else a new one from `train()`."""
+    if run_dir is not None and (Path(run_dir) / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(run_dir))
+    return train()
 
 
 def check_tiny(spec: str, supported: tuple[str, ...], task: str) -> str:

@@ -59,7 +59,7 @@ def test_sigkill_then_resume_matches_an_unbroken_run(data, tmp_path):
     for key, value in expected.items():
         if key.startswith("eval_"):
             assert got[key] == pytest.approx(value, abs=1e-6), key
-    (evals_a, losses_a), (evals_b, losses_b) = eval_records(unbroken), eval_records(broken)
+    (_, losses_a), (evals_b, losses_b) = eval_records(unbroken), eval_records(broken)
     assert [e["step"] for e in evals_b] == [10, 20, 30]  # no duplicate records from the killed part
     assert [s for s, _ in losses_b] == [s for s, _ in losses_a]
     assert [loss for _, loss in losses_b] == pytest.approx([loss for _, loss in losses_a], abs=1e-6)

@@ -8,7 +8,6 @@ perplexity = exp(total token loss / total tokens), optionally over strided windo
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,12 +58,10 @@ class CausalLM(Task):
         overrides = dict(cfg.model.config_overrides)
         if models.tiny_arch(spec) is not None:
             models.check_tiny(spec, ("gpt2",), self.name)
-            from transformers import AutoTokenizer, GPT2LMHeadModel
+            from transformers import GPT2LMHeadModel
 
-            if run_dir is not None and (Path(run_dir) / "tokenizer.json").is_file():
-                tokenizer = AutoTokenizer.from_pretrained(str(run_dir))  # a resumed run keeps its tokenizer
-            else:
-                tokenizer = models.train_byte_bpe(train_ds["text"], cfg.model.tiny_vocab_size)
+            tokenizer = models.tiny_tokenizer(run_dir, lambda: models.train_byte_bpe(train_ds["text"],
+                                                                                   cfg.model.tiny_vocab_size))
             fields = {"n_positions": cfg.data.block_size} if cfg.data.block_size else {}
             model = GPT2LMHeadModel(models.tiny_gpt2_config(tokenizer, overrides, **fields))
         else:

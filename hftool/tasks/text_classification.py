@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import torch
 
@@ -89,14 +88,9 @@ class TextClassification(Task):
         overrides = dict(cfg.model.config_overrides)
         if models.tiny_arch(spec) is not None:
             models.check_tiny(spec, ("bert",), self.name)
-            saved = run_dir is not None and (Path(run_dir) / "tokenizer.json").is_file()
-            if saved:  # a resumed run reuses its tokenizer rather than training another
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
-            else:
-                texts = list(train_ds["text"]) + (list(train_ds["text_pair"]) if "text_pair" in train_ds.column_names else [])
-                tokenizer = models.train_wordpiece(texts, cfg.model.tiny_vocab_size)
+            pairs = train_ds["text_pair"] if "text_pair" in train_ds.column_names else []
+            tokenizer = models.tiny_tokenizer(run_dir, lambda: models.train_wordpiece(
+                [*train_ds["text"], *pairs], cfg.model.tiny_vocab_size))
             from transformers import BertForSequenceClassification
 
             config = models.tiny_bert_config(tokenizer, overrides, num_labels=len(labels),

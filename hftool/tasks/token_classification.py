@@ -178,14 +178,8 @@ class TokenClassification(Task):
         overrides = dict(cfg.model.config_overrides)
         if models.tiny_arch(spec) is not None:
             models.check_tiny(spec, ("bert",), self.name)
-            saved = run_dir is not None and (Path(run_dir) / "tokenizer.json").is_file()
-            if saved:  # a resumed run reuses its tokenizer rather than training another
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
-            else:
-                tokenizer = models.train_wordpiece((" ".join(words) for words in train_ds["tokens"]),
-                                                   cfg.model.tiny_vocab_size)
+            tokenizer = models.tiny_tokenizer(run_dir, lambda: models.train_wordpiece(
+                (" ".join(words) for words in train_ds["tokens"]), cfg.model.tiny_vocab_size))
             from transformers import BertForTokenClassification
 
             config = models.tiny_bert_config(tokenizer, overrides, num_labels=len(labels),
