@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hftool.errors import HftoolError
+
 
 @dataclass
 class Parts:
@@ -34,6 +36,20 @@ class Parts:
     processor: Any  # tokenizer or image processor; saved beside the model
     labels: list[str] | None = None  # class names, index = class id
     extra: dict = field(default_factory=dict)
+
+
+def find_column(ds, source: str, configured: str | None, candidates: tuple[str, ...], what: str, key: str) -> str:
+    """The column of `ds` to use: `configured` (data.<key>) if set, else the first of `candidates` present."""
+    if configured:
+        if configured not in ds.column_names:
+            raise HftoolError(f"{source} has no column '{configured}' (columns: {', '.join(ds.column_names)}); "
+                              f"fix data.{key}")
+        return configured
+    found = next((c for c in candidates if c in ds.column_names), None)
+    if found is None:
+        raise HftoolError(f"{source} has no {what} column (columns: {', '.join(ds.column_names)}); "
+                          f"set data.{key}=<column>")
+    return found
 
 
 class Task:

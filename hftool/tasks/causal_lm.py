@@ -15,23 +15,10 @@ import torch
 from hftool import models
 from hftool.data.batching import pad_collate
 from hftool.errors import HftoolError
-from hftool.tasks.base import Parts, Task
+from hftool.tasks.base import Parts, Task, find_column
 
 TEXT_COLUMNS = ("text", "content", "document", "story", "body", "sentence")
 MAX_BLOCK = 1024  # data.block_size=None: the model's context, capped here (see config.py)
-
-
-def _text_column(ds, source: str, configured: str | None) -> str:
-    if configured:
-        if configured not in ds.column_names:
-            raise HftoolError(f"{source} has no column '{configured}' (columns: {', '.join(ds.column_names)}); "
-                              "fix data.text_column")
-        return configured
-    found = next((c for c in TEXT_COLUMNS if c in ds.column_names), None)
-    if found is None:
-        raise HftoolError(f"{source} has no text column (columns: {', '.join(ds.column_names)}); "
-                          "set data.text_column=<column>")
-    return found
 
 
 class CausalLM(Task):
@@ -43,7 +30,7 @@ class CausalLM(Task):
         """Rows -> one `text` column of documents (line breaks joined when data.keep_linebreaks is false)."""
         import datasets
 
-        column = _text_column(ds, source, cfg.data.text_column)
+        column = find_column(ds, source, cfg.data.text_column, TEXT_COLUMNS, "text", "text_column")
         texts = ds[column]
         bad = next((i for i, v in enumerate(texts) if not isinstance(v, str)), None)
         if bad is not None:

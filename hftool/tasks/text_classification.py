@@ -9,25 +9,12 @@ import torch
 from hftool import models
 from hftool.data.batching import pad_collate
 from hftool.errors import HftoolError
-from hftool.tasks.base import Parts, Task
+from hftool.tasks.base import Parts, Task, find_column
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question1", "question", "content", "review",
                 "document", "query")
 PAIR_COLUMNS = {"sentence1": "sentence2", "premise": "hypothesis", "question1": "question2", "text": "text_pair"}
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "coarse_label")
-
-
-def _column(ds, source: str, configured: str | None, candidates: tuple[str, ...], what: str, key: str) -> str:
-    if configured:
-        if configured not in ds.column_names:
-            raise HftoolError(f"{source} has no column '{configured}' (columns: {', '.join(ds.column_names)}); "
-                              f"fix data.{key}")
-        return configured
-    found = next((c for c in candidates if c in ds.column_names), None)
-    if found is None:
-        raise HftoolError(f"{source} has no {what} column (columns: {', '.join(ds.column_names)}); "
-                          f"set data.{key}=<column>")
-    return found
 
 
 def _label_names(ds, column: str) -> list[str]:
@@ -46,12 +33,12 @@ class TextClassification(Task):
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns text, [text_pair], label (class id); label names come from `ds` when None."""
         data = cfg.data
-        text = _column(ds, source, data.text_column, TEXT_COLUMNS, "text", "text_column")
+        text = find_column(ds, source, data.text_column, TEXT_COLUMNS, "text", "text_column")
         pair = data.text_pair_column
         if pair is None and PAIR_COLUMNS.get(text) in ds.column_names:
             pair = PAIR_COLUMNS[text]
         elif pair is not None:
-            _column(ds, source, pair, (), "text pair", "text_pair_column")
+            find_column(ds, source, pair, (), "text pair", "text_pair_column")
         columns = {"text": ds[text]}
         if pair:
             columns["text_pair"] = ds[pair]
@@ -61,7 +48,7 @@ class TextClassification(Task):
                 raise HftoolError(f"{source} row {bad + 1}: {name} column '{text if name == 'text' else pair}' "
                                   f"holds {values[bad]!r}, not text; fix or remove the row")
         if require_labels or any(c in ds.column_names for c in (data.label_column, *LABEL_COLUMNS) if c):
-            label = _column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")
+            label = find_column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")
             names = _label_names(ds, label) if labels is None else labels
             if not names:
                 raise HftoolError(f"{source}: the label column '{label}' is empty; every row needs a label")
