@@ -22,8 +22,7 @@ from hftool import models
 from hftool.data.batching import pad_collate
 from hftool.data.conll import TAG
 from hftool.errors import HftoolError
-from hftool.tasks.base import Parts, Task
-from hftool.tasks.text_classification import _column
+from hftool.tasks.base import Parts, Task, find_column
 
 TOKEN_COLUMNS = ("tokens", "words")
 TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner")
@@ -106,7 +105,7 @@ class TokenClassification(Task):
         import datasets
 
         data = cfg.data
-        column = _column(ds, source, data.text_column, TOKEN_COLUMNS, "tokens", "text_column")
+        column = find_column(ds, source, data.text_column, TOKEN_COLUMNS, "tokens", "text_column")
         lines = ds["line"] if "line" in ds.column_names else None
 
         def where(row: int, word: int) -> str:
@@ -119,7 +118,7 @@ class TokenClassification(Task):
                                   "words; each row needs a list of tokens")
         columns = {"tokens": sentences}
         if require_labels or any(c in ds.column_names for c in (data.label_column, *TAG_COLUMNS) if c):
-            tag_column = _column(ds, source, data.label_column, TAG_COLUMNS, "tags", "label_column")
+            tag_column = find_column(ds, source, data.label_column, TAG_COLUMNS, "tags", "label_column")
             rows = self._tag_strings(ds, tag_column, source, data.tag_names, where)
             normalised = []
             for row, (words, tags) in enumerate(zip(sentences, rows)):
