@@ -171,6 +171,22 @@ def tiny_tokenizer(run_dir: str | Path | None, train: Callable[[], Any]):
     return train()
 
 
+def label_maps(labels: list[str]) -> dict:
+    """Config fields that give a classifier its class names (they survive save/load)."""
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)}}
+
+
+def classifier_config(spec: str, token: str | None, labels: list[str] | None, overrides: dict):
+    """A pretrained classifier's config with the run's labels; with labels=None (evaluate,
+    predict) the model's own. Returns (config, labels)."""
+    from transformers import AutoConfig
+
+    config = load("model", AutoConfig, spec, token, **(label_maps(labels) if labels else {}), **overrides)
+    check_config_overrides(config, overrides)
+    return config, labels or [config.id2label[i] for i in range(config.num_labels)]
+
+
 def check_tiny(spec: str, supported: tuple[str, ...], task: str) -> str:
     arch = tiny_arch(spec)
     if arch not in supported:

@@ -80,23 +80,14 @@ class TextClassification(Task):
                 [*train_ds["text"], *pairs], cfg.model.tiny_vocab_size))
             from transformers import BertForSequenceClassification
 
-            config = models.tiny_bert_config(tokenizer, overrides, num_labels=len(labels),
-                                             id2label=dict(enumerate(labels)),
-                                             label2id={n: i for i, n in enumerate(labels)})
+            config = models.tiny_bert_config(tokenizer, overrides, **models.label_maps(labels))
             return Parts(BertForSequenceClassification(config), tokenizer, labels)
 
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         token = cfg.model.token
         tokenizer = models.load("tokenizer", AutoTokenizer, spec, token)
-        if labels is None:  # evaluate/predict: the model's own label map
-            config = models.load("model", AutoConfig, spec, token, **overrides)
-            labels = [config.id2label[i] for i in range(config.num_labels)]
-        else:
-            config = models.load("model", AutoConfig, spec, token, num_labels=len(labels),
-                                 id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-                                 **overrides)
-        models.check_config_overrides(config, overrides)
+        config, labels = models.classifier_config(spec, token, labels, overrides)
         model = models.load("model", AutoModelForSequenceClassification, spec, token, config=config,
                             ignore_mismatched_sizes=model_path is None)  # a new label set replaces the head
         return Parts(model, tokenizer, labels)

@@ -181,25 +181,17 @@ class TokenClassification(Task):
                 (" ".join(words) for words in train_ds["tokens"]), cfg.model.tiny_vocab_size))
             from transformers import BertForTokenClassification
 
-            config = models.tiny_bert_config(tokenizer, overrides, num_labels=len(labels),
-                                             id2label=dict(enumerate(labels)),
-                                             label2id={n: i for i, n in enumerate(labels)})
+            config = models.tiny_bert_config(tokenizer, overrides, **models.label_maps(labels))
             return Parts(BertForTokenClassification(config), tokenizer, labels)
 
-        from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
 
         token = cfg.model.token
         tokenizer = models.load("tokenizer", AutoTokenizer, spec, token)
         if not getattr(tokenizer, "is_fast", False):
             raise HftoolError(f"{spec}: token classification needs a fast (tokenizers) tokenizer to map subwords "
                               "to words; pass a model dir with a tokenizer.json")
-        if labels is None:  # evaluate/predict: the model's own label map
-            config = models.load("model", AutoConfig, spec, token, **overrides)
-            labels = [config.id2label[i] for i in range(config.num_labels)]
-        else:
-            config = models.load("model", AutoConfig, spec, token, num_labels=len(labels),
-                                 id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-                                 **overrides)
+        config, labels = models.classifier_config(spec, token, labels, overrides)
         model = models.load("model", AutoModelForTokenClassification, spec, token, config=config,
                             ignore_mismatched_sizes=model_path is None)  # a new tag set replaces the head
         return Parts(model, tokenizer, labels)
