@@ -4,6 +4,6 @@ Every module's `compute()` returns a flat `dict[str, float]`. Instances keep the
 memory (`keep_in_memory=True`), so processes never contend for evaluate's cache files.
 """
 
-from hftool.metrics.classification import Accuracy, PrecisionRecallF1
+from hftool.metrics.classification import Accuracy, ConfusionMatrix, PrecisionRecallF1, TopKAccuracy
 
-__all__ = ["Accuracy", "PrecisionRecallF1"]
+__all__ = ["Accuracy", "ConfusionMatrix", "PrecisionRecallF1", "TopKAccuracy"]
