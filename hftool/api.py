@@ -20,7 +20,8 @@ from hftool.config import RunConfig, from_dict, load_config, read_yaml
 from hftool.errors import HftoolError
 
 # Architecture-name suffix -> task, for plain model dirs that carry no hftool config.yaml.
-ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification"}
+ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification",
+                      "ForImageClassification": "image-classification"}
 
 
 def prepare_run_dir(cfg: RunConfig, recipe: str, resume: bool = False, overwrite: bool = False) -> Path:

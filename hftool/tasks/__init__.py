@@ -7,6 +7,7 @@ import importlib
 # name -> "module:Class". Strings, so `hftool --help` imports no torch.
 TASKS = {
     "text-classification": "hftool.tasks.text_classification:TextClassification",
+    "image-classification": "hftool.tasks.image_classification:ImageClassification",
 }
 
 
