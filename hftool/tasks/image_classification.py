@@ -211,6 +211,7 @@ def _check_input_size(model, side: int, spec: str) -> None:
 def plot_confusion(matrix, labels: list[str], path: Path) -> None:
     """Counts per (reference, prediction) as a heat map; numbers written in when they fit."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
@@ -224,7 +225,7 @@ def plot_confusion(matrix, labels: list[str], path: Path) -> None:
         ax.set_yticks(range(n), labels)
     if n <= 20:
         threshold = matrix.max() / 2
-        for (row, col), value in __import__("numpy").ndenumerate(matrix):
+        for (row, col), value in np.ndenumerate(matrix):
             ax.text(col, row, str(value), ha="center", va="center", color="white" if value > threshold else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -388,15 +389,15 @@ class ImageClassification(Task):
         entries = list(rows["image"])  # paths only: no pixels are read here
         for start in range(0, len(entries), batch_size):
             chunk, pixels = [], []
-            for entry in entries[start:start + batch_size]:
-                try:
-                    with one_thread():
+            with one_thread():
+                for entry in entries[start:start + batch_size]:
+                    try:
                         pixels.append(transform.image(entry))
-                    chunk.append(entry["path"])
-                except images.ImageDecodeError as err:
-                    if not cfg.data.skip_bad_images:
-                        raise
-                    logs.warn(f"data.skip_bad_images: skipping {str(err).split('; ')[0]}")
+                        chunk.append(entry["path"])
+                    except images.ImageDecodeError as err:
+                        if not cfg.data.skip_bad_images:
+                            raise
+                        logs.warn(f"data.skip_bad_images: skipping {str(err).split('; ')[0]}")
             if not pixels:
                 continue
             with torch.no_grad():
