@@ -23,7 +23,8 @@ from hftool.errors import HftoolError
 # Architecture-name suffix -> task, for plain model dirs that carry no hftool config.yaml.
 ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification",
                       "ForTokenClassification": "token-classification",
-                      "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm"}
+                      "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm",
+                      "ForImageClassification": "image-classification"}
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -152,17 +153,31 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     return metrics
 
 
-def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list[str] | None = None) -> list[dict]:
-    """Predictions for raw inputs, one dict per input, in input order."""
+def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list[str] | None = None,
+            top_k: int | None = None) -> list[dict]:
+    """Predictions for raw inputs, one dict per input, in input order.
+
+    Args:
+        top_k: Also return the k best classes, for tasks whose predict takes `top_k`.
+    """
+    import inspect
+
     import torch
 
     if not inputs:
         raise HftoolError("nothing to predict: pass inputs as arguments or --file")
     cfg = run_config(model, overrides)
+    from hftool.tasks import get_task
+
+    options = {} if top_k is None else {"top_k": top_k}
+    if options and "top_k" not in inspect.signature(get_task(cfg.task).predict).parameters:
+        raise HftoolError(f"--top-k is not supported for {cfg.task} models; leave it out")
+    if top_k is not None and top_k < 1:
+        raise HftoolError(f"--top-k must be at least 1, got {top_k}")
     task, parts = _load(model, cfg)
     if torch.cuda.is_available():
         parts.model.to("cuda")
-    return task.predict(parts, cfg, list(inputs), batch_size)
+    return task.predict(parts, cfg, list(inputs), batch_size, **options)
 
 
 def generate(model: str, prompts: list[str], options=None, on_text=None) -> list[dict]:

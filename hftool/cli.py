@@ -148,10 +148,11 @@ def evaluate(
 @app.command()
 def predict(
     model: ModelArg,
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="Inputs (texts), and KEY=VALUE overrides.", show_default=False)] = None,
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Inputs (texts; image files or folders), and KEY=VALUE overrides.", show_default=False)] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="More inputs: a text file (one per line) or JSONL with a text field.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per input here.")] = None,
     batch_size: BatchSize = 32,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", "-k", help="Also give the k best classes with their scores.")] = None,
 ) -> None:
     """Predict on raw inputs: prints one line per input."""
     from hftool import api
@@ -161,7 +162,7 @@ def predict(
     model, texts, keyvals = _split_overrides(model, inputs)
     if file is not None:
         texts += read_inputs(file)
-    predictions = api.predict(model, texts, batch_size or 32, keyvals)
+    predictions = api.predict(model, texts, batch_size or 32, keyvals, top_k)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "w", encoding="utf-8") as f:

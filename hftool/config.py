@@ -39,6 +39,9 @@ class ModelConfig:
     # Hub access token for private models. Never written anywhere: redacted in config.yaml and
     # in tracker configs.
     token: str | None = None
+    # Start from pretrained weights (hub ids, timm:<name>). false builds the architecture with
+    # random weights: offline timm runs, or small images where ImageNet features help little.
+    pretrained: bool = True
 
 
 @dataclass
@@ -86,8 +89,26 @@ class DataConfig:
     keep_linebreaks: bool = True
     # File encoding; None reads UTF-8 and falls back to Latin-1 with a warning.
     encoding: str | None = None
-    # DataLoader worker processes. Text is tokenized up front, so 0 (no fork cost) is fastest.
+    # DataLoader worker processes. Text is tokenized up front, so 0 (no fork cost) is fastest;
+    # images are decoded in the workers, and image recipes set their own.
     num_workers: int = 0
+    # Image column (paths relative to the data file, or a hub Image feature); None auto-detects
+    # image/img/image_path/path/file/filename/file_name.
+    image_column: str | None = None
+    # Square side of the model's input in pixels; None keeps the model's own (its processor's or
+    # timm's input size). Small images (CIFAR's 32) train much faster at their own size.
+    image_size: int | None = None
+    # Drop unreadable images (counted, first few named) instead of stopping at the first one:
+    # stopping is the default because a broken file usually means a broken download.
+    skip_bad_images: bool = False
+    # Smallest share of the image area a training crop keeps (RandomResizedCrop). 0.08 is the
+    # ImageNet recipe; raise it when the object is small and a crop could miss it.
+    crop_scale_min: float = 0.08
+    # Probability of a horizontal flip in training (0 for text, digits, or left/right classes).
+    hflip: float = 0.5
+    # RandAugment magnitude (0-30, 9 is timm's usual); None leaves it off: it pays off in long
+    # runs and slows the short ones.
+    randaugment: int | None = None
 
 
 @dataclass
@@ -140,6 +161,13 @@ class TrainConfig:
     tracking: str = "none"
     # torch.compile the model (worth it on GPUs for long runs; compile time dominates short ones).
     compile: bool = False
+    # Mixup and CutMix alphas (timm); 0 turns each off. They regularise long runs on small data
+    # and slow convergence of short ones. Image classification.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    # Label smoothing of the training targets (0.1 is timm's usual); 0 keeps one-hot targets,
+    # so the training loss is the plain cross-entropy that eval_loss reports. Image classification.
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -407,8 +435,19 @@ def validate(cfg: RunConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise HftoolError(f"{key} must be positive, got {value}")
-    if cfg.data.stride < 0:
-        raise HftoolError(f"data.stride must be 0 or more, got {cfg.data.stride}")
+    d = cfg.data
+    checks = {"data.stride": (d.stride >= 0, "0 or more"),
+              "data.image_size": (d.image_size is None or d.image_size > 0, "positive"),
+              "data.crop_scale_min": (0 < d.crop_scale_min <= 1, "in (0, 1]"),
+              "data.hflip": (0 <= d.hflip <= 1, "in [0, 1]"),
+              "data.randaugment": (d.randaugment is None or 0 <= d.randaugment <= 30, "in [0, 30]"),
+              "train.label_smoothing": (0 <= t.label_smoothing < 1, "in [0, 1)"),
+              "train.mixup_alpha": (t.mixup_alpha >= 0, ">= 0 (0 turns it off)"),
+              "train.cutmix_alpha": (t.cutmix_alpha >= 0, ">= 0 (0 turns it off)")}
+    for key, (ok, allowed) in checks.items():
+        if not ok:
+            section, leaf = key.split(".")
+            raise HftoolError(f"{key} must be {allowed}, got {getattr(getattr(cfg, section), leaf)}")
     if not 0 <= cfg.data.validation_split < 1:
         raise HftoolError(f"data.validation_split must be in [0, 1), got {cfg.data.validation_split}")
     if t.max_steps is None and t.epochs <= 0:

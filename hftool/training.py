@@ -120,7 +120,7 @@ class Trainer:
             train_rows, labels = task.prepare(cfg, raw["train"], self.sources["train"], labels)
             eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
             self.parts = parts = task.build(cfg, labels, train_rows, run_dir=self.run_dir if self.resume else None)
-            self.train_features = task.features(parts, cfg, train_rows)
+            self.train_features = task.train_features(parts, cfg, train_rows)
             self.eval_features = task.eval_features(parts, cfg, eval_rows)
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -236,7 +236,7 @@ class Trainer:
                 loader = acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
             for batch in loader:
                 with acc.accumulate(self.model):
-                    loss = self.model(**self.task.model_inputs(batch)).loss
+                    loss = self.task.train_loss(self.parts, self.model, self.task.model_inputs(batch))
                     acc.backward(loss)
                     if acc.sync_gradients and t.max_grad_norm > 0:
                         acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)

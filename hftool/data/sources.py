@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 from hftool import logs
+from hftool.data.images import is_image_folder, read_image_folder
 from hftool.errors import HftoolError
 
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
@@ -85,7 +86,25 @@ def _records_to_dataset(records: list[dict], path: Path):
 def read_file(path: Path, encoding: str | None = None, txt_unit: str = "line"):
     """One data file -> a Dataset. txt files give one `text` row per non-empty line (or per
     paragraph with txt_unit="paragraph"), unless they hold CoNLL columns; files with other
-    extensions are CoNLL (tokens, tags, line)."""
+    extensions are CoNLL (tokens, tags, line).
+
+    The file's folder is recorded in the Dataset's info (which survives select, shuffle and
+    splitting), so paths inside the file, such as image paths, can be read relative to it.
+    """
+    ds = _read_table(path, encoding, txt_unit)
+    ds.info.homepage = path.resolve().parent.as_uri()
+    return ds
+
+
+def source_dir(ds) -> Path | None:
+    """The folder of the file `ds` was read from (see read_file), or None (hub, samples)."""
+    from urllib.parse import unquote, urlparse
+
+    uri = ds.info.homepage or ""
+    return Path(unquote(urlparse(uri).path)) if uri.startswith("file:") else None
+
+
+def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line"):
     import datasets
     import pandas as pd
 
@@ -148,14 +167,17 @@ def _split_name(stem: str) -> str | None:
 
 
 def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line"):
-    """A save_to_disk folder, a folder of split files (train.csv, validation.jsonl, test.tsv), or
-    a folder of text files (no split names), each file one `text` row: a document."""
+    """A save_to_disk folder, a folder of split files (train.csv, validation.jsonl, test.tsv), a
+    folder of text files (no split names), each file one `text` row: a document, or an image
+    folder (class subfolders, optionally inside train/val/test folders)."""
     import datasets
 
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         loaded = datasets.load_from_disk(str(path))
         return _normalise_splits(loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded))
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FOLDER_EXTENSIONS)
+    if not files and is_image_folder(path):
+        return read_image_folder(path)
     splits = {}
     for file in files:
         name = _split_name(file.stem)
@@ -171,7 +193,8 @@ def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line")
         splits = {"train": files[0]}
     if "train" not in splits:
         found = ", ".join(p.name for p in files) or "no data files"
-        raise HftoolError(f"{path} has no train file ({found}); name the files train/validation/test.<csv|jsonl|conll|...>")
+        raise HftoolError(f"{path} has no train file ({found}); name the files train/validation/test.<csv|jsonl|conll|...> "
+                          "(or, for images, one subfolder per class)")
     return datasets.DatasetDict({name: read_file(file, encoding, txt_unit) for name, file in splits.items()})
 
 

@@ -4,8 +4,8 @@ Every module's `compute()` returns a flat `dict[str, float]`. Instances keep the
 memory (`keep_in_memory=True`), so processes never contend for evaluate's cache files.
 """
 
-from hftool.metrics.classification import Accuracy, PrecisionRecallF1
+from hftool.metrics.classification import Accuracy, ConfusionMatrix, PrecisionRecallF1, TopKAccuracy
 from hftool.metrics.perplexity import Perplexity
 from hftool.metrics.tagging import Seqeval
 
-__all__ = ["Accuracy", "Perplexity", "PrecisionRecallF1", "Seqeval"]
+__all__ = ["Accuracy", "ConfusionMatrix", "Perplexity", "PrecisionRecallF1", "Seqeval", "TopKAccuracy"]

@@ -1,4 +1,4 @@
-"""Classification metrics: accuracy and precision/recall/F1 (macro, micro, weighted)."""
+"""Classification metrics: accuracy, top-k accuracy, precision/recall/F1 (macro, micro, weighted), confusion matrix."""
 
 from __future__ import annotations
 
@@ -68,3 +68,51 @@ class PrecisionRecallF1(evaluate.Metric):
         micro = float(pooled_tp / pooled) if pooled else 0.0  # single-label: micro P = R = F1
         result.update(precision_micro=micro, recall_micro=micro, f1_micro=micro)
         return result
+
+
+class TopKAccuracy(evaluate.Metric):
+    """Fraction of examples whose reference is among the `k` highest-scored classes.
+
+    Inputs: `top_k`, the k best class ids per example (best first), and `references`. The input
+    is not called `predictions` so that it can be combined with Accuracy in one evaluate.combine.
+    """
+
+    def __init__(self, k: int = 5, **kwargs):
+        super().__init__(keep_in_memory=True, **kwargs)
+        self.k = k
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Top-k accuracy: the reference is among the k best-scored classes.",
+            citation="", inputs_description="top_k: the k best class ids per example; references: class ids",
+            features=datasets.Features({"top_k": datasets.Sequence(datasets.Value("int64")),
+                                        "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, top_k, references) -> dict[str, float]:
+        hits = [ref in row[: self.k] for row, ref in zip(top_k, references)]
+        return {f"top{self.k}_accuracy": float(np.mean(hits)) if hits else 0.0}
+
+
+class ConfusionMatrix(evaluate.Metric):
+    """Counts of (reference, prediction) pairs, kept in `.matrix` (rows: references).
+
+    compute() returns no numbers (metrics.json stays flat scalars); the matrix is for plots.
+    """
+
+    def __init__(self, num_classes: int, **kwargs):
+        super().__init__(keep_in_memory=True, **kwargs)
+        self.num_classes = num_classes
+        self.matrix: np.ndarray | None = None
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Confusion matrix (rows: reference class, columns: predicted class).",
+            citation="", inputs_description="predictions, references: class ids", features=_FEATURES,
+        )
+
+    def _compute(self, predictions, references) -> dict[str, float]:
+        k = self.num_classes
+        pairs = np.asarray(references, dtype=np.int64) * k + np.asarray(predictions, dtype=np.int64)
+        self.matrix = np.bincount(pairs, minlength=k * k).reshape(k, k)
+        return {}

@@ -11,7 +11,7 @@ import importlib
 from hftool.errors import HftoolError
 
 # name -> module under hftool.samples with a `load()` returning a DatasetDict
-SAMPLES = {"sentiment": "sentiment", "ner": "ner", "tales": "tales"}
+SAMPLES = {"sentiment": "sentiment", "ner": "ner", "tales": "tales", "shapes": "shapes"}
 
 
 def load_sample(name: str):

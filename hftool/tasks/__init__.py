@@ -9,6 +9,7 @@ TASKS = {
     "text-classification": "hftool.tasks.text_classification:TextClassification",
     "token-classification": "hftool.tasks.token_classification:TokenClassification",
     "causal-lm": "hftool.tasks.causal_lm:CausalLM",
+    "image-classification": "hftool.tasks.image_classification:ImageClassification",
 }
 
 

@@ -6,9 +6,11 @@ task-specific, so training, evaluation and inference share one featurisation and
     prepare(cfg, ds, source, labels)  raw rows -> canonical columns, validated (label maps found)
     build(cfg, labels, ...)           model + tokenizer/processor (tiny:<arch> built here)
     features(parts, cfg, ds)          canonical rows -> model inputs (+ `length` for batching)
+    train_features(parts, cfg, ds)    the same for the training split (default: features)
     eval_features(parts, cfg, ds)     the same for evaluation data, unless a task scores differently
     collate(parts)                    list of features -> batch of tensors
     metric(parts)                     an evaluate module; compute() -> dict[str, float]
+    train_loss(parts, model, batch)   the loss the optimizer minimises (default: model's own)
     eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric (plus
                                       optional per-example "loss", which makes eval_loss exact)
     predict(parts, cfg, inputs)       user inputs -> one JSON-able dict per input
@@ -77,6 +79,11 @@ class Task:
     def features(self, parts: Parts, cfg, ds):
         raise NotImplementedError
 
+    def train_features(self, parts: Parts, cfg, ds):
+        """Features of the training split. Tasks with training-only augmentation (random crops,
+        flips) override this; evaluation and prediction always use `features`."""
+        return self.features(parts, cfg, ds)
+
     def eval_features(self, parts: Parts, cfg, ds):
         """Model inputs for evaluation (training, `hftool evaluate`). The training features unless
         the task scores differently, e.g. a language model's overlapping strided windows."""
@@ -84,6 +91,11 @@ class Task:
 
     def collate(self, parts: Parts) -> Callable[[list[dict]], dict]:
         raise NotImplementedError
+
+    def train_loss(self, parts: Parts, model, batch: dict):
+        """The training loss of one batch. Tasks that mix examples or soften targets (mixup,
+        label smoothing) override this; eval_loss always comes from the model's own loss."""
+        return model(**batch).loss
 
     def metric(self, parts: Parts):
         raise NotImplementedError
