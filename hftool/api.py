@@ -125,7 +125,7 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
         Flat metrics with the keys of the run's metrics.json (eval_loss, eval_accuracy, ...).
     """
     from hftool.data import load_eval_split, load_splits
-    from hftool.evaluation import eval_loader, evaluate_model
+    from hftool.evaluation import eval_loader, eval_order, evaluate_model
     from hftool.training import make_accelerator
 
     cfg = run_config(model, overrides)
@@ -138,6 +138,10 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
             raise HftoolError(f"{model} is not an hftool run dir, so it has no data of its own; pass --data")
         splits, names = load_splits(cfg.data, cfg.train.seed, cfg.model.token)
         rows, source = splits["validation"], names["validation"]
+    records = [] if cfg.eval.save_predictions and output else None
+    asked = any(o.split("=", 1)[0].strip() == "eval.save_predictions" for o in overrides or ())  # not the run's own
+    if cfg.eval.save_predictions and not output and asked:
+        raise HftoolError("eval.save_predictions=true needs --output FILE.json: the predictions go to FILE.predictions.jsonl")
     task, parts = _load(model, cfg)
     rows, _ = task.prepare(cfg, rows, source, parts.labels)
     features = task.eval_features(parts, cfg, rows)
@@ -145,12 +149,23 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     loader = accelerator.prepare(eval_loader(features, task.collate(parts), size, cfg.data.num_workers))
     network = accelerator.prepare(parts.model)
-    metrics = evaluate_model(accelerator, network, loader, task, parts)
+    metrics = evaluate_model(accelerator, network, loader, task, parts, records=records, order=eval_order(features))
     if output and accelerator.is_main_process:
+        from hftool.training import write_jsonl
+
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        if records is not None:
+            target = predictions_path(out)
+            write_jsonl(target, records)
+            logs.info(f"wrote {len(records)} predictions to {target}")
     return metrics
+
+
+def predictions_path(output: Path) -> Path:
+    """Where `hftool evaluate -o OUT eval.save_predictions=true` writes: OUT's stem + .predictions.jsonl."""
+    return output.with_name(output.stem + ".predictions.jsonl")
 
 
 def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list[str] | None = None,

@@ -177,6 +177,9 @@ class EvalConfig:
     # the model's real perplexity, at block_size / stride times the cost). None: plain blocks,
     # as in training, where a block's first tokens are predicted from little context.
     stride: int | None = None
+    # Write every evaluated example's prediction (and reference, loss) to predictions.jsonl: in
+    # the run dir for the final evaluation of `finetune`, beside --output for `hftool evaluate`.
+    save_predictions: bool = False
 
 
 @dataclass

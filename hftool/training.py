@@ -322,9 +322,15 @@ class Trainer:
         return t.early_stopping_patience is not None and state.evals_without_improvement >= t.early_stopping_patience
 
     def evaluate(self) -> dict[str, float]:
-        from hftool.evaluation import evaluate_model
+        """Metrics on the eval data; with eval.save_predictions, also keeps the per-example records
+        (self.eval_records) that finish() writes to predictions.jsonl."""
+        from hftool.evaluation import eval_order, evaluate_model
 
-        return evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts)
+        if not self.cfg.eval.save_predictions:
+            return evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts)
+        self.eval_records = []
+        return evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts,
+                              records=self.eval_records, order=eval_order(self.eval_features))
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -394,6 +400,8 @@ class Trainer:
             final_eval = self.evaluate()
             logs.info(f"loaded the best checkpoint (step {state.best_step}, eval_{self.metric_name}="
                       f"{state.best_metric:.4f}) as the run's model")
+        if self.cfg.eval.save_predictions and getattr(self, "eval_records", None) is None:
+            self.evaluate()  # no evaluation ran in this process (resumed after the last one)
         acc.wait_for_everyone()
         metrics = dict(final_eval)
         if hasattr(self, "last_train_loss"):
@@ -406,6 +414,8 @@ class Trainer:
             model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
             self.task.save(self.parts, self.run_dir, model=model, state_dict=state_dict)
             _write_json(self.run_dir / "metrics.json", metrics)
+            if self.cfg.eval.save_predictions:
+                write_jsonl(self.run_dir / "predictions.jsonl", self.eval_records)
             reports.write_all(self.run_dir, self.cfg, metrics, self.sources, self.recipe, self.command)
         acc.end_training()
         return metrics
@@ -480,6 +490,14 @@ def _flat_scalars(mapping: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """One JSON object per line, written to a temporary file and renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: dict) -> None:

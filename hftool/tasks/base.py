@@ -13,6 +13,8 @@ task-specific, so training, evaluation and inference share one featurisation and
     train_loss(parts, model, batch)   the loss the optimizer minimises (default: model's own)
     eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric (plus
                                       optional per-example "loss", which makes eval_loss exact)
+    prediction_records(parts, ...)    gathered eval outputs -> one JSON-able dict per example
+                                      (eval.save_predictions; default: label names per row)
     predict(parts, cfg, inputs)       user inputs -> one JSON-able dict per input
     write_reports(run_dir, metrics)   task-specific files beside metrics.json (optional)
 
@@ -108,6 +110,35 @@ class Task:
 
     def write_reports(self, run_dir: Path, metrics: dict[str, float]) -> None:
         """Files a finished run leaves beside metrics.json, from its final metrics; none by default."""
+
+    def prediction_records(self, parts: Parts, batches: list[dict], order) -> list[dict]:
+        """Per-example evaluation results, sorted by `index` (the example's row in the eval data).
+
+        Args:
+            batches: eval_outputs of every batch as gathered numpy arrays (+ per-example `loss`).
+            order: eval row of each gathered position (hftool.evaluation.eval_order).
+
+        The default suits tasks whose eval_outputs hold one row per example: `predictions` and
+        `references` become `prediction` and `reference` (label names where the task has labels),
+        other values are kept as they are.
+        """
+        import numpy as np
+
+        if not batches:
+            return []
+        columns = {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+        rename = {"predictions": "prediction", "references": "reference"}
+        named = {"predictions", "references", "top_k"} if parts.labels else set()
+        records = []
+        for row in range(len(next(iter(columns.values())))):
+            record = {"index": int(order[row]) if order is not None else row}
+            for key, values in columns.items():
+                value = values[row].tolist()
+                if key in named:
+                    value = [parts.labels[v] for v in value] if isinstance(value, list) else parts.labels[value]
+                record[rename.get(key, key)] = round(value, 6) if isinstance(value, float) else value
+            records.append(record)
+        return sorted(records, key=lambda r: r["index"])
 
     def format_prediction(self, prediction: dict) -> str:
         """One line for the terminal."""
