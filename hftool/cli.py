@@ -251,3 +251,21 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        if os.environ.get("HFTOOL_DEBUG") or not _lost_a_peer(err):
+            raise
+        # The process that failed printed its own error; this one only lost its connection to it.
+        print(f"error: process {os.environ.get('RANK')} stopped because another process of the run failed "
+              "(its error is above)", file=sys.stderr)
+        sys.exit(1)
+
+
+def _lost_a_peer(err: Exception) -> bool:
+    """Whether `err` is a collective failing because another process of a multi-process run died."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "torch" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    text = str(err).lower()
+    return isinstance(err, (dist.DistError, RuntimeError)) and any(
+        sign in text for sign in ("closed by peer", "reset by peer", "broken pipe", "remote worker", "connection refused"))

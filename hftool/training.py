@@ -282,6 +282,9 @@ class Trainer:
                                           exit_code=128 + self.stop_signal)
                 if stop:
                     break
+            else:
+                if state.batches_in_epoch:  # fewer batches than len(loader): the epoch still ends here
+                    state.epoch, state.batches_in_epoch = state.epoch + 1, 0
         progress.close()
         self.train_runtime = time.perf_counter() - self.train_start
         if state.last_eval.get("step") != state.global_step:
