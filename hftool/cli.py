@@ -246,7 +246,8 @@ def main() -> None:
     except HftoolError as err:
         if os.environ.get("HFTOOL_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        if not (getattr(err, "collective", False) and int(os.environ.get("RANK", "0")) > 0):
+            print(f"error: {err}", file=sys.stderr)  # a stop every process makes together: said once
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -94,12 +94,14 @@ def run_torchrun(args: list[str]) -> int:
     code and its one-line error, not the launcher's traceback (HFTOOL_DEBUG=1 keeps it all)."""
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     if not os.environ.get("HFTOOL_DEBUG"):
-        for name in ("torch.distributed.elastic", "torch.distributed.run"):  # agent chatter, OMP notice
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        for name in list(logging.root.manager.loggerDict):  # agent chatter, the OMP notice
+            if name.startswith(("torch.distributed.elastic", "torch.distributed.run")):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         run(parse_args(args))
     except ChildFailedError as err:
@@ -111,4 +113,8 @@ def run_torchrun(args: list[str]) -> int:
 
         logs.warn(f"process {rank} failed (exit code {failure.exitcode}); the other processes were stopped")
         return code
+    except SignalException as err:  # SIGTERM/SIGINT here: passed on to the workers, which save and stop
+        if os.environ.get("HFTOOL_DEBUG"):
+            raise
+        return 128 + int(err.sigval)
     return 0

@@ -55,6 +55,8 @@ class TrainerState:
 class TrainingStopped(HftoolError):
     """A signal stopped training after saving a checkpoint; the exit code is 128 + signal."""
 
+    collective = True  # every process stops at the same step: only rank 0 says so
+
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code

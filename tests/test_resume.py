@@ -81,9 +81,13 @@ def test_resume_without_a_checkpoint_starts_fresh_with_a_warning(data, tmp_path,
     assert not (run / "checkpoints" / ".tmp-step-0000004").exists()  # cleaned by the next save
 
 
-def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(data, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(data, tmp_path, processes):
+    """With 2 processes the signal goes to the launcher, which passes it on: both stop at the same
+    step, one checkpoint, one message, the launcher exits 128 + SIGTERM too."""
     run = tmp_path / "run"
-    process = subprocess.Popen(command(data, run, "train.save_steps=1000", "train.eval_steps=1000"), cwd=REPO,
+    process = subprocess.Popen(command(data, run, "train.save_steps=1000", "train.eval_steps=1000",
+                                       "--num-processes", str(processes), "--max-steps", "400"), cwd=REPO,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     log = run / "log.jsonl"
@@ -93,6 +97,7 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(data, tmp_path):
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.count("error: stopped by SIGTERM") == 1 and "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: stopped by SIGTERM at step") and "--resume" in last
     step = int(last.split("at step ")[1].split(";")[0])
