@@ -195,6 +195,8 @@ def generate(
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling: the same seed gives the same text.")] = None,
     stream: Annotated[bool, typer.Option(help="Print text as it is generated (one prompt at a time).")] = False,
     batch_size: BatchSize = 8,
+    cache: Annotated[Optional[str], typer.Option(help="KV cache: dynamic (default) or static (allocated once; lets --compile keep one graph).", show_default=False)] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the decoding step (needs --cache static; default: compiled with a static cache on GPUs only).", show_default=False)] = None,
 ) -> None:
     """Continue prompts with a causal LM; prints the texts (and writes JSONL with --output)."""
     from hftool import api
@@ -206,7 +208,7 @@ def generate(
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=None if greedy is None else not greedy,
         temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size, num_beams=num_beams, num_return_sequences=num_return_sequences,
-        stop=list(stop or []), seed=seed, batch_size=batch_size or 8)
+        stop=list(stop or []), seed=seed, batch_size=batch_size or 8, cache=cache, compile=compile)
     shown = []  # prompt indices already begun on the terminal
 
     def show(index: int, piece: str) -> None:
