@@ -25,6 +25,7 @@ ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification",
                       "ForTokenClassification": "token-classification",
                       "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm",
                       "ForImageClassification": "image-classification"}
+ARCHITECTURE_TASKS["ForObjectDetection"] = "object-detection"
 
 
 def default_run_dir(recipe: str) -> Path:
