@@ -52,6 +52,11 @@ class CocoMeanAP(evaluate.Metric):
                 if score >= 0:
                     detections.append([image, x0, y0, x1 - x0, y1 - y0, score, label])
         self.boxes_seen = sum(1 for d in detections if d[5] >= SCORE_SEEN)
+        if not self.boxes_seen:
+            from hftool import logs
+
+            logs.warn(f"the model predicts no box at all (none scores {SCORE_SEEN} or more) on the {len(set(index))} "
+                      "evaluation images, so `hftool predict` would show none; it needs more training (steps, lr)")
         return coco_map(self.truth, sorted(set(int(i) for i in index)), np.asarray(detections, dtype=np.float64),
                         self.labels)
 
