@@ -16,7 +16,7 @@ import random
 
 CLASSES = ["rectangle", "circle"]
 SIZE = 96
-SIZES = {"train": (48, 0), "validation": (16, 1), "test": (16, 2)}
+SIZES = {"train": (16, 0), "validation": (16, 1), "test": (16, 2)}
 
 
 def _place(rng: random.Random, taken: list[list[float]]) -> list[float] | None:

@@ -426,7 +426,7 @@ def draw_boxes(prediction: dict, path: Path) -> None:
 
 
 def _tiny_detr(cfg, fields: dict, side: int):
-    """A DETR of width 64 (2+2 layers, 10 queries) on a 2-stage ResNet (stride 8, random init), and
+    """A DETR of width 64 (2+2 layers, 10 queries, auxiliary losses) on a 2-stage ResNet (stride 8, random init), and
     its processor: images resized so their longer side is `side`. Every backbone weight trains:
     DETR freezes a pretrained ResNet's first stage, which for random weights would only add noise."""
     from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
@@ -434,7 +434,8 @@ def _tiny_detr(cfg, fields: dict, side: int):
     backbone = ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1], layer_type="basic",
                             out_features=["stage2"])
     sizes = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-                 encoder_ffn_dim=128, decoder_ffn_dim=128, num_queries=10, dropout=0.0)
+                 encoder_ffn_dim=128, decoder_ffn_dim=128, num_queries=10, dropout=0.0,
+                 auxiliary_loss=True)  # a loss after every decoder layer, as DETR trains: it learns faster
     overrides = dict(cfg.model.config_overrides)
     models.check_config_overrides(DetrConfig(use_timm_backbone=False, backbone_config=backbone), overrides)
     config = DetrConfig(use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False,
