@@ -151,6 +151,28 @@ def test_jsonl_boxes_in_each_declared_format(tmp_path, fmt, normalized, box):
         assert out["boxes"][0] == [[8, 16, 40, 40]] * 2 and out["classes"] == [[0, 1]]
 
 
+def test_hub_layout_with_a_class_label_feature_names_the_classes(tmp_path):
+    """cppe-5's features: objects = Sequence({id, area, bbox, category: ClassLabel}), images stored inside."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(buffer, format="PNG")
+    features = datasets.Features({"image": datasets.Image(), "objects": datasets.Sequence({
+        "id": datasets.Value("int64"), "area": datasets.Value("int64"),
+        "bbox": datasets.Sequence(datasets.Value("float32"), length=4),
+        "category": datasets.ClassLabel(names=["Coverall", "Face_Shield", "Gloves"])})})
+    rows = {"image": [{"bytes": buffer.getvalue(), "path": None}],
+            "objects": [{"id": [1, 2], "area": [50, 60], "bbox": [[1, 2, 10, 5], [3, 3, 6, 10]], "category": [2, 0]}]}
+    datasets.DatasetDict(train=datasets.Dataset.from_dict(rows, features=features)).save_to_disk(tmp_path / "hub")
+    out, labels = prepared(task(), str(tmp_path / "hub"))
+    assert labels == ["Coverall", "Face_Shield", "Gloves"]
+    assert out["classes"] == [[2, 0]] and out["boxes"][0] == [[1, 2, 11, 7], [3, 3, 9, 13]]
+    assert (out["width"], out["height"]) == ([40], [30]) and out["area"] == [[50, 60]]
+
+
 def test_degenerate_and_outside_boxes_are_dropped_and_clipped_with_a_count(tmp_path, capsys):
     from PIL import Image
 

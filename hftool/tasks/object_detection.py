@@ -207,6 +207,7 @@ class ObjectDetection(Task):
                                                "area": [[]] * len(entries)}).cast_column("image", image_type), labels
         objects_column = find_column(ds, source, cfg.data.label_column, OBJECT_COLUMNS, "objects", "label_column")
         category = ds.features[objects_column]
+        category = getattr(category, "feature", category)  # Sequence({...}) (cppe-5) or {...: Sequence}
         category = category.get("category") if isinstance(category, dict) else None
         category = getattr(category, "feature", category)
         names = getattr(category, "names", None)  # a ClassLabel: ids name themselves
