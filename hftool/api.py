@@ -24,7 +24,8 @@ from hftool.errors import HftoolError
 ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification",
                       "ForTokenClassification": "token-classification",
                       "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm",
-                      "ForImageClassification": "image-classification"}
+                      "ForImageClassification": "image-classification",
+                      "ForObjectDetection": "object-detection"}
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -169,11 +170,13 @@ def predictions_path(output: Path) -> Path:
 
 
 def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list[str] | None = None,
-            top_k: int | None = None) -> list[dict]:
+            top_k: int | None = None, threshold: float | None = None, draw: str | Path | None = None) -> list[dict]:
     """Predictions for raw inputs, one dict per input, in input order.
 
     Args:
         top_k: Also return the k best classes, for tasks whose predict takes `top_k`.
+        threshold: Lowest score of a returned box (object detection; default 0.5).
+        draw: Folder for PNGs of the inputs with their boxes drawn (object detection).
     """
     import inspect
 
@@ -185,8 +188,13 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
     from hftool.tasks import get_task
 
     options = {} if top_k is None else {"top_k": top_k}
-    if options and "top_k" not in inspect.signature(get_task(cfg.task).predict).parameters:
-        raise HftoolError(f"--top-k is not supported for {cfg.task} models; leave it out")
+    options |= {k: v for k, v in (("threshold", threshold), ("draw", draw and str(draw))) if v is not None}
+    accepted = inspect.signature(get_task(cfg.task).predict).parameters
+    for name in options:
+        if name not in accepted:
+            raise HftoolError(f"--{name.replace('_', '-')} is not supported for {cfg.task} models; leave it out")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise HftoolError(f"--threshold must be in [0, 1], got {threshold}")
     if top_k is not None and top_k < 1:
         raise HftoolError(f"--top-k must be at least 1, got {top_k}")
     task, parts = _load(model, cfg)

@@ -109,6 +109,18 @@ class DataConfig:
     # RandAugment magnitude (0-30, 9 is timm's usual); None leaves it off: it pays off in long
     # runs and slows the short ones.
     randaugment: int | None = None
+    # Object detection: folder the images of a COCO JSON file are in (file_name is relative to
+    # it). None looks beside the JSON file, then in the folders below it and beside it (COCO's
+    # annotations/ next to train2017/).
+    images_dir: str | None = None
+    # Object detection: how JSONL and hub boxes are written: xywh (COCO: x, y, width, height) or
+    # xyxy (Pascal VOC corners). COCO JSON and VOC XML files say it themselves.
+    box_format: str = "xywh"
+    # Object detection: boxes in [0, 1] fractions of the image size rather than pixels.
+    box_normalized: bool = False
+    # Object detection: strength of the training colour jitter (brightness, contrast, saturation;
+    # hue a quarter of it); 0 leaves colours alone, which keeps short runs fast.
+    color_jitter: float = 0.0
 
 
 @dataclass
@@ -168,6 +180,9 @@ class TrainConfig:
     # Label smoothing of the training targets (0.1 is timm's usual); 0 keeps one-hot targets,
     # so the training loss is the plain cross-entropy that eval_loss reports. Image classification.
     label_smoothing: float = 0.0
+    # Learning rate of the vision backbone; None trains it at `lr`. DETR fine-tunes its
+    # pretrained ResNet ten times slower than the transformer (1e-5 vs 1e-4).
+    backbone_lr: float | None = None
 
 
 @dataclass
@@ -414,6 +429,7 @@ CHOICES = {
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.tracking": ("none", "tensorboard", "wandb", "mlflow"),
     "data.txt_unit": ("line", "paragraph"),
+    "data.box_format": ("xywh", "xyxy"),
 }
 
 

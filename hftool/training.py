@@ -169,11 +169,7 @@ class Trainer:
         model = self.parts.model.to(acc.device)
         if t.compile:
             model = torch.compile(model, dynamic=True)
-        decay, no_decay = [], []
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = self.task.param_groups(self.parts, self.cfg, model)
         fused = torch.cuda.is_available()  # one kernel per step instead of one per tensor
         optimizer = torch.optim.AdamW(groups, lr=t.lr, fused=fused)
         per_epoch = math.ceil(len(self.train_loader) / t.gradient_accumulation_steps)

@@ -9,3 +9,7 @@ from hftool.metrics.perplexity import Perplexity
 from hftool.metrics.tagging import Seqeval
 
 __all__ = ["Accuracy", "ConfusionMatrix", "Perplexity", "PrecisionRecallF1", "Seqeval", "TopKAccuracy"]
+
+from hftool.metrics.detection import CocoMeanAP  # noqa: E402
+
+__all__ += ["CocoMeanAP"]

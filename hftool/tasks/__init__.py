@@ -11,6 +11,7 @@ TASKS = {
     "causal-lm": "hftool.tasks.causal_lm:CausalLM",
     "image-classification": "hftool.tasks.image_classification:ImageClassification",
 }
+TASKS["object-detection"] = "hftool.tasks.object_detection:ObjectDetection"
 
 
 def get_task(name: str):

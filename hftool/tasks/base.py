@@ -11,6 +11,7 @@ task-specific, so training, evaluation and inference share one featurisation and
     collate(parts)                    list of features -> batch of tensors
     metric(parts)                     an evaluate module; compute() -> dict[str, float]
     train_loss(parts, model, batch)   the loss the optimizer minimises (default: model's own)
+    param_groups(parts, cfg, model)   the optimizer's parameter groups (default: decay / no decay)
     eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric (plus
                                       optional per-example "loss", which makes eval_loss exact)
     prediction_records(parts, ...)    gathered eval outputs -> one JSON-able dict per example
@@ -98,6 +99,16 @@ class Task:
         """The training loss of one batch. Tasks that mix examples or soften targets (mixup,
         label smoothing) override this; eval_loss always comes from the model's own loss."""
         return model(**batch).loss
+
+    def param_groups(self, parts: Parts, cfg, model) -> list[dict]:
+        """The optimizer's parameter groups. Default: weight decay on weight matrices, none on
+        biases and norms, all at train.lr. Tasks override it for per-part rates (a group's "lr"
+        wins over train.lr, and the schedule scales every group alike)."""
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        return [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def metric(self, parts: Parts):
         raise NotImplementedError
