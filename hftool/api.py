@@ -25,6 +25,7 @@ ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification",
                       "ForTokenClassification": "token-classification",
                       "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm",
                       "ForImageClassification": "image-classification"}
+ARCHITECTURE_TASKS["TimeSeriesForecaster"] = "time-series-forecasting"
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -154,24 +155,30 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
 
 
 def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list[str] | None = None,
-            top_k: int | None = None) -> list[dict]:
+            top_k: int | None = None, horizon: int | None = None, output: str | Path | None = None) -> list[dict]:
     """Predictions for raw inputs, one dict per input, in input order.
 
     Args:
         top_k: Also return the k best classes, for tasks whose predict takes `top_k`.
+        horizon: Steps to forecast, for tasks whose predict takes `horizon` (forecasting, which
+            needs no inputs: it forecasts from the end of the run's data).
+        output: Where a task whose predict takes `output` writes its own files (a forecast CSV + PNG).
     """
     import inspect
 
     import torch
 
-    if not inputs:
-        raise HftoolError("nothing to predict: pass inputs as arguments or --file")
     cfg = run_config(model, overrides)
     from hftool.tasks import get_task
 
-    options = {} if top_k is None else {"top_k": top_k}
-    if options and "top_k" not in inspect.signature(get_task(cfg.task).predict).parameters:
-        raise HftoolError(f"--top-k is not supported for {cfg.task} models; leave it out")
+    task = get_task(cfg.task)
+    if not inputs and not getattr(task, "inputs_optional", False):
+        raise HftoolError("nothing to predict: pass inputs as arguments or --file")
+    options = {k: v for k, v in (("top_k", top_k), ("horizon", horizon), ("output", output)) if v is not None}
+    accepted = inspect.signature(task.predict).parameters
+    for key in options:
+        if key not in accepted:
+            raise HftoolError(f"--{key.replace('_', '-')} is not supported for {cfg.task} models; leave it out")
     if top_k is not None and top_k < 1:
         raise HftoolError(f"--top-k must be at least 1, got {top_k}")
     task, parts = _load(model, cfg)

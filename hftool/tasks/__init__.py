@@ -11,6 +11,7 @@ TASKS = {
     "causal-lm": "hftool.tasks.causal_lm:CausalLM",
     "image-classification": "hftool.tasks.image_classification:ImageClassification",
 }
+TASKS["time-series-forecasting"] = "hftool.tasks.time_series_forecasting:TimeSeriesForecasting"
 
 
 def get_task(name: str):
