@@ -122,8 +122,9 @@ def resolve_freq(freq: str | None, dates, source: str) -> str:
         if inferred:
             return inferred
     # Gaps defeat infer_freq: take the most common step, and name calendar steps by their anchor.
-    steps, counts = np.unique(np.diff(dates.asi8), return_counts=True)
-    step = pd.Timedelta(int(steps[counts.argmax()]))
+    nanoseconds = dates.to_numpy().astype("datetime64[ns]").astype(np.int64)  # asi8's unit varies with resolution
+    steps, counts = np.unique(np.diff(nanoseconds), return_counts=True)
+    step = pd.Timedelta(int(steps[counts.argmax()]), unit="ns")
     days = step / pd.Timedelta(days=1)
     start = dates[0]
     for low, high, period in ((28, 31, "M"), (89, 92, "Q"), (365, 366, "Y")):
@@ -131,6 +132,8 @@ def resolve_freq(freq: str | None, dates, source: str) -> str:
             return period + ("S" if start.is_month_start else "E")
     if days == 7:
         return f"W-{start.day_name()[:3].upper()}"
+    if days >= 1 and days == int(days):
+        return "D" if days == 1 else f"{int(days)}D"
     return pd.tseries.frequencies.to_offset(step).freqstr
 
 
@@ -161,15 +164,16 @@ def regularise(dates, values: np.ndarray, columns: list[str], freq: str, source:
     return Series(grid, filled.to_numpy(dtype=np.float64), columns, freq, len(grid) - len(dates), empty)
 
 
-def read_series(table: dict[str, list], names: list[str], source: str, data) -> Series:
-    """Columns of a table (name -> cells) -> a regular Series, as data.* configures it."""
+def read_series(table: dict[str, list], names: list[str], source: str, data, report: bool = True) -> Series:
+    """Columns of a table (name -> cells) -> a regular Series, as data.* configures it; `report`
+    says how many dates were added and values filled, if any."""
     date = date_column(names, source, data.date_column)
     columns = value_columns(names, source, data.value_columns, date)
     dates = parse_dates(table[date], source, date)
     values = np.stack([parse_values(table[c], source, c) for c in columns], axis=1)
     freq = resolve_freq(data.freq, dates, source)
     series = regularise(dates, values, columns, freq, source)
-    if series.added_dates or series.empty_values:
+    if report and (series.added_dates or series.empty_values):
         logs.info(f"{source}: {series.added_dates} missing dates added and {series.empty_values} empty values; "
                   f"filled by linear interpolation (frequency {freq})")
     return series

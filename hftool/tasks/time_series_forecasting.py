@@ -36,6 +36,11 @@ class TimeSeriesForecasting(Task):
     # `hftool predict RUN_DIR` forecasts from the end of the run's own series.
     inputs_optional = True
 
+    def __init__(self):
+        # Sources whose gaps were reported: training reads a file's rows whole, then its
+        # training part, which would say the same thing twice.
+        self._reported: set[str] = set()
+
     # ------------------------------------------------------------------------------ data
     def prepare(self, cfg, ds, source, labels=None):
         """Rows -> a regular series: `date` (ISO) and `values` (one float per value column).
@@ -49,7 +54,9 @@ class TimeSeriesForecasting(Task):
         elif labels is not None and len(data.value_columns) != len(labels):
             raise HftoolError(f"data.value_columns names {len(data.value_columns)} columns; the model forecasts "
                               f"{len(labels)} ({', '.join(labels)}); name as many")
-        series = timeseries.read_series(ds.to_dict(), ds.column_names, source, data)
+        series = timeseries.read_series(ds.to_dict(), ds.column_names, source, data, report=source not in self._reported)
+        if series.added_dates or series.empty_values:
+            self._reported.add(source)
         rows = datasets.Dataset.from_dict({"date": [d.isoformat() for d in series.dates],
                                            "values": series.values.tolist()})
         rows.info.description = source  # features() names it in errors
@@ -172,6 +179,20 @@ class TimeSeriesForecasting(Task):
 
     def format_prediction(self, prediction):
         return "\t".join([prediction["date"], *(f"{v:.4f}" for k, v in prediction.items() if k not in ("date", "step"))])
+
+    def write_reports(self, run_dir, metrics):
+        """The model card's usage: hftool predict (transformers has no forecasting pipeline)."""
+        card = Path(run_dir) / "README.md"
+        if card.is_file():
+            text = card.read_text(encoding="utf-8")
+            start = text.find("```python\nfrom transformers import pipeline")
+            if start >= 0:
+                end = text.index("```\n", start + 3) + 4
+                usage = ("```\nhftool predict path/to/this/folder --horizon 30 --output forecast.csv\n```\n\n"
+                         "or, in Python, `hftool.api.predict(\"path/to/this/folder\", [], horizon=30)`; the model alone "
+                         "loads with `AutoModel.from_pretrained` once `hftool.forecaster` is imported, and reads values "
+                         "scaled by `scaler.json`.\n")
+                card.write_text(text[:start] + usage + text[end:], encoding="utf-8")
 
     def save(self, parts, run_dir, model=None, state_dict=None):
         if model is not None:
