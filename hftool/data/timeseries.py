@@ -8,6 +8,7 @@ cells, filled by linear interpolation, and the counts are reported.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,6 +109,8 @@ def resolve_freq(freq: str | None, dates, source: str) -> str:
         name = FREQ_NAMES.get(freq.lower())
         if name in ("M", "Q", "Y"):  # start or end of the period, whichever the dates are on
             name += "S" if len(dates) == 0 or dates[0].is_month_start else "E"
+        elif name == "W" and len(dates):  # weeks on the first date's weekday
+            name = f"W-{dates[0].day_name()[:3].upper()}"
         alias = name or freq
         try:
             pd.tseries.frequencies.to_offset(alias)
@@ -118,9 +121,11 @@ def resolve_freq(freq: str | None, dates, source: str) -> str:
     if len(dates) < 2:
         raise HftoolError(f"{source} has {len(dates)} date(s): too few to tell the frequency; set data.freq")
     if len(dates) >= 3:
-        inferred = pd.infer_freq(dates)
+        with warnings.catch_warnings():  # pandas 3 warns that infer_freq will return an offset
+            warnings.simplefilter("ignore")
+            inferred = pd.infer_freq(dates)
         if inferred:
-            return inferred
+            return getattr(inferred, "freqstr", inferred)
     # Gaps defeat infer_freq: take the most common step, and name calendar steps by their anchor.
     nanoseconds = dates.to_numpy().astype("datetime64[ns]").astype(np.int64)  # asi8's unit varies with resolution
     steps, counts = np.unique(np.diff(nanoseconds), return_counts=True)
@@ -141,7 +146,7 @@ def season_length(freq: str) -> int:
     """The usual seasonal period of a frequency: a day of hours, a week of days, a year of months."""
     import pandas as pd
 
-    base = pd.tseries.frequencies.to_offset(freq).name.split("-")[0]
+    base = pd.tseries.frequencies.to_offset(freq).rule_code.split("-")[0]
     return {"h": 24, "D": 7, "B": 5, "W": 52, "MS": 12, "ME": 12, "QS": 4, "QE": 4}.get(base, 1)
 
 
