@@ -232,6 +232,13 @@ def test_run_saves_the_training_scaler_and_reuses_it(cli, series_csv, tmp_path):
     shifted = cli("predict", out, "--horizon", "1")
     assert shifted.code == 0 and float(shifted.out.split("\t")[1]) != pytest.approx(by_hand, abs=1.0)
 
+    # a run whose data moved (a relative path, run elsewhere) asks for the history
+    config = (out / "config.yaml").read_text().replace(str(series_csv), "data/moved.csv")
+    (out / "config.yaml").write_text(config)
+    moved = cli("predict", out)
+    assert moved.code == 2 and "the run's data data/moved.csv (its data.train) is not found" in moved.err
+    assert "hftool predict RUN_DIR path/to/history.csv" in moved.err
+
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "transformer"])
 def test_every_cell_trains_reloads_and_predicts_the_same(cli, series_csv, tmp_path, cell):

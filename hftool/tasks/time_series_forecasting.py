@@ -152,6 +152,9 @@ class TimeSeriesForecasting(Task):
         spec = inputs[0] if inputs else cfg.data.train
         if not spec:
             raise HftoolError("no history to forecast from: pass a CSV file with the series")
+        if not inputs and not spec.startswith("sample:") and not Path(spec).expanduser().exists():
+            raise HftoolError(f"the run's data {spec} (its data.train) is not found from {Path.cwd()}; pass the "
+                              "history to forecast from: hftool predict RUN_DIR path/to/history.csv")
         config = parts.model.config
         data = dataclasses.replace(cfg.data, freq=cfg.data.freq or config.freq)
         source = load_source(spec, data.encoding, cfg.model.token)
