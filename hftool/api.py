@@ -25,7 +25,7 @@ ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification",
                       "ForTokenClassification": "token-classification",
                       "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm",
                       "ForImageClassification": "image-classification",
-                      "ForObjectDetection": "object-detection"}
+                      "ForObjectDetection": "object-detection", "TimeSeriesForecaster": "time-series-forecasting"}
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -170,33 +170,35 @@ def predictions_path(output: Path) -> Path:
 
 
 def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list[str] | None = None,
-            top_k: int | None = None, threshold: float | None = None, draw: str | Path | None = None) -> list[dict]:
+            **options) -> list[dict]:
     """Predictions for raw inputs, one dict per input, in input order.
 
     Args:
-        top_k: Also return the k best classes, for tasks whose predict takes `top_k`.
-        threshold: Lowest score of a returned box (object detection; default 0.5).
-        draw: Folder for PNGs of the inputs with their boxes drawn (object detection).
+        options: Task-specific settings, passed on to tasks whose predict takes them: `top_k` (the
+            k best classes), `threshold` (lowest box score) and `draw` (a folder for PNGs of the
+            boxes) for detection, `horizon` (steps) and `output` (CSV + PNG) for forecasting,
+            which needs no inputs: it forecasts from the end of the run's data. None: not given.
     """
     import inspect
 
     import torch
 
-    if not inputs:
-        raise HftoolError("nothing to predict: pass inputs as arguments or --file")
     cfg = run_config(model, overrides)
     from hftool.tasks import get_task
 
-    options = {} if top_k is None else {"top_k": top_k}
-    options |= {k: v for k, v in (("threshold", threshold), ("draw", draw and str(draw))) if v is not None}
-    accepted = inspect.signature(get_task(cfg.task).predict).parameters
+    task = get_task(cfg.task)
+    if not inputs and not getattr(task, "inputs_optional", False):
+        raise HftoolError("nothing to predict: pass inputs as arguments or --file")
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
+    accepted = inspect.signature(task.predict).parameters
     for name in options:
         if name not in accepted:
             raise HftoolError(f"--{name.replace('_', '-')} is not supported for {cfg.task} models; leave it out")
+    threshold = options.get("threshold")
     if threshold is not None and not 0 <= threshold <= 1:
         raise HftoolError(f"--threshold must be in [0, 1], got {threshold}")
-    if top_k is not None and top_k < 1:
-        raise HftoolError(f"--top-k must be at least 1, got {top_k}")
+    if options.get("top_k", 1) < 1:
+        raise HftoolError(f"--top-k must be at least 1, got {options['top_k']}")
     task, parts = _load(model, cfg)
     if torch.cuda.is_available():
         parts.model.to("cuda")

@@ -155,8 +155,11 @@ def predict(
     top_k: Annotated[Optional[int], typer.Option("--top-k", "-k", help="Also give the k best classes with their scores.")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Object detection: lowest score of a box shown (default 0.5).")] = None,
     draw: Annotated[Optional[Path], typer.Option(help="Object detection: write PNGs with the boxes drawn into this folder.")] = None,
+    horizon: Annotated[Optional[int], typer.Option(help="Forecasting: steps to forecast past the end of the series (default 30).")] = None,
 ) -> None:
-    """Predict on raw inputs: prints one line per input."""
+    """Predict on raw inputs: prints one line per input (a forecast: one line per step)."""
+    import inspect
+
     from hftool import api
 
     from hftool.data import read_inputs
@@ -164,15 +167,17 @@ def predict(
     model, texts, keyvals = _split_overrides(model, inputs)
     if file is not None:
         texts += read_inputs(file)
-    predictions = api.predict(model, texts, batch_size or 32, keyvals, top_k, threshold, draw)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
     from hftool.api import run_config
     from hftool.tasks import get_task
 
     task = get_task(run_config(model, keyvals).task)
+    own_output = "output" in inspect.signature(task.predict).parameters  # e.g. a forecast's CSV + PNG
+    predictions = api.predict(model, texts, batch_size or 32, keyvals, top_k=top_k, threshold=threshold, draw=draw,
+                              horizon=horizon, output=output if own_output else None)
+    if output is not None and not own_output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
     for prediction in predictions:
         typer.echo(task.format_prediction(prediction))
 

@@ -121,6 +121,25 @@ class DataConfig:
     # Object detection: strength of the training colour jitter (brightness, contrast, saturation;
     # hue a quarter of it); 0 leaves colours alone, which keeps short runs fast.
     color_jitter: float = 0.0
+    # Time series: the date column; None takes the first column named like a date (date, ds,
+    # timestamp, month, ...), else the first column.
+    date_column: str | None = None
+    # Time series: the columns to forecast, together; None takes every column but the date.
+    value_columns: list | None = None
+    # Time series: hourly | daily | weekly | monthly | quarterly | yearly or a pandas alias
+    # (15min, W-MON); None infers it from the dates. Missing dates on that grid are added and
+    # interpolated.
+    freq: str | None = None
+    # Time series: past steps the model reads to predict the next one. 30 is the textbook
+    # month of daily values; a monthly series wants at least a year (12).
+    context_length: int = 30
+    # Time series: the seasonal-naive baseline's period; None uses the frequency's usual one
+    # (24 hourly, 7 daily, 52 weekly, 12 monthly, 4 quarterly).
+    season_length: int | None = None
+    # How validation is held out when there is no validation data: random rows (seeded), or
+    # tail: the last rows in file order, with data.context_length rows before them as history
+    # for the first windows (time series: the model is scored on the future it has not seen).
+    holdout: str = "random"
 
 
 @dataclass
@@ -430,6 +449,7 @@ CHOICES = {
     "train.tracking": ("none", "tensorboard", "wandb", "mlflow"),
     "data.txt_unit": ("line", "paragraph"),
     "data.box_format": ("xywh", "xyxy"),
+    "data.holdout": ("random", "tail"),
 }
 
 
@@ -467,6 +487,9 @@ def validate(cfg: RunConfig) -> None:
         if not ok:
             section, leaf = key.split(".")
             raise HftoolError(f"{key} must be {allowed}, got {getattr(getattr(cfg, section), leaf)}")
+    for key, value in (("data.context_length", cfg.data.context_length), ("data.season_length", cfg.data.season_length)):
+        if value is not None and value <= 0:
+            raise HftoolError(f"{key} must be positive, got {value}")
     if not 0 <= cfg.data.validation_split < 1:
         raise HftoolError(f"data.validation_split must be in [0, 1), got {cfg.data.validation_split}")
     if t.max_steps is None and t.epochs <= 0:

@@ -11,8 +11,8 @@ import importlib
 from hftool.errors import HftoolError
 
 # name -> module under hftool.samples with a `load()` returning a DatasetDict
-SAMPLES = {"sentiment": "sentiment", "ner": "ner", "tales": "tales", "shapes": "shapes"}
-SAMPLES["boxes"] = "boxes"  # object detection (detr)
+SAMPLES = {"sentiment": "sentiment", "ner": "ner", "tales": "tales", "shapes": "shapes", "boxes": "boxes",
+           "seasonal": "seasonal"}
 
 
 def load_sample(name: str):

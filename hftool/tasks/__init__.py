@@ -12,6 +12,7 @@ TASKS = {
     "image-classification": "hftool.tasks.image_classification:ImageClassification",
 }
 TASKS["object-detection"] = "hftool.tasks.object_detection:ObjectDetection"
+TASKS["time-series-forecasting"] = "hftool.tasks.time_series_forecasting:TimeSeriesForecasting"
 
 
 def get_task(name: str):
