@@ -207,6 +207,16 @@ def test_run_saves_the_training_scaler_and_reuses_it(cli, series_csv, tmp_path):
     for key in ("eval_rmse", "eval_mae", "eval_naive_rmse", "eval_loss"):
         assert again[key] == pytest.approx(metrics[key], rel=1e-5)
 
+    # evaluate --data scores another file with the saved scaler: windows start once a window
+    # (8) and a season (7) of history exist, so the naive baseline covers rows 9..160 by hand
+    other = tmp_path / "other.csv"
+    other.write_text(series_csv.read_text())
+    result = cli("evaluate", out, "--data", other)
+    assert result.code == 0, result.err
+    scored = json.loads(result.out)
+    assert scored["eval_naive_rmse"] == pytest.approx(math.sqrt(np.mean((values[7:159] - values[8:160]) ** 2)))
+    assert scored["eval_rmse"] != pytest.approx(metrics["eval_rmse"])  # other targets than the tail
+
     # predict: a one-step forecast by hand from the saved model and scaler equals step 1
     import torch
     from transformers import AutoModel
