@@ -24,7 +24,8 @@ from hftool.errors import HftoolError
 ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification",
                       "ForTokenClassification": "token-classification",
                       "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm",
-                      "ForImageClassification": "image-classification"}
+                      "ForImageClassification": "image-classification",
+                      "VisionEncoderDecoderModel": "image-captioning"}
 
 
 def default_run_dir(recipe: str) -> Path:

@@ -42,6 +42,11 @@ class ModelConfig:
     # Start from pretrained weights (hub ids, timm:<name>). false builds the architecture with
     # random weights: offline timm runs, or small images where ImageNet features help little.
     pretrained: bool = True
+    # Image captioning: build a VisionEncoderDecoderModel from an image encoder and a text
+    # decoder (local dirs, hub ids, tiny:vit / tiny:gpt2); cross-attention is added to the
+    # decoder. Both unset: model.name is an existing encoder-decoder checkpoint.
+    encoder: str | None = None
+    decoder: str | None = None
 
 
 @dataclass
@@ -109,6 +114,9 @@ class DataConfig:
     # RandAugment magnitude (0-30, 9 is timm's usual); None leaves it off: it pays off in long
     # runs and slows the short ones.
     randaugment: int | None = None
+    # Image captioning: the column with a caption or a list of captions per image; None
+    # auto-detects captions/caption/sentences/text.
+    caption_column: str | None = None
 
 
 @dataclass

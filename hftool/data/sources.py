@@ -135,6 +135,10 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
         if suffix == ".json":
             try:
                 loaded = json.loads(text)
+                from hftool.data.captions import is_coco_captions, read_coco_captions
+
+                if is_coco_captions(loaded):
+                    return read_coco_captions(loaded, path)
                 records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
                 if isinstance(records, dict):  # {"column": [values...]}
                     return datasets.Dataset.from_dict(records)

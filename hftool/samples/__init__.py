@@ -11,7 +11,8 @@ import importlib
 from hftool.errors import HftoolError
 
 # name -> module under hftool.samples with a `load()` returning a DatasetDict
-SAMPLES = {"sentiment": "sentiment", "ner": "ner", "tales": "tales", "shapes": "shapes"}
+SAMPLES = {"sentiment": "sentiment", "ner": "ner", "tales": "tales", "shapes": "shapes",
+           "captions": "captions"}
 
 
 def load_sample(name: str):

@@ -13,6 +13,8 @@ task-specific, so training, evaluation and inference share one featurisation and
     train_loss(parts, model, batch)   the loss the optimizer minimises (default: model's own)
     eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric (plus
                                       optional per-example "loss", which makes eval_loss exact)
+    eval_generate(parts, model, batch) more tensors for the metric from model.generate (captions,
+                                      translations); none by default
     predict(parts, cfg, inputs)       user inputs -> one JSON-able dict per input
     write_reports(run_dir, metrics)   task-specific files beside metrics.json (optional)
 
@@ -102,6 +104,13 @@ class Task:
 
     def eval_outputs(self, parts: Parts, outputs, batch) -> dict:
         raise NotImplementedError
+
+    def eval_generate(self, parts: Parts, model, batch) -> dict:
+        """Tensors to gather for the metric from what the (unwrapped) model generates for `batch`,
+        merged into eval_outputs' dict; {} (no generation) by default. Every process must return
+        the same shapes but the batch dimension (pad generated ids to a fixed length), since
+        gather_for_metrics concatenates them."""
+        return {}
 
     def predict(self, parts: Parts, cfg, inputs: list[str], batch_size: int) -> list[dict]:
         raise NotImplementedError
