@@ -207,8 +207,14 @@ class ImageCaptioning(Task):
                     for index, text in sorted(metric.last_predictions):
                         f.write(json.dumps({"caption": text, "references": metric.references[index]},
                                            ensure_ascii=False) + "\n")
-        parts.processor.save_pretrained(str(run_dir))
-        parts.extra["image_processor"].save_pretrained(str(run_dir))
+        # One processor (image processor + tokenizer) so AutoProcessor and the image-text-to-text
+        # pipeline load the run dir; an empty text prompt then encodes to the start token.
+        from transformers import VisionTextDualEncoderProcessor
+
+        tokenizer = parts.processor
+        if tokenizer.bos_token_id is not None and tokenizer.bos_token_id == parts.model.config.decoder_start_token_id:
+            tokenizer.add_bos_token = True
+        VisionTextDualEncoderProcessor(parts.extra["image_processor"], tokenizer).save_pretrained(str(run_dir))
 
     # --------------------------------------------------------------------------- metrics
     def metric(self, parts):
