@@ -155,11 +155,12 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
 
 
 def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list[str] | None = None,
-            top_k: int | None = None) -> list[dict]:
+            top_k: int | None = None, attention_map: str | None = None) -> list[dict]:
     """Predictions for raw inputs, one dict per input, in input order.
 
     Args:
         top_k: Also return the k best classes, for tasks whose predict takes `top_k`.
+        attention_map: Captioning: draw the cross-attention per generated word into this PNG.
     """
     import inspect
 
@@ -173,6 +174,10 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
     options = {} if top_k is None else {"top_k": top_k}
     if options and "top_k" not in inspect.signature(get_task(cfg.task).predict).parameters:
         raise HftoolError(f"--top-k is not supported for {cfg.task} models; leave it out")
+    if attention_map is not None:
+        if "attention_map" not in inspect.signature(get_task(cfg.task).predict).parameters:
+            raise HftoolError(f"--attention-map is not supported for {cfg.task} models; leave it out")
+        options["attention_map"] = attention_map
     if top_k is not None and top_k < 1:
         raise HftoolError(f"--top-k must be at least 1, got {top_k}")
     task, parts = _load(model, cfg)

@@ -153,6 +153,7 @@ def predict(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per input here.")] = None,
     batch_size: BatchSize = 32,
     top_k: Annotated[Optional[int], typer.Option("--top-k", "-k", help="Also give the k best classes with their scores.")] = None,
+    attention_map: Annotated[Optional[Path], typer.Option(help="Captioning: draw where the decoder looks for each word into this PNG.")] = None,
 ) -> None:
     """Predict on raw inputs: prints one line per input."""
     from hftool import api
@@ -162,7 +163,8 @@ def predict(
     model, texts, keyvals = _split_overrides(model, inputs)
     if file is not None:
         texts += read_inputs(file)
-    predictions = api.predict(model, texts, batch_size or 32, keyvals, top_k)
+    predictions = api.predict(model, texts, batch_size or 32, keyvals, top_k,
+                              str(attention_map) if attention_map else None)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "w", encoding="utf-8") as f:

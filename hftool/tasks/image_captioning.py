@@ -239,8 +239,13 @@ class ImageCaptioning(Task):
         return {"generated": padded}
 
     # ------------------------------------------------------------------------- inference
-    def predict(self, parts, cfg, inputs, batch_size):
-        """Image files or folders (searched recursively) -> {image, caption} each."""
+    def predict(self, parts, cfg, inputs, batch_size, attention_map: str | None = None):
+        """Image files or folders (searched recursively) -> {image, caption} each.
+
+        Args:
+            attention_map: Also draw the decoder's cross-attention over the image patches for
+                each generated token into this PNG (PATH-<n>.png for the n-th of several images).
+        """
         from hftool.generation import GenerationOptions
 
         paths = []
@@ -268,6 +273,12 @@ class ImageCaptioning(Task):
             per_image = out.shape[0] // len(chunk)
             for row, ids in enumerate(out.tolist()):
                 results.append({"image": chunk[row // per_image]["path"], "caption": caption_text(parts.processor, ids)})
+                if attention_map and row % per_image == 0:
+                    n = len(results) - 1
+                    target = Path(attention_map) if len(entries) == 1 else Path(attention_map).with_name(
+                        f"{Path(attention_map).stem}-{n}{Path(attention_map).suffix or '.png'}")
+                    draw_attention(model, parts.processor, pixels[row // per_image], ids, chunk[row // per_image], target)
+                    results[-1]["attention_map"] = str(target)
         return results
 
     def format_prediction(self, prediction):
@@ -360,3 +371,55 @@ def _decoder(cfg, spec: str, texts: list[str], run_dir):
     model = (models.load("model", AutoModelForCausalLM, spec, token, config=config) if cfg.model.pretrained
              else AutoModelForCausalLM.from_config(config))
     return model, tokenizer
+
+
+def draw_attention(model, tokenizer, pixels: torch.Tensor, ids: list[int], entry: dict, path: Path) -> None:
+    """One panel per generated token: the image under the decoder's cross-attention (mean over
+    layers and heads) on the encoder's grid of patches."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = model.config.decoder_start_token_id
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id, -100} - {None}
+    end = next((n for n, i in enumerate(ids) if i in stops), None)
+    ids = ids[: len(ids) if end is None else end + 1]  # the EOS panel too: where it looks when it stops
+    device = next(model.parameters()).device
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # SDPA kernels return no attention weights
+    try:
+        with torch.inference_mode():
+            out = model(pixel_values=pixels[None].to(device), decoder_input_ids=torch.tensor([[start, *ids]], device=device),
+                        output_attentions=True)
+    finally:
+        model.set_attn_implementation(previous)
+    weights = torch.stack(out.cross_attentions).float().mean(dim=(0, 2))[0, :-1]  # token t attends, then emits ids[t]
+    side = math.isqrt(weights.shape[-1])
+    if side * side != weights.shape[-1]:
+        side = math.isqrt(weights.shape[-1] - 1)
+        if side * side != weights.shape[-1] - 1:
+            raise HftoolError(f"the encoder's {weights.shape[-1]} outputs are not a square grid of patches; "
+                              "--attention-map needs a ViT-like encoder")
+        weights = weights[:, 1:]  # the [CLS] token
+    image = images.decode(entry).permute(1, 2, 0).numpy()
+    words = [tokenizer.decode([i], skip_special_tokens=True).strip() or ("<end>" if i in stops else repr(tokenizer.decode([i])))
+             for i in ids]
+    columns = min(6, len(words) + 1)
+    rows = math.ceil((len(words) + 1) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(image)
+    axes.flat[0].set_title("image", fontsize=9)
+    height, width = image.shape[:2]
+    for ax, word, grid in zip(list(axes.flat)[1:], words, weights.reshape(-1, side, side).cpu().numpy()):
+        ax.imshow(image)
+        ax.imshow(grid, cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="bilinear")
+        ax.set_title(word, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
