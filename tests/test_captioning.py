@@ -129,12 +129,13 @@ def test_identical_captions_warn(capsys):
 
 def build(tmp_path, *overrides):
     from hftool.config import load_config
+    from hftool.data import load_source
     from hftool.tasks import get_task
 
     data = write_shapes(tmp_path, 6, seed=1)
     cfg = load_config("caption", flags={"data.train": str(data)}, overrides=[*TINY, *overrides])
     task = get_task(cfg.task)
-    rows, _ = task.prepare(cfg, __import__("hftool.data", fromlist=["x"]).load_source(str(data))["train"], str(data))
+    rows, _ = task.prepare(cfg, load_source(str(data))["train"], str(data))
     return cfg, task, rows, task.build(cfg, None, rows)
 
 
