@@ -263,13 +263,24 @@ def trained(tmp_path_factory):
 
 
 def test_run_scores_generated_captions_and_reloads(trained):
+    import datasets
+
     from hftool import api
 
-    run, metrics, _ = trained
+    run, metrics, images = trained
     assert {"eval_loss", "eval_bleu", "eval_bleu_1", "eval_bleu_2", "eval_bleu_3", "eval_rouge_l", "eval_cider"} <= set(metrics)
     lines = [json.loads(line) for line in (run / "captions.jsonl").read_text().splitlines()]
     assert len(lines) == 6 and all(len(line["references"]) == 2 for line in lines)  # 12 rows -> 6 images
     again = api.evaluate(str(run))  # the saved model generates the same captions again
+    # Fine-tuning the run further trains every parameter (DDP fails on ones without a gradient).
+    cfg = api.run_config(str(run))
+    task, parts = api._load(str(run), cfg)
+    rows, _ = task.prepare(cfg, datasets.Dataset.from_dict(
+        {"image": [str(images / "0.png")], "caption": ["a red circle"]}), "rows")
+    batch = task.collate(parts)([task.train_features(parts, cfg, rows)[0]])
+    parts.model.train()
+    parts.model(**task.model_inputs(batch)).loss.backward()
+    assert all(p.grad is not None for p in parts.model.parameters() if p.requires_grad)
     for key in ("eval_bleu", "eval_cider", "eval_rouge_l"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-9)
 

@@ -185,6 +185,10 @@ class ImageCaptioning(Task):
             model = models.load("model", VisionEncoderDecoderModel, spec, m.token)
             tokenizer = models.load("tokenizer", AutoTokenizer, spec, m.token)
             image_processor = models.load("image processor", AutoImageProcessor, spec, m.token)
+        if getattr(model.encoder, "pooler", None) is not None:
+            # The decoder reads the encoder's hidden states, never its pooled output; parameters
+            # that get no gradient make DDP fail on the next step.
+            model.encoder.pooler = None
         set_special_tokens(model, tokenizer)
         generation = model.generation_config
         if model_path is None and generation.max_new_tokens is None:
