@@ -25,7 +25,8 @@ ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification",
                       "ForTokenClassification": "token-classification",
                       "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm",
                       "ForImageClassification": "image-classification",
-                      "ForObjectDetection": "object-detection", "TimeSeriesForecaster": "time-series-forecasting"}
+                      "ForObjectDetection": "object-detection", "TimeSeriesForecaster": "time-series-forecasting",
+                      "VisionEncoderDecoderModel": "image-captioning"}
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -177,7 +178,8 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
         options: Task-specific settings, passed on to tasks whose predict takes them: `top_k` (the
             k best classes), `threshold` (lowest box score) and `draw` (a folder for PNGs of the
             boxes) for detection, `horizon` (steps) and `output` (CSV + PNG) for forecasting,
-            which needs no inputs: it forecasts from the end of the run's data. None: not given.
+            which needs no inputs: it forecasts from the end of the run's data, `attention_map` (a PNG
+            of the cross-attention per word) for captioning. None: not given.
     """
     import inspect
 

@@ -156,6 +156,7 @@ def predict(
     threshold: Annotated[Optional[float], typer.Option(help="Object detection: lowest score of a box shown (default 0.5).")] = None,
     draw: Annotated[Optional[Path], typer.Option(help="Object detection: write PNGs with the boxes drawn into this folder.")] = None,
     horizon: Annotated[Optional[int], typer.Option(help="Forecasting: steps to forecast past the end of the series (default 30).")] = None,
+    attention_map: Annotated[Optional[Path], typer.Option(help="Captioning: draw where the decoder looks for each word into this PNG.")] = None,
 ) -> None:
     """Predict on raw inputs: prints one line per input (a forecast: one line per step)."""
     import inspect
@@ -173,7 +174,8 @@ def predict(
     task = get_task(run_config(model, keyvals).task)
     own_output = "output" in inspect.signature(task.predict).parameters  # e.g. a forecast's CSV + PNG
     predictions = api.predict(model, texts, batch_size or 32, keyvals, top_k=top_k, threshold=threshold, draw=draw,
-                              horizon=horizon, output=output if own_output else None)
+                              horizon=horizon, attention_map=attention_map,
+                              output=output if own_output else None)
     if output is not None and not own_output:
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "w", encoding="utf-8") as f:

@@ -42,6 +42,11 @@ class ModelConfig:
     # Start from pretrained weights (hub ids, timm:<name>). false builds the architecture with
     # random weights: offline timm runs, or small images where ImageNet features help little.
     pretrained: bool = True
+    # Image captioning: build a VisionEncoderDecoderModel from an image encoder and a text
+    # decoder (local dirs, hub ids, tiny:vit / tiny:gpt2); cross-attention is added to the
+    # decoder. Both unset: model.name is an existing encoder-decoder checkpoint.
+    encoder: str | None = None
+    decoder: str | None = None
 
 
 @dataclass
@@ -140,6 +145,9 @@ class DataConfig:
     # tail: the last rows in file order, with data.context_length rows before them as history
     # for the first windows (time series: the model is scored on the future it has not seen).
     holdout: str = "random"
+    # Image captioning: the column with a caption or a list of captions per image; None
+    # auto-detects captions/caption/sentences/text.
+    caption_column: str | None = None
 
 
 @dataclass

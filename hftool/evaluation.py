@@ -51,6 +51,8 @@ def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval"
         with torch.no_grad():
             outputs = model(**task.model_inputs(batch))
         values = task.eval_outputs(parts, outputs, batch)
+        # Generative tasks score what the model writes, not only the teacher-forced loss.
+        values.update(task.eval_generate(parts, accelerator.unwrap_model(model), batch))
         if "loss" not in values and getattr(outputs, "loss", None) is not None:
             # Tasks that can give per-example losses do (exact whatever the batching); else the
             # batch mean stands for each of its examples.

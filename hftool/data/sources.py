@@ -135,8 +135,11 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
         if suffix == ".json":
             try:
                 loaded = json.loads(text)
+                from hftool.data.captions import is_coco_captions, read_coco_captions
                 from hftool.data.detection import is_coco, read_coco
 
+                if is_coco_captions(loaded):  # COCO captions: one row per image, its captions listed
+                    return read_coco_captions(loaded, path)
                 if is_coco(loaded):  # a COCO instances file: one row per image, its objects nested
                     return read_coco(path, loaded)
                 records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded

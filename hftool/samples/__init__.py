@@ -12,7 +12,7 @@ from hftool.errors import HftoolError
 
 # name -> module under hftool.samples with a `load()` returning a DatasetDict
 SAMPLES = {"sentiment": "sentiment", "ner": "ner", "tales": "tales", "shapes": "shapes", "boxes": "boxes",
-           "seasonal": "seasonal"}
+           "seasonal": "seasonal", "captions": "captions"}
 
 
 def load_sample(name: str):

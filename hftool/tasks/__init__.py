@@ -10,6 +10,7 @@ TASKS = {
     "token-classification": "hftool.tasks.token_classification:TokenClassification",
     "causal-lm": "hftool.tasks.causal_lm:CausalLM",
     "image-classification": "hftool.tasks.image_classification:ImageClassification",
+    "image-captioning": "hftool.tasks.image_captioning:ImageCaptioning",
 }
 TASKS["object-detection"] = "hftool.tasks.object_detection:ObjectDetection"
 TASKS["time-series-forecasting"] = "hftool.tasks.time_series_forecasting:TimeSeriesForecasting"

@@ -14,6 +14,8 @@ task-specific, so training, evaluation and inference share one featurisation and
     param_groups(parts, cfg, model)   the optimizer's parameter groups (default: decay / no decay)
     eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric (plus
                                       optional per-example "loss", which makes eval_loss exact)
+    eval_generate(parts, model, batch) more tensors for the metric from model.generate (captions,
+                                      translations); none by default
     prediction_records(parts, ...)    gathered eval outputs -> one JSON-able dict per example
                                       (eval.save_predictions; default: label names per row)
     predict(parts, cfg, inputs)       user inputs -> one JSON-able dict per input
@@ -115,6 +117,13 @@ class Task:
 
     def eval_outputs(self, parts: Parts, outputs, batch) -> dict:
         raise NotImplementedError
+
+    def eval_generate(self, parts: Parts, model, batch) -> dict:
+        """Tensors to gather for the metric from what the (unwrapped) model generates for `batch`,
+        merged into eval_outputs' dict; {} (no generation) by default. Every process must return
+        the same shapes but the batch dimension (pad generated ids to a fixed length), since
+        gather_for_metrics concatenates them."""
+        return {}
 
     def predict(self, parts: Parts, cfg, inputs: list[str], batch_size: int) -> list[dict]:
         raise NotImplementedError
