@@ -109,6 +109,20 @@ class DataConfig:
     # RandAugment magnitude (0-30, 9 is timm's usual); None leaves it off: it pays off in long
     # runs and slows the short ones.
     randaugment: int | None = None
+    # Sequence to sequence: source and target columns; None auto-detects source/src/input/...
+    # and target/tgt/output/summary/... (and a hub `translation` column of {lang: text}).
+    source_column: str | None = None
+    target_column: str | None = None
+    # Sequence to sequence: languages of parallel text files ({split}.{lang}[.gz] in --data DIR),
+    # of columns named after them (en, de) and keys of a hub `translation` column.
+    source_lang: str | None = None
+    target_lang: str | None = None
+    # Sequence to sequence: text put before every source, e.g. "translate English to German: "
+    # for T5, which was pretrained with task prefixes; "" for models trained without them.
+    source_prefix: str = ""
+    # Sequence to sequence: token budget of a target; longer targets are truncated in training,
+    # and evaluation generates at most this many tokens unless model.generation_config says.
+    max_target_length: int = 128
 
 
 @dataclass
@@ -177,6 +191,9 @@ class EvalConfig:
     # the model's real perplexity, at block_size / stride times the cost). None: plain blocks,
     # as in training, where a block's first tokens are predicted from little context.
     stride: int | None = None
+    # Generative tasks: the metrics to compute, without the eval_ prefix (e.g. [bleu, chrf]);
+    # None computes all the task offers.
+    metrics: list | None = None
 
 
 @dataclass
@@ -448,6 +465,8 @@ def validate(cfg: RunConfig) -> None:
         if not ok:
             section, leaf = key.split(".")
             raise HftoolError(f"{key} must be {allowed}, got {getattr(getattr(cfg, section), leaf)}")
+    if cfg.data.max_target_length <= 0:
+        raise HftoolError(f"data.max_target_length must be positive, got {cfg.data.max_target_length}")
     if not 0 <= cfg.data.validation_split < 1:
         raise HftoolError(f"data.validation_split must be in [0, 1), got {cfg.data.validation_split}")
     if t.max_steps is None and t.epochs <= 0:

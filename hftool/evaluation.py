@@ -35,8 +35,7 @@ def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval"
     progress = tqdm(loader, desc="Evaluating", leave=False, disable=not accelerator.is_local_main_process)
     for batch in progress:
         with torch.no_grad():
-            outputs = model(**task.model_inputs(batch))
-        values = task.eval_outputs(parts, outputs, batch)
+            outputs, values = task.eval_step(parts, model, batch)  # a forward pass; generation too for seq2seq
         if "loss" not in values and getattr(outputs, "loss", None) is not None:
             # Tasks that can give per-example losses do (exact whatever the batching); else the
             # batch mean stands for each of its examples.

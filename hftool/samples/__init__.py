@@ -12,6 +12,7 @@ from hftool.errors import HftoolError
 
 # name -> module under hftool.samples with a `load()` returning a DatasetDict
 SAMPLES = {"sentiment": "sentiment", "ner": "ner", "tales": "tales", "shapes": "shapes"}
+SAMPLES["translation"] = "translation"  # seq2seq
 
 
 def load_sample(name: str):

@@ -11,6 +11,7 @@ TASKS = {
     "causal-lm": "hftool.tasks.causal_lm:CausalLM",
     "image-classification": "hftool.tasks.image_classification:ImageClassification",
 }
+TASKS["seq2seq"] = "hftool.tasks.seq2seq:Seq2Seq"
 
 
 def get_task(name: str):

@@ -13,6 +13,8 @@ task-specific, so training, evaluation and inference share one featurisation and
     train_loss(parts, model, batch)   the loss the optimizer minimises (default: model's own)
     eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric (plus
                                       optional per-example "loss", which makes eval_loss exact)
+    eval_step(parts, model, batch)    one evaluation batch -> (outputs, eval_outputs' values); a
+                                      forward pass unless the task also generates
     predict(parts, cfg, inputs)       user inputs -> one JSON-able dict per input
     write_reports(run_dir, metrics)   task-specific files beside metrics.json (optional)
 
@@ -102,6 +104,16 @@ class Task:
 
     def eval_outputs(self, parts: Parts, outputs, batch) -> dict:
         raise NotImplementedError
+
+    def eval_step(self, parts: Parts, model, batch: dict) -> tuple[Any, dict]:
+        """One evaluation batch, under torch.no_grad: (model outputs, eval_outputs' values).
+
+        A forward pass by default. Generative tasks (seq2seq, captioning) override it to also
+        call `generate` and put the generated ids among the values; `model` may be wrapped
+        for distributed runs (accelerate.utils.extract_model_from_parallel unwraps it).
+        """
+        outputs = model(**self.model_inputs(batch))
+        return outputs, self.eval_outputs(parts, outputs, batch)
 
     def predict(self, parts: Parts, cfg, inputs: list[str], batch_size: int) -> list[dict]:
         raise NotImplementedError
