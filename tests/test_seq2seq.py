@@ -258,6 +258,34 @@ def test_predict_and_generate_on_the_run_dir_agree_and_use_the_prefix(trained_ru
     expected = "\n\n".join(f"{s}\n{p['generated_text']}" for s, p in zip(sources, predictions))
     assert result.out.strip("\n") == expected
 
+    result = cli("generate", run, "--prompt", sources[1], "--greedy", "--max-new-tokens", "16", "--stream")
+    assert result.code == 0, result.err
+    assert result.out == f"{sources[1]}\n{predictions[1]['generated_text']}\n"  # streamed pieces join to the same text
+
+
+def test_two_process_evaluation_generates_and_scores_what_one_does(trained_run, tmp_path):
+    """torchrun, 2 gloo processes: generated ids of different widths are padded, gathered, deduplicated."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    run, folder, _ = trained_run
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    scores = []
+    for name, launcher in (("one", [sys.executable]),
+                           ("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"])):
+        out = tmp_path / f"{name}.json"  # 24 rows in batches of 5: the processes get uneven shares
+        result = subprocess.run([*launcher, "-m", "hftool", "evaluate", str(run), "--batch-size", "5", "-o", str(out)],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores.append(json.loads(out.read_text()))
+    one, two = scores
+    assert one.keys() == two.keys()
+    for key, value in one.items():
+        assert two[key] == pytest.approx(value, abs=1e-6), key
+
 
 def untrained_scores(run: Path, rows: int) -> dict[str, float]:
     """The scores of a fresh tiny:t5 (the run's tokenizer, random weights) on the run's first validation rows."""

@@ -30,8 +30,8 @@ class Seq2Seq(Task):
     pipeline_task = "text2text-generation"  # the hub's tag; transformers 5 has no such pipeline
 
     # ----------------------------------------------------------------------------- data
-    def prepare(self, cfg, ds, source, labels=None, require_target=True):
-        """Rows -> columns `source` and (unless predicting) `target`, both non-empty text."""
+    def prepare(self, cfg, ds, source, labels=None):
+        """Rows -> columns `source` and `target`, both non-empty text (predict takes raw texts)."""
         import datasets
 
         data = cfg.data
@@ -44,14 +44,10 @@ class Seq2Seq(Task):
             text = find_column(ds, source, data.source_column or by_lang["source"], SOURCE_COLUMNS, "source",
                                "source_column")
             columns = {"source": _texts(ds[text], source, text, "source")}
-            configured = data.target_column or by_lang["target"]
-            present = configured or next((c for c in TARGET_COLUMNS if c in ds.column_names and c != text), None)
-            if require_target or present:
-                candidates = tuple(c for c in TARGET_COLUMNS if c != text)
-                target = find_column(ds, source, configured, candidates, "target", "target_column")
-                columns["target"] = _texts(ds[target], source, target, "target")
-        if not require_target:
-            columns.pop("target", None)
+            candidates = tuple(c for c in TARGET_COLUMNS if c != text)
+            target = find_column(ds, source, data.target_column or by_lang["target"], candidates, "target",
+                                 "target_column")
+            columns["target"] = _texts(ds[target], source, target, "target")
         return datasets.Dataset.from_dict(columns), None
 
     # ---------------------------------------------------------------------------- model
