@@ -201,6 +201,8 @@ def test_a_decoder_only_model_or_unknown_tiny_arch_is_refused(tmp_path, cli):
     assert result.code == 2 and "seq2seq builds tiny models for tiny:t5" in result.err
     result = cli("finetune", "seq2seq", "--max-steps", "1", "eval.metrics=[bleu, cider]", "-o", tmp_path / "run2")
     assert result.code == 2 and "eval.metrics: cider is not a metric of this task" in result.err
+    result = cli("finetune", "seq2seq", "--max-steps", "1", "eval.metrics=[chrf]", "-o", tmp_path / "run3")
+    assert result.code == 2 and "eval.metrics leaves out bleu, which picks the best checkpoint" in result.err
 
 
 # ------------------------------------------------------------------------------- end to end
@@ -263,6 +265,42 @@ def test_predict_and_generate_on_the_run_dir_agree_and_use_the_prefix(trained_ru
     assert result.out == f"{sources[1]}\n{predictions[1]['generated_text']}\n"  # streamed pieces join to the same text
 
 
+def test_a_local_bart_dir_fine_tunes_and_generates_after_its_eos_start(trained_run, tmp_path, cli):
+    """A model dir that is not tiny:t5: BART starts decoding from EOS, which must not end the text."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    from hftool.tasks.seq2seq import train_tokenizer
+
+    _, folder, _ = trained_run
+    rows = pairs(200, 7)
+    tokenizer = train_tokenizer(rows["source"] + rows["target"], 300)
+    eos = tokenizer.eos_token_id
+    config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id, bos_token_id=eos,
+                        eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos)
+    torch.manual_seed(0)
+    base = tmp_path / "bart"
+    BartForConditionalGeneration(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    run = tmp_path / "run"
+    result = cli("finetune", "seq2seq", "--model", base, "--data", folder, "-o", run, "--max-steps", "4",
+                 "--batch-size", "16", "data.max_target_length=16", "eval.metrics=[chrf]", "train.metric_for_best=chrf")
+    assert result.code == 0, result.err
+    assert {"eval_chrf", "eval_loss"} <= set(read_metrics(run))
+
+    source = "The dog sees the cat."
+    result = cli("generate", run, "-p", source, "--greedy", "--min-new-tokens", "3", "--max-new-tokens", "8")
+    assert result.code == 0, result.err
+    model, loaded = AutoModelForSeq2SeqLM.from_pretrained(run), AutoTokenizer.from_pretrained(run)
+    ids = model.generate(**loaded(source, return_tensors="pt"), do_sample=False, min_new_tokens=3, max_new_tokens=8)
+    assert ids[0, 0].item() == eos
+    generated = ids[0, 1:].tolist()  # after the start token, up to the first EOS
+    text = loaded.decode(generated[: generated.index(eos) if eos in generated else None], skip_special_tokens=True)
+    assert text and result.out == f"{source}\n{text}\n"
+
+
 def test_two_process_evaluation_generates_and_scores_what_one_does(trained_run, tmp_path):
     """torchrun, 2 gloo processes: generated ids of different widths are padded, gathered, deduplicated."""
     import os
@@ -315,5 +353,6 @@ def test_embedded_default_learns(tmp_path, cli):
     assert result.code == 0, result.err
     metrics = read_metrics(run)
     before = untrained_scores(run, 50)
-    assert before["eval_bleu"] < 5  # random weights: a few shared words by chance at most
-    assert metrics["eval_bleu"] >= before["eval_bleu"] + 40 and metrics["eval_chrf"] >= 70
+    assert before["eval_bleu"] < 5  # random weights: a few shared words by chance at most (0.0 measured)
+    # Measured: BLEU 41.9, chrF 74.0 (the best checkpoint, after 3 of 4 epochs).
+    assert metrics["eval_bleu"] >= before["eval_bleu"] + 30 and metrics["eval_chrf"] >= 65

@@ -87,6 +87,10 @@ class Seq2Seq(Task):
 
         # Evaluation settings from the run's config: what to score, how long a generated text may get.
         extra = {"metrics": check_names(cfg.eval.metrics), "max_new_tokens": cfg.data.max_target_length}
+        best = cfg.train.metric_for_best or self.default_metric
+        if model_path is None and best not in (*extra["metrics"], "loss", "gen_len"):  # else found after training
+            raise HftoolError(f"eval.metrics leaves out {best}, which picks the best checkpoint; add it, or set "
+                              f"train.metric_for_best to one of {', '.join(extra['metrics'])}")
         return Parts(model, tokenizer, extra=extra)
 
     # ------------------------------------------------------------------------- features
