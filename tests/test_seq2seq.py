@@ -235,6 +235,13 @@ def test_run_scores_generated_text_and_reloads_the_same(trained_run, cli):
     for key in ("eval_loss", "eval_bleu", "eval_chrf", "eval_gen_len"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-4)
 
+    # The same pairs as gzipped parallel files, languages given on the command line: the same scores.
+    rows = [json.loads(line) for line in (folder / "validation.jsonl").read_text().splitlines()]
+    write_parallel(folder / "parallel", "test", {k: [r[k] for r in rows] for k in ("source", "target")}, compress=True)
+    result = cli("evaluate", run, "--data", folder / "parallel", "data.source_lang=en", "data.target_lang=de")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["eval_bleu"] == pytest.approx(metrics["eval_bleu"], abs=1e-4)
+
 
 def test_predict_and_generate_on_the_run_dir_agree_and_use_the_prefix(trained_run, cli):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
