@@ -128,6 +128,11 @@ def main() -> None:
     for what, values in (("wall", ratios), ("CPU", cpu_ratios)):
         print(f"ratio hftool/pipeline, {what} time, per round: {' '.join(f'{r:.2f}' for r in values)}   "
               f"median: {statistics.median(values):.2f} (above 1: hftool is faster)")
+    print("RESULT " + json.dumps({"hftool tokens/s": round(ours, 1), "pipeline tokens/s": round(theirs, 1),
+                                  "wall ratio": round(statistics.median(ratios), 2),
+                                  "CPU ratio": round(statistics.median(cpu_ratios), 2),
+                                  "identical texts": f"{same}/{args.prompts}", "rounds": args.rounds,
+                                  "prompts x tokens": f"{args.prompts} x {args.max_new_tokens}"}))
 
 
 if __name__ == "__main__":

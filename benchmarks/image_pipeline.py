@@ -20,6 +20,7 @@ not its accuracy, is measured).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -130,6 +131,10 @@ def main() -> None:
     a, b = (statistics.median(r) for r in results.values())
     ratio = statistics.median(x / y for x, y in zip(*results.values()))
     print(f"median images/s: A hftool {a:.1f}, B example {b:.1f}; median per-round ratio A/B = {ratio:.2f}")
+    print("RESULT " + json.dumps({"hftool images/s": round(a, 1), "per-image PIL images/s": round(b, 1),
+                                  "ratio": round(ratio, 2), "rounds": args.rounds, "model": args.model,
+                                  "image_size": args.image_size, "batch_size": args.batch_size,
+                                  "train step": args.step}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Run the training and start-up comparisons and write benchmarks/RESULTS.md.
+"""Run every comparison and write the results into benchmarks/README.md.
 
-    python benchmarks/run.py [--reps 2] [--train-rows 2000] [--only bert-cls,cli]
+    python benchmarks/run.py [--reps 2] [--train-rows 2000] [--only bert-cls,generate,images,cli]
 
 Each comparison runs hftool and the tool a user would pick instead on the same machine, data,
 model and settings, alternating the sides (A B A B ...) and reporting medians and ratios. Whole
@@ -32,7 +32,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZ
 
 
 def timed(command: list[str]) -> dict:
-    """Wall time, peak RSS (MiB) and stdout of one whole process."""
+    """Wall time, CPU time, peak RSS (MiB) and stdout of one whole process."""
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     stdout = process.stdout.read()
@@ -40,7 +40,8 @@ def timed(command: list[str]) -> dict:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"failed ({process.returncode}): {shlex.join(command)}")
-    return {"seconds": time.perf_counter() - start, "rss_mib": usage.ru_maxrss / 1024, "stdout": stdout}
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "rss_mib": usage.ru_maxrss / 1024, "stdout": stdout}
 
 
 def subset(path: Path, rows: int | None, out: Path) -> Path:
@@ -80,14 +81,18 @@ def bert_cls(reps: int, train_rows: int | None) -> dict:
                 accuracy = json.loads((out / "hftool" / "metrics.json").read_text())["eval_accuracy"]
             else:
                 accuracy = json.loads(result["stdout"].strip().splitlines()[-1])["accuracy"]
-            runs[name].append({**result, "accuracy": accuracy, "samples_per_second": n / result["seconds"]})
+            runs[name].append({**result, "accuracy": accuracy, "samples_per_second": n / result["seconds"],
+                               "samples_per_cpu_second": n / result["cpu_seconds"]})
             print(f"  [{rep + 1}/{reps}] {name}: {result['seconds']:.1f} s, acc {accuracy:.4f}", flush=True)
     rows = []
     base = statistics.median(r["samples_per_second"] for r in runs["hftool"])
+    base_cpu = statistics.median(r["samples_per_cpu_second"] for r in runs["hftool"])
     for name, results in runs.items():
         speed = statistics.median(r["samples_per_second"] for r in results)
+        cpu_speed = statistics.median(r["samples_per_cpu_second"] for r in results)
         rows.append({"side": name, "samples/s": round(speed, 2),
                      "hftool speed-up": "-" if name == "hftool" else f"{base / speed:.2f}x",
+                     "speed-up in CPU time": "-" if name == "hftool" else f"{base_cpu / cpu_speed:.2f}x",
                      "accuracy": round(statistics.median(r["accuracy"] for r in results), 4),
                      "peak RSS MiB": round(statistics.median(r["rss_mib"] for r in results)),
                      "runs": len(results)})
@@ -112,7 +117,30 @@ def cli_startup(reps: int, _rows) -> dict:
             "commands": {name: shlex.join(c) for name, c in sides.items()}}
 
 
-BENCHMARKS = {"bert-cls": bert_cls, "cli": cli_startup}
+def script(name: str, args: list[str], title: str) -> dict:
+    """A benchmark script of its own that ends with a `RESULT {json}` line."""
+    command = [PY, f"benchmarks/{name}", *args]
+    lines = timed(command)["stdout"].strip().splitlines()
+    result = json.loads(next(line for line in reversed(lines) if line.startswith("RESULT "))[len("RESULT "):])
+    return {"title": title, "rows": [result], "commands": {"command": shlex.join(command)},
+            "notes": "\n".join(f"    {line}" for line in lines if line.startswith("round "))}
+
+
+def generation(reps: int, _rows) -> dict:
+    """hftool generate vs transformers.pipeline("text-generation"), GPT-2-small-sized model."""
+    return script("generate_vs_pipeline.py", ["--rounds", str(max(reps, 2))],
+                  "Generation: `hftool generate` vs `pipeline(\"text-generation\")`, GPT-2-small-sized, greedy, "
+                  "whole processes (ratio above 1: hftool faster)")
+
+
+def images(reps: int, _rows) -> dict:
+    """vit-cls input pipeline + training step vs per-image PIL transforms (the HF example's)."""
+    return script("image_pipeline.py", ["--rounds", str(max(reps, 4))],
+                  "Image training throughput: hftool's pipeline vs per-image PIL transforms, timm resnet18 at 128 px "
+                  "with a training step (ratio above 1: hftool faster)")
+
+
+BENCHMARKS = {"bert-cls": bert_cls, "generate": generation, "images": images, "cli": cli_startup}
 
 
 def table(rows: list[dict]) -> str:
@@ -138,16 +166,30 @@ def main() -> None:
         except SystemExit as skipped:
             print(f"  skipped: {skipped}", flush=True)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    text = [f"# Benchmarks\n\nMeasured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}; {args.reps} alternating repetitions per side, medians.\n\n"
-            f"Reproduce: `python benchmarks/run.py --reps {args.reps} --train-rows {args.train_rows}`\n"]
+    load = os.getloadavg()[0]
+    text = [f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu}, {os.cpu_count()} cores "
+            f"(load average {load:.1f} when it ended), Python {platform.python_version()}; {args.reps} alternating "
+            f"repetitions per side, medians.\n\n"
+            f"Reproduce: `python benchmarks/run.py --reps {args.reps} --train-rows {args.train_rows} --only {args.only}`\n"]
     for section in sections:
-        text.append(f"## {section['title']}\n\n{table(section['rows'])}\n")
+        text.append(f"### {section['title']}\n\n{table(section['rows'])}\n")
         if section.get("notes"):
             text.append(section["notes"] + "\n")
         text.append("Commands:\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in section["commands"].items()) + "\n")
-    (REPO / "benchmarks" / "RESULTS.md").write_text("\n".join(text), encoding="utf-8")
+    write_results("\n".join(text))
     print("\n".join(text))
+
+
+def write_results(text: str) -> None:
+    """Replace the part of benchmarks/README.md between the results markers."""
+    readme = REPO / "benchmarks" / "README.md"
+    start, end = "<!-- results: written by benchmarks/run.py -->", "<!-- /results -->"
+    current = readme.read_text(encoding="utf-8")
+    if start not in current:
+        current += f"\n## Latest results\n\n{start}\n{end}\n"
+    before, rest = current.split(start, 1)
+    after = rest.split(end, 1)[1]
+    readme.write_text(f"{before}{start}\n{text}\n{end}{after}", encoding="utf-8")
 
 
 if __name__ == "__main__":

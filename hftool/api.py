@@ -24,8 +24,10 @@ from hftool.errors import HftoolError
 ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification",
                       "ForTokenClassification": "token-classification",
                       "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm",
-                      "ForImageClassification": "image-classification"}
-ARCHITECTURE_TASKS |= {"ForConditionalGeneration": "seq2seq", "MTModel": "seq2seq"}  # T5, BART, mBART; Marian
+                      "ForImageClassification": "image-classification",
+                      "ForObjectDetection": "object-detection", "TimeSeriesForecaster": "time-series-forecasting",
+                      "VisionEncoderDecoderModel": "image-captioning",
+                      "ForConditionalGeneration": "seq2seq", "MTModel": "seq2seq"}  # T5, BART, mBART; Marian
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -126,7 +128,7 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
         Flat metrics with the keys of the run's metrics.json (eval_loss, eval_accuracy, ...).
     """
     from hftool.data import load_eval_split, load_splits
-    from hftool.evaluation import eval_loader, evaluate_model
+    from hftool.evaluation import eval_loader, eval_order, evaluate_model
     from hftool.training import make_accelerator
 
     cfg = run_config(model, overrides)
@@ -140,6 +142,10 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
             raise HftoolError(f"{model} is not an hftool run dir, so it has no data of its own; pass --data")
         splits, names = load_splits(cfg.data, cfg.train.seed, cfg.model.token)
         rows, source = splits["validation"], names["validation"]
+    records = [] if cfg.eval.save_predictions and output else None
+    asked = any(o.split("=", 1)[0].strip() == "eval.save_predictions" for o in overrides or ())  # not the run's own
+    if cfg.eval.save_predictions and not output and asked:
+        raise HftoolError("eval.save_predictions=true needs --output FILE.json: the predictions go to FILE.predictions.jsonl")
     task, parts = _load(model, cfg)
     rows, _ = task.prepare(cfg, rows, source, parts.labels)
     features = task.eval_features(parts, cfg, rows)
@@ -147,35 +153,56 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     loader = accelerator.prepare(eval_loader(features, task.collate(parts), size, cfg.data.num_workers))
     network = accelerator.prepare(parts.model)
-    metrics = evaluate_model(accelerator, network, loader, task, parts)
+    metrics = evaluate_model(accelerator, network, loader, task, parts, records=records, order=eval_order(features))
     if output and accelerator.is_main_process:
+        from hftool.training import write_jsonl
+
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        if records is not None:
+            target = predictions_path(out)
+            write_jsonl(target, records)
+            logs.info(f"wrote {len(records)} predictions to {target}")
     return metrics
 
 
+def predictions_path(output: Path) -> Path:
+    """Where `hftool evaluate -o OUT eval.save_predictions=true` writes: OUT's stem + .predictions.jsonl."""
+    return output.with_name(output.stem + ".predictions.jsonl")
+
+
 def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list[str] | None = None,
-            top_k: int | None = None) -> list[dict]:
+            **options) -> list[dict]:
     """Predictions for raw inputs, one dict per input, in input order.
 
     Args:
-        top_k: Also return the k best classes, for tasks whose predict takes `top_k`.
+        options: Task-specific settings, passed on to tasks whose predict takes them: `top_k` (the
+            k best classes), `threshold` (lowest box score) and `draw` (a folder for PNGs of the
+            boxes) for detection, `horizon` (steps) and `output` (CSV + PNG) for forecasting,
+            which needs no inputs: it forecasts from the end of the run's data, `attention_map` (a PNG
+            of the cross-attention per word) for captioning. None: not given.
     """
     import inspect
 
     import torch
 
-    if not inputs:
-        raise HftoolError("nothing to predict: pass inputs as arguments or --file")
     cfg = run_config(model, overrides)
     from hftool.tasks import get_task
 
-    options = {} if top_k is None else {"top_k": top_k}
-    if options and "top_k" not in inspect.signature(get_task(cfg.task).predict).parameters:
-        raise HftoolError(f"--top-k is not supported for {cfg.task} models; leave it out")
-    if top_k is not None and top_k < 1:
-        raise HftoolError(f"--top-k must be at least 1, got {top_k}")
+    task = get_task(cfg.task)
+    if not inputs and not getattr(task, "inputs_optional", False):
+        raise HftoolError("nothing to predict: pass inputs as arguments or --file")
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
+    accepted = inspect.signature(task.predict).parameters
+    for name in options:
+        if name not in accepted:
+            raise HftoolError(f"--{name.replace('_', '-')} is not supported for {cfg.task} models; leave it out")
+    threshold = options.get("threshold")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise HftoolError(f"--threshold must be in [0, 1], got {threshold}")
+    if options.get("top_k", 1) < 1:
+        raise HftoolError(f"--top-k must be at least 1, got {options['top_k']}")
     task, parts = _load(model, cfg)
     if torch.cuda.is_available():
         parts.model.to("cuda")

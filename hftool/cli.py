@@ -153,8 +153,14 @@ def predict(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per input here.")] = None,
     batch_size: BatchSize = 32,
     top_k: Annotated[Optional[int], typer.Option("--top-k", "-k", help="Also give the k best classes with their scores.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Object detection: lowest score of a box shown (default 0.5).")] = None,
+    draw: Annotated[Optional[Path], typer.Option(help="Object detection: write PNGs with the boxes drawn into this folder.")] = None,
+    horizon: Annotated[Optional[int], typer.Option(help="Forecasting: steps to forecast past the end of the series (default 30).")] = None,
+    attention_map: Annotated[Optional[Path], typer.Option(help="Captioning: draw where the decoder looks for each word into this PNG.")] = None,
 ) -> None:
-    """Predict on raw inputs: prints one line per input."""
+    """Predict on raw inputs: prints one line per input (a forecast: one line per step)."""
+    import inspect
+
     from hftool import api
 
     from hftool.data import read_inputs
@@ -162,15 +168,18 @@ def predict(
     model, texts, keyvals = _split_overrides(model, inputs)
     if file is not None:
         texts += read_inputs(file)
-    predictions = api.predict(model, texts, batch_size or 32, keyvals, top_k)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
     from hftool.api import run_config
     from hftool.tasks import get_task
 
     task = get_task(run_config(model, keyvals).task)
+    own_output = "output" in inspect.signature(task.predict).parameters  # e.g. a forecast's CSV + PNG
+    predictions = api.predict(model, texts, batch_size or 32, keyvals, top_k=top_k, threshold=threshold, draw=draw,
+                              horizon=horizon, attention_map=attention_map,
+                              output=output if own_output else None)
+    if output is not None and not own_output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
     for prediction in predictions:
         typer.echo(task.format_prediction(prediction))
 
@@ -195,6 +204,8 @@ def generate(
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling: the same seed gives the same text.")] = None,
     stream: Annotated[bool, typer.Option(help="Print text as it is generated (one prompt at a time).")] = False,
     batch_size: BatchSize = 8,
+    cache: Annotated[Optional[str], typer.Option(help="KV cache: dynamic (default) or static (allocated once; lets --compile keep one graph).", show_default=False)] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the decoding step (needs --cache static; default: compiled with a static cache on GPUs only).", show_default=False)] = None,
 ) -> None:
     """Continue prompts with a causal LM (or transform them with a seq2seq model); prints the texts (and writes JSONL with --output)."""
     from hftool import api
@@ -206,7 +217,7 @@ def generate(
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=None if greedy is None else not greedy,
         temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size, num_beams=num_beams, num_return_sequences=num_return_sequences,
-        stop=list(stop or []), seed=seed, batch_size=batch_size or 8)
+        stop=list(stop or []), seed=seed, batch_size=batch_size or 8, cache=cache, compile=compile)
     shown = []  # prompt indices already begun on the terminal
     # A causal LM continues its prompt on the same line; a seq2seq model's text goes below its input.
     separator = "\n" if api.model_task(model) == "seq2seq" else ""
@@ -248,8 +259,27 @@ def main() -> None:
     except HftoolError as err:
         if os.environ.get("HFTOOL_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        if not (getattr(err, "collective", False) and int(os.environ.get("RANK", "0")) > 0):
+            print(f"error: {err}", file=sys.stderr)  # a stop every process makes together: said once
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        if os.environ.get("HFTOOL_DEBUG") or not _lost_a_peer(err):
+            raise
+        # The process that failed printed its own error; this one only lost its connection to it.
+        print(f"error: process {os.environ.get('RANK')} stopped because another process of the run failed "
+              "(its error is above)", file=sys.stderr)
+        sys.exit(1)
+
+
+def _lost_a_peer(err: Exception) -> bool:
+    """Whether `err` is a collective failing because another process of a multi-process run died."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "torch" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    text = str(err).lower()
+    return isinstance(err, (dist.DistError, RuntimeError)) and any(
+        sign in text for sign in ("closed by peer", "reset by peer", "broken pipe", "remote worker", "connection refused"))

@@ -42,6 +42,11 @@ class ModelConfig:
     # Start from pretrained weights (hub ids, timm:<name>). false builds the architecture with
     # random weights: offline timm runs, or small images where ImageNet features help little.
     pretrained: bool = True
+    # Image captioning: build a VisionEncoderDecoderModel from an image encoder and a text
+    # decoder (local dirs, hub ids, tiny:vit / tiny:gpt2); cross-attention is added to the
+    # decoder. Both unset: model.name is an existing encoder-decoder checkpoint.
+    encoder: str | None = None
+    decoder: str | None = None
 
 
 @dataclass
@@ -109,6 +114,40 @@ class DataConfig:
     # RandAugment magnitude (0-30, 9 is timm's usual); None leaves it off: it pays off in long
     # runs and slows the short ones.
     randaugment: int | None = None
+    # Object detection: folder the images of a COCO JSON file are in (file_name is relative to
+    # it). None looks beside the JSON file, then in the folders below it and beside it (COCO's
+    # annotations/ next to train2017/).
+    images_dir: str | None = None
+    # Object detection: how JSONL and hub boxes are written: xywh (COCO: x, y, width, height) or
+    # xyxy (Pascal VOC corners). COCO JSON and VOC XML files say it themselves.
+    box_format: str = "xywh"
+    # Object detection: boxes in [0, 1] fractions of the image size rather than pixels.
+    box_normalized: bool = False
+    # Object detection: strength of the training colour jitter (brightness, contrast, saturation;
+    # hue a quarter of it); 0 leaves colours alone, which keeps short runs fast.
+    color_jitter: float = 0.0
+    # Time series: the date column; None takes the first column named like a date (date, ds,
+    # timestamp, month, ...), else the first column.
+    date_column: str | None = None
+    # Time series: the columns to forecast, together; None takes every column but the date.
+    value_columns: list | None = None
+    # Time series: hourly | daily | weekly | monthly | quarterly | yearly or a pandas alias
+    # (15min, W-MON); None infers it from the dates. Missing dates on that grid are added and
+    # interpolated.
+    freq: str | None = None
+    # Time series: past steps the model reads to predict the next one. 30 is the textbook
+    # month of daily values; a monthly series wants at least a year (12).
+    context_length: int = 30
+    # Time series: the seasonal-naive baseline's period; None uses the frequency's usual one
+    # (24 hourly, 7 daily, 52 weekly, 12 monthly, 4 quarterly).
+    season_length: int | None = None
+    # How validation is held out when there is no validation data: random rows (seeded), or
+    # tail: the last rows in file order, with data.context_length rows before them as history
+    # for the first windows (time series: the model is scored on the future it has not seen).
+    holdout: str = "random"
+    # Image captioning: the column with a caption or a list of captions per image; None
+    # auto-detects captions/caption/sentences/text.
+    caption_column: str | None = None
     # Sequence to sequence: source and target columns; None auto-detects source/src/input/...
     # and target/tgt/output/summary/... (and a hub `translation` column of {lang: text}).
     source_column: str | None = None
@@ -182,6 +221,9 @@ class TrainConfig:
     # Label smoothing of the training targets (0.1 is timm's usual); 0 keeps one-hot targets,
     # so the training loss is the plain cross-entropy that eval_loss reports. Image classification.
     label_smoothing: float = 0.0
+    # Learning rate of the vision backbone; None trains it at `lr`. DETR fine-tunes its
+    # pretrained ResNet ten times slower than the transformer (1e-5 vs 1e-4).
+    backbone_lr: float | None = None
 
 
 @dataclass
@@ -191,6 +233,9 @@ class EvalConfig:
     # the model's real perplexity, at block_size / stride times the cost). None: plain blocks,
     # as in training, where a block's first tokens are predicted from little context.
     stride: int | None = None
+    # Write every evaluated example's prediction (and reference, loss) to predictions.jsonl: in
+    # the run dir for the final evaluation of `finetune`, beside --output for `hftool evaluate`.
+    save_predictions: bool = False
     # Generative tasks: the metrics to compute, without the eval_ prefix (e.g. [bleu, chrf]);
     # None computes all the task offers.
     metrics: list | None = None
@@ -428,6 +473,8 @@ CHOICES = {
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.tracking": ("none", "tensorboard", "wandb", "mlflow"),
     "data.txt_unit": ("line", "paragraph"),
+    "data.box_format": ("xywh", "xyxy"),
+    "data.holdout": ("random", "tail"),
 }
 
 
@@ -465,6 +512,9 @@ def validate(cfg: RunConfig) -> None:
         if not ok:
             section, leaf = key.split(".")
             raise HftoolError(f"{key} must be {allowed}, got {getattr(getattr(cfg, section), leaf)}")
+    for key, value in (("data.context_length", cfg.data.context_length), ("data.season_length", cfg.data.season_length)):
+        if value is not None and value <= 0:
+            raise HftoolError(f"{key} must be positive, got {value}")
     if cfg.data.max_target_length <= 0:
         raise HftoolError(f"data.max_target_length must be positive, got {cfg.data.max_target_length}")
     if not 0 <= cfg.data.validation_split < 1:

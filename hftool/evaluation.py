@@ -8,21 +8,35 @@ import torch
 from tqdm.auto import tqdm
 
 
+def eval_order(features):
+    """The order evaluation visits `features` in: by length (little padding), else as given.
+    Position k of the gathered outputs is row eval_order(features)[k] of `features`."""
+    import numpy as np
+
+    if "length" in features.column_names:
+        return np.argsort(features["length"], kind="stable")
+    return np.arange(len(features))
+
+
 def eval_loader(features, collate: Callable, batch_size: int, num_workers: int = 0):
-    """Batches in length order (little padding); gather_for_metrics drops the duplicates that
-    sharding adds to the last batch, so every example is scored exactly once."""
+    """Batches in eval_order; gather_for_metrics drops the duplicates that sharding adds to the
+    last batch, so every example is scored exactly once."""
     from torch.utils.data import DataLoader
 
     if "length" in features.column_names:
-        import numpy as np
-
-        features = features.select(np.argsort(features["length"], kind="stable"))
+        features = features.select(eval_order(features))
     return DataLoader(features, batch_size=batch_size, shuffle=False, collate_fn=collate,
                       num_workers=num_workers, generator=torch.Generator())
 
 
-def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval") -> dict[str, float]:
+def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval",
+                   records: list | None = None, order=None) -> dict[str, float]:
     """Loss and the task's metrics over `loader`, exact across processes.
+
+    Args:
+        records: If a list, it receives one JSON-able dict per example (task.prediction_records),
+            in dataset order: what `eval.save_predictions` writes.
+        order: eval_order of the loader's features, mapping gathered rows back to dataset rows.
 
     Returns:
         Flat `{f"{prefix}_{name}": value}`, e.g. eval_loss, eval_accuracy.
@@ -30,22 +44,30 @@ def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval"
     metric = task.metric(parts)
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    loss_sum, count = 0.0, 0
+    batches: list[dict] = []
     progress = tqdm(loader, desc="Evaluating", leave=False, disable=not accelerator.is_local_main_process)
     for batch in progress:
         with torch.no_grad():
-            outputs, values = task.eval_step(parts, model, batch)  # a forward pass; generation too for seq2seq
+            outputs = model(**task.model_inputs(batch))
+        values = task.eval_outputs(parts, outputs, batch)
+        # Generative tasks score what the model writes, not only the teacher-forced loss.
+        values.update(task.eval_generate(parts, accelerator.unwrap_model(model), batch))
         if "loss" not in values and getattr(outputs, "loss", None) is not None:
             # Tasks that can give per-example losses do (exact whatever the batching); else the
             # batch mean stands for each of its examples.
             values["loss"] = outputs.loss.detach().reshape(1).repeat(batch_size_of(batch))
         gathered = accelerator.gather_for_metrics(values)  # duplicates from uneven sharding dropped
-        if "loss" in gathered:
-            losses = gathered.pop("loss").double()
-            loss_sum += losses.sum()
-            count += losses.numel()
-        metric.add_batch(**{k: v.cpu().numpy() for k, v in gathered.items()})
+        losses = gathered.pop("loss").double().cpu().numpy() if "loss" in gathered else None
+        if losses is not None:
+            loss_sum += float(losses.sum())
+            count += losses.size
+        arrays = {k: v.cpu().numpy() for k, v in gathered.items()}
+        metric.add_batch(**arrays)
+        if records is not None:
+            batches.append(arrays if losses is None else {**arrays, "loss": losses})
+    if records is not None:
+        records += task.prediction_records(parts, batches, order)
     if was_training:
         model.train()
     results = {f"{prefix}_{k}": float(v) for k, v in metric.compute().items()}

@@ -43,6 +43,12 @@ class GenerationOptions:
     seed: int | None = None
     # Prompts per generate call; prompts are sorted by length first, so little padding is needed.
     batch_size: int = 8
+    # KV cache: "dynamic" grows with each token; "static" is allocated once at its full length,
+    # which lets torch.compile keep one graph for the whole generation (the GPU speed-up).
+    cache: str | None = None
+    # torch.compile the decoding step (needs cache="static"). None: transformers' own choice, which
+    # compiles with a static cache on GPUs only; True also compiles on CPU; False never compiles.
+    compile: bool | None = None
 
     def generate_kwargs(self, model_defaults) -> dict:
         """The settings to pass to `model.generate`, checked before any model runs.
@@ -50,7 +56,8 @@ class GenerationOptions:
         Args:
             model_defaults: The model's GenerationConfig; it fills what is not given here.
         """
-        names = [f.name for f in dataclasses.fields(self) if f.name not in ("stop", "seed", "batch_size")]
+        names = [f.name for f in dataclasses.fields(self)
+                 if f.name not in ("stop", "seed", "batch_size", "cache", "compile")]
         given = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
         sampling = [k for k in SAMPLING if k in given]
         if sampling and self.do_sample is False:
@@ -72,7 +79,26 @@ class GenerationOptions:
             given["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
         if self.stop:
             given["stop_strings"] = list(self.stop)
-        return given
+        return given | self._cache_kwargs()
+
+    def _cache_kwargs(self) -> dict:
+        if self.cache not in (None, "dynamic", "static"):
+            raise HftoolError(f"--cache must be dynamic or static, got {self.cache!r}")
+        if self.compile and self.cache != "static":
+            raise HftoolError("--compile needs --cache static: a dynamic cache changes shape with every token, "
+                              "so the compiled step would recompile each time")
+        out = {}
+        if self.cache == "static":
+            out["cache_implementation"] = "static"
+        if self.compile is False:
+            out["disable_compile"] = True
+        elif self.compile:
+            from transformers import CompileConfig
+
+            config = CompileConfig()
+            config._compile_all_devices = True  # CPUs too: transformers compiles only on accelerators by itself
+            out["compile_config"] = config
+        return out
 
 
 def continuation(tokenizer, ids: list[int], eos_ids: set[int], stop: list[str]) -> str:

@@ -84,4 +84,37 @@ def relaunch(launch: Launch, extra_args: list[str] = ()) -> None:
     logs.info("launching: " + " ".join(cmd[1:]))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(cmd[0], cmd)
+    if cmd[2] != "torch.distributed.run":
+        os.execv(cmd[0], cmd)
+    sys.exit(run_torchrun(cmd[3:]))
+
+
+def run_torchrun(args: list[str]) -> int:
+    """torchrun in this process, so that a failed worker ends the run with the worker's own exit
+    code and its one-line error, not the launcher's traceback (HFTOOL_DEBUG=1 keeps it all)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if not os.environ.get("HFTOOL_DEBUG"):
+        for name in list(logging.root.manager.loggerDict):  # agent chatter, the OMP notice
+            if name.startswith(("torch.distributed.elastic", "torch.distributed.run")):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(args))
+    except ChildFailedError as err:
+        if os.environ.get("HFTOOL_DEBUG"):
+            raise
+        rank, failure = err.get_first_failure()
+        code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # -15: killed by SIGTERM
+        from hftool import logs
+
+        logs.warn(f"process {rank} failed (exit code {failure.exitcode}); the other processes were stopped")
+        return code
+    except SignalException as err:  # SIGTERM/SIGINT here: passed on to the workers, which save and stop
+        if os.environ.get("HFTOOL_DEBUG"):
+            raise
+        return 128 + int(err.sigval)
+    return 0

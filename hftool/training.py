@@ -55,6 +55,8 @@ class TrainerState:
 class TrainingStopped(HftoolError):
     """A signal stopped training after saving a checkpoint; the exit code is 128 + signal."""
 
+    collective = True  # every process stops at the same step: only rank 0 says so
+
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
@@ -167,11 +169,7 @@ class Trainer:
         model = self.parts.model.to(acc.device)
         if t.compile:
             model = torch.compile(model, dynamic=True)
-        decay, no_decay = [], []
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = self.task.param_groups(self.parts, self.cfg, model)
         fused = torch.cuda.is_available()  # one kernel per step instead of one per tensor
         optimizer = torch.optim.AdamW(groups, lr=t.lr, fused=fused)
         per_epoch = math.ceil(len(self.train_loader) / t.gradient_accumulation_steps)
@@ -282,6 +280,9 @@ class Trainer:
                                           exit_code=128 + self.stop_signal)
                 if stop:
                     break
+            else:
+                if state.batches_in_epoch:  # fewer batches than len(loader): the epoch still ends here
+                    state.epoch, state.batches_in_epoch = state.epoch + 1, 0
         progress.close()
         self.train_runtime = time.perf_counter() - self.train_start
         if state.last_eval.get("step") != state.global_step:
@@ -322,9 +323,15 @@ class Trainer:
         return t.early_stopping_patience is not None and state.evals_without_improvement >= t.early_stopping_patience
 
     def evaluate(self) -> dict[str, float]:
-        from hftool.evaluation import evaluate_model
+        """Metrics on the eval data; with eval.save_predictions, also keeps the per-example records
+        (self.eval_records) that finish() writes to predictions.jsonl."""
+        from hftool.evaluation import eval_order, evaluate_model
 
-        return evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts)
+        if not self.cfg.eval.save_predictions:
+            return evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts)
+        self.eval_records = []
+        return evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts,
+                              records=self.eval_records, order=eval_order(self.eval_features))
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -394,6 +401,8 @@ class Trainer:
             final_eval = self.evaluate()
             logs.info(f"loaded the best checkpoint (step {state.best_step}, eval_{self.metric_name}="
                       f"{state.best_metric:.4f}) as the run's model")
+        if self.cfg.eval.save_predictions and getattr(self, "eval_records", None) is None:
+            self.evaluate()  # no evaluation ran in this process (resumed after the last one)
         acc.wait_for_everyone()
         metrics = dict(final_eval)
         if hasattr(self, "last_train_loss"):
@@ -406,6 +415,8 @@ class Trainer:
             model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
             self.task.save(self.parts, self.run_dir, model=model, state_dict=state_dict)
             _write_json(self.run_dir / "metrics.json", metrics)
+            if self.cfg.eval.save_predictions:
+                write_jsonl(self.run_dir / "predictions.jsonl", self.eval_records)
             reports.write_all(self.run_dir, self.cfg, metrics, self.sources, self.recipe, self.command)
         acc.end_training()
         return metrics
@@ -480,6 +491,14 @@ def _flat_scalars(mapping: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """One JSON object per line, written to a temporary file and renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -35,7 +35,8 @@ def run(tmp_path_factory, data):
     out = tmp_path_factory.mktemp("runs") / "run"
     cfg = load_config("bert-cls", overrides=[
         f"data.train={data['train']}", f"data.eval={data['val']}", f"output_dir={out}",
-        "train.max_steps=12", "train.eval_steps=6", "train.batch_size=16", "train.logging_steps=3"])
+        "train.max_steps=12", "train.eval_steps=6", "train.batch_size=16", "train.logging_steps=3",
+        "eval.save_predictions=true"])
     run_dir, metrics = api.finetune(cfg, recipe="bert-cls", command="hftool finetune bert-cls ...")
     return run_dir, metrics
 
@@ -55,6 +56,26 @@ def test_run_dir_has_every_artifact(run):
     assert "eval_accuracy" in card and "hftool finetune bert-cls" in card
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["packages"]["torch"] and len(provenance["data"]["train"]["sha256"]) == 64
+
+
+def test_saved_predictions_are_the_scored_examples_in_data_order(run, data, cli, tmp_path):
+    import csv
+
+    run_dir, metrics = run
+    records = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    with open(data["val"], encoding="utf-8") as f:
+        labels = [row["label"] for row in csv.DictReader(f)]
+    assert [r["index"] for r in records] == list(range(len(labels)))
+    assert [r["reference"] for r in records] == labels  # rows map back through the length sort
+    assert sum(r["prediction"] == r["reference"] for r in records) / len(records) == pytest.approx(metrics["eval_accuracy"])
+    assert sum(r["loss"] for r in records) / len(records) == pytest.approx(metrics["eval_loss"], abs=1e-5)
+    # `hftool evaluate` writes them beside its --output, and needs one
+    result = cli("evaluate", run_dir, "--data", data["val"], "-o", tmp_path / "test.json", "eval.save_predictions=true")
+    assert result.code == 0, result.err
+    again = [json.loads(line) for line in (tmp_path / "test.predictions.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["prediction"]) for r in again] == [(r["index"], r["prediction"]) for r in records]
+    result = cli("evaluate", run_dir, "--data", data["val"], "eval.save_predictions=true")
+    assert result.code == 2 and "needs --output" in result.err
 
 
 def test_pipeline_loads_the_run_dir_and_returns_label_names(run):

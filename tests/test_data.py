@@ -145,3 +145,37 @@ def test_folder_without_train_file(tmp_path):
 def test_hub_dataset_offline_fails_fast_with_what_to_pass():
     with pytest.raises(HftoolError, match="pass a local file or folder"):
         load_source("glue:sst2")
+
+
+# ------------------------------------------------------------------------------------ batching
+@pytest.mark.parametrize("n, batch_size, grouped", [(203, 16, True), (203, 16, False), (5, 8, True), (64, 16, True)])
+def test_length_grouped_batches_are_full_cover_every_example_and_repeat_by_seed(n, batch_size, grouped):
+    import random
+
+    from hftool.data.batching import LengthGroupedBatches
+
+    lengths = [random.Random(i).randint(3, 60) for i in range(n)]
+    sampler = LengthGroupedBatches(lengths, batch_size, seed=7, group_by_length=grouped)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) and all(len(b) == batch_size for b in batches)
+    assert set().union(*batches) == set(range(n))  # the short batch is topped up, nothing dropped
+    assert list(sampler) == batches  # same seed and epoch, same order
+    if n > batch_size:
+        sampler.epoch = 1
+        assert list(sampler) != batches  # a new epoch, a new order
+    sampler.epoch = 0
+    if grouped and n > batch_size:
+        assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest batch first
+
+
+def test_every_process_gets_every_batch_when_accelerate_splits_them():
+    """Accelerate drops a short batch that is not the last when it splits batches across processes:
+    with full batches, 2 processes see as many steps as 1."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    from hftool.data.batching import LengthGroupedBatches
+
+    sampler = LengthGroupedBatches([i % 37 for i in range(2000)], 64, seed=42)
+    shards = [list(BatchSamplerShard(sampler, num_processes=2, process_index=r, split_batches=True)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == len(sampler) == 32
+    assert [a + b for a, b in zip(*shards)] == list(sampler)

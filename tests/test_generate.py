@@ -89,6 +89,21 @@ def test_batched_prompts_are_left_padded_and_match_one_by_one(cli, model_dir, re
     assert [r["generated_text"] for r in rows] == [reference(p, max_new_tokens=16)[1] for p in PROMPTS]
 
 
+def test_static_cache_gives_the_same_tokens_as_the_dynamic_one(cli, model_dir, reference, monkeypatch, tmp_path):
+    """--cache static (what --compile needs) changes where the cache lives, never the text."""
+    from transformers import GPT2LMHeadModel
+
+    caches, original = [], GPT2LMHeadModel.generate
+    monkeypatch.setattr(GPT2LMHeadModel, "generate",
+                        lambda self, *a, **kw: caches.append(kw.get("cache_implementation")) or original(self, *a, **kw))
+    out = tmp_path / "out.jsonl"
+    result = cli("generate", model_dir, *[a for p in PROMPTS for a in ("-p", p)], "--greedy", "--cache", "static",
+                 "--max-new-tokens", "16", "--batch-size", "3", "-o", out)
+    assert result.code == 0, result.err
+    assert caches and set(caches) == {"static"}
+    assert [r["generated_text"] for r in read_jsonl(out)] == [reference(p, max_new_tokens=16)[1] for p in PROMPTS]
+
+
 def test_sampling_with_a_seed_is_reproducible(cli, model_dir, tmp_path):
     def sample(seed: int) -> list[dict]:
         out = tmp_path / f"seed{seed}.jsonl"
@@ -210,6 +225,8 @@ def test_prompts_file_lines_and_jsonl(cli, model_dir, tmp_path):
     ("greedy with top-k", "--greedy does not sample, so --top-k"),
     ("stream with beams", "--stream shows one sequence"),
     ("not a language model", "is a text-classification model"),
+    ("compile without a static cache", "--compile needs --cache static"),
+    ("unknown cache", "--cache must be dynamic or static"),
 ])
 def test_bad_input_is_one_clear_line(cli, model_dir, tmp_path, case, message):
     empty, jsonl = tmp_path / "prompts.txt", tmp_path / "prompts.jsonl"
@@ -226,6 +243,8 @@ def test_bad_input_is_one_clear_line(cli, model_dir, tmp_path, case, message):
         "greedy with top-k": (model_dir, "-p", "hi", "--greedy", "--top-k", "5"),
         "stream with beams": (model_dir, "-p", "hi", "--stream", "--num-beams", "2"),
         "not a language model": (classifier, "-p", "hi"),
+        "compile without a static cache": (model_dir, "-p", "hi", "--compile"),
+        "unknown cache": (model_dir, "-p", "hi", "--cache", "paged"),
     }[case]
     result = cli("generate", *args)
     assert result.code == 2

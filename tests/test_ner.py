@@ -225,11 +225,19 @@ def test_evaluate_a_conll_file_writes_metrics_per_type(cli, run_dir, tmp_path):
     rows = sample_rows(40, seed=9)
     data = tmp_path / "test.conll"
     data.write_text(conll(rows, columns=4, docstart=True), encoding="utf-8")
-    result = cli("evaluate", run_dir, "--data", data, "--output", tmp_path / "m.json")
+    result = cli("evaluate", run_dir, "--data", data, "--output", tmp_path / "m.json", "eval.save_predictions=true")
     assert result.code == 0, result.err
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert {"eval_f1", "eval_precision", "eval_recall", "eval_accuracy", "eval_PER_f1", "eval_LOC_f1"} <= set(metrics)
     assert sum(metrics[f"eval_{t}_support"] for t in ("LOC", "ORG", "PER")) == gold_entities(rows)
+    # per-sentence predictions: one record per sentence, one tag per word, and they score the same
+    from seqeval.metrics import f1_score
+
+    records = [json.loads(line) for line in (tmp_path / "m.predictions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in records] == list(range(len(rows)))
+    assert [len(r["prediction"]) for r in records] == [len(r["reference"]) for r in records] == [len(t) for t, _ in rows]
+    f1 = f1_score([r["reference"] for r in records], [r["prediction"] for r in records])
+    assert f1 == pytest.approx(metrics["eval_f1"])
 
 
 def test_predict_prints_entities_with_spans_and_matches_the_pipeline(cli, run_dir, tmp_path):

@@ -15,10 +15,13 @@ from tests.conftest import REPO, sentiment_rows
 from tests.test_bert_cls import write_csv
 
 
-def command(data, out, *extra):
-    return [sys.executable, "-m", "hftool", "finetune", "bert-cls", "--data", str(data["train"]),
-            "--eval-data", str(data["val"]), "-o", str(out), "--max-steps", "30", "--batch-size", "8",
-            "train.eval_steps=10", "train.save_steps=4", "train.logging_steps=2", *extra]
+def command(data, out, *extra, recipe="bert-cls"):
+    # gpt2: the embedded sample in 64-token blocks, a tokenizer trained at the start (a resumed
+    # run must reuse the saved one, not train another)
+    source = (["--data", str(data["train"]), "--eval-data", str(data["val"])] if recipe == "bert-cls"
+              else ["data.block_size=64"])
+    return [sys.executable, "-m", "hftool", "finetune", recipe, *source, "-o", str(out), "--max-steps", "30",
+            "--batch-size", "8", "train.eval_steps=10", "train.save_steps=4", "train.logging_steps=2", *extra]
 
 
 def eval_records(run_dir):
@@ -34,13 +37,14 @@ def data(tmp_path_factory):
             "val": write_csv(root / "val.csv", sentiment_rows(30, 21))}
 
 
-def test_sigkill_then_resume_matches_an_unbroken_run(data, tmp_path):
+@pytest.mark.parametrize("recipe", ["bert-cls", "gpt2"])
+def test_sigkill_then_resume_matches_an_unbroken_run(data, tmp_path, recipe):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     unbroken = tmp_path / "unbroken"
-    subprocess.run(command(data, unbroken), cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(command(data, unbroken, recipe=recipe), cwd=REPO, env=env, check=True, capture_output=True)
 
     broken = tmp_path / "broken"
-    process = subprocess.Popen(command(data, broken), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(command(data, broken, recipe=recipe), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     target = broken / "checkpoints" / "step-0000016"  # mid-epoch (epoch 1, batch 3)
     deadline = time.time() + 240
@@ -50,7 +54,7 @@ def test_sigkill_then_resume_matches_an_unbroken_run(data, tmp_path):
     process.wait()
     assert not (broken / "metrics.json").exists(), "the run finished before it could be killed"
 
-    resumed = subprocess.run(command(data, broken, "--resume"), cwd=REPO, env=env, capture_output=True, text=True)
+    resumed = subprocess.run(command(data, broken, "--resume", recipe=recipe), cwd=REPO, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from step-" in resumed.stderr
 
@@ -77,9 +81,13 @@ def test_resume_without_a_checkpoint_starts_fresh_with_a_warning(data, tmp_path,
     assert not (run / "checkpoints" / ".tmp-step-0000004").exists()  # cleaned by the next save
 
 
-def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(data, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(data, tmp_path, processes):
+    """With 2 processes the signal goes to the launcher, which passes it on: both stop at the same
+    step, one checkpoint, one message, the launcher exits 128 + SIGTERM too."""
     run = tmp_path / "run"
-    process = subprocess.Popen(command(data, run, "train.save_steps=1000", "train.eval_steps=1000"), cwd=REPO,
+    process = subprocess.Popen(command(data, run, "train.save_steps=1000", "train.eval_steps=1000",
+                                       "--num-processes", str(processes), "--max-steps", "400"), cwd=REPO,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     log = run / "log.jsonl"
@@ -89,6 +97,7 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(data, tmp_path):
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.count("error: stopped by SIGTERM") == 1 and "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: stopped by SIGTERM at step") and "--resume" in last
     step = int(last.split("at step ")[1].split(";")[0])

@@ -238,9 +238,19 @@ def test_run_scores_generated_text_and_reloads_the_same(trained_run, cli):
     # The same pairs as gzipped parallel files, languages given on the command line: the same scores.
     rows = [json.loads(line) for line in (folder / "validation.jsonl").read_text().splitlines()]
     write_parallel(folder / "parallel", "test", {k: [r[k] for r in rows] for k in ("source", "target")}, compress=True)
-    result = cli("evaluate", run, "--data", folder / "parallel", "data.source_lang=en", "data.target_lang=de")
+    out = folder / "parallel-metrics.json"
+    result = cli("evaluate", run, "--data", folder / "parallel", "data.source_lang=en", "data.target_lang=de",
+                 "-o", out, "eval.save_predictions=true")
     assert result.code == 0, result.err
     assert json.loads(result.out)["eval_bleu"] == pytest.approx(metrics["eval_bleu"], abs=1e-4)
+    # per-pair predictions in file order, each reference the file's target
+    records = [json.loads(line) for line in (folder / "parallel-metrics.predictions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in records] == list(range(len(rows)))
+    assert all(r["reference"] and isinstance(r["prediction"], str) for r in records)
+    import sacrebleu
+
+    bleu = sacrebleu.corpus_bleu([r["prediction"] for r in records], [[r["reference"] for r in records]]).score
+    assert bleu == pytest.approx(metrics["eval_bleu"], abs=1e-4)
 
 
 def test_predict_and_generate_on_the_run_dir_agree_and_use_the_prefix(trained_run, cli):

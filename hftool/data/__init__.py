@@ -54,6 +54,8 @@ def load_splits(data: DataConfig, seed: int, token: str | None = None) -> tuple[
         # "full" lets label maps come from all the rows: a rare class that lands only in the
         # held-out part is still a class of the data, not an unknown label.
         splits["full"] = splits["train"]
+        if data.holdout == "tail":  # time series: the end of the file, in file order
+            return _hold_out_tail(splits, names, held_out, data)
         parts = splits["train"].train_test_split(test_size=held_out, seed=seed, shuffle=True)
         splits["train"], splits["validation"] = parts["train"], parts["test"]
         names["validation"] = f"{names['train']} (held-out {held_out} rows)"
@@ -62,6 +64,21 @@ def load_splits(data: DataConfig, seed: int, token: str | None = None) -> tuple[
     for split, ds in splits.items():
         if len(ds) == 0 and split in names:
             raise HftoolError(f"{names[split]} has no rows; {split} data needs at least one example")
+    return splits, names
+
+
+def _hold_out_tail(splits: dict, names: dict, held_out: int, data: DataConfig) -> tuple[dict, dict]:
+    """Validation = the last `held_out` rows, preceded by data.context_length rows of history that
+    its first windows read (never scored); training = every row before the held-out ones."""
+    full, n = splits["full"], len(splits["full"])
+    if held_out >= n:
+        raise HftoolError(f"{names['train']} has {n} rows: too few to hold out {held_out}; lower data.validation_split")
+    history = min(data.context_length, n - held_out)
+    splits["train"] = full.select(range(n - held_out))
+    splits["validation"] = full.select(range(n - held_out - history, n))
+    names["validation"] = f"{names['train']} (last {held_out} rows, after {history} rows of history)"
+    logs.info(f"no validation data given: holding out the last {held_out} of {n} rows (data.holdout=tail, "
+              f"data.validation_split={data.validation_split}); pass --eval-data to use your own")
     return splits, names
 
 

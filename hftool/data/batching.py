@@ -17,6 +17,12 @@ class LengthGroupedBatches(Sampler[list[int]]):
     holding the longest example goes first, so an out-of-memory shows up at step 1, not hours
     in. The order depends only on (seed, epoch): set `epoch` before iterating, and a resumed
     run sees exactly the batches the interrupted one would have.
+
+    Every batch is full: when the data does not divide into batches, the short batch is topped up
+    with other examples of the same epoch (seeded), so each example is seen at least once per
+    epoch. Accelerate splits a global batch across processes and would otherwise drop a short
+    batch that is not the last one, or pad the last with duplicates only a multi-process run sees;
+    full batches make N processes train exactly as one does.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
@@ -35,17 +41,28 @@ class LengthGroupedBatches(Sampler[list[int]]):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
         if not self.group_by_length:
-            yield from (order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size))
+            yield from self._top_up([order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)], order)
             return
         size = self.batch_size * self.mega
         grouped = []
         for start in range(0, len(order), size):
             grouped += sorted(order[start:start + size], key=lambda i: -self.lengths[i])
-        batches = [grouped[i:i + self.batch_size] for i in range(0, len(grouped), self.batch_size)]
+        batches = self._top_up([grouped[i:i + self.batch_size] for i in range(0, len(grouped), self.batch_size)], order)
         shuffled = torch.randperm(len(batches), generator=generator).tolist()
         longest = max(range(len(batches)), key=lambda b: self.lengths[batches[b][0]])
         shuffled.remove(longest)
         yield from (batches[b] for b in [longest, *shuffled])
+
+    def _top_up(self, batches: list[list[int]], order: list[int]) -> list[list[int]]:
+        """Fill the last (short) batch with the first examples of `order` it does not hold."""
+        missing = self.batch_size - len(batches[-1]) if batches else 0
+        if missing:
+            held = set(batches[-1])
+            extra = [i for i in order if i not in held][:missing]
+            while len(extra) < missing:  # fewer examples than one batch: repeat them
+                extra += batches[-1][: missing - len(extra)]
+            batches[-1] = batches[-1] + extra
+        return batches
 
 
 def pad_collate(pad_values: dict[str, int | float], default_pad: int = 0) -> Callable[[list[dict]], dict]:

@@ -139,10 +139,19 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
         if suffix == ".json":
             try:
                 loaded = json.loads(text)
+                from hftool.data.captions import is_coco_captions, read_coco_captions
+                from hftool.data.detection import is_coco, read_coco
+
+                if is_coco_captions(loaded):  # COCO captions: one row per image, its captions listed
+                    return read_coco_captions(loaded, path)
+                if is_coco(loaded):  # a COCO instances file: one row per image, its objects nested
+                    return read_coco(path, loaded)
                 records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
                 if isinstance(records, dict):  # {"column": [values...]}
                     return datasets.Dataset.from_dict(records)
-            except json.JSONDecodeError:
+            except json.JSONDecodeError as err:
+                if text.lstrip().startswith("{") and '"images"' in text[:100000] and '"annotations"' in text:
+                    raise HftoolError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the file") from None
                 records = None  # many .json files are really JSON lines
         if records is None:
             records = []
@@ -179,6 +188,10 @@ def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line")
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         loaded = datasets.load_from_disk(str(path))
         return _normalise_splits(loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded))
+    from hftool.data.detection import is_voc, read_voc
+
+    if is_voc(path):  # Pascal VOC: Annotations/*.xml beside JPEGImages/
+        return read_voc(path)
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FOLDER_EXTENSIONS)
     if not files and is_image_folder(path):
         return read_image_folder(path)

@@ -43,20 +43,10 @@ class Seqeval(evaluate.Metric):
         from seqeval.metrics import accuracy_score
         from seqeval.metrics.sequence_labeling import precision_recall_fscore_support
 
-        words: dict[int, dict[int, tuple[int, int]]] = defaultdict(dict)
-        for preds, refs, ids, example in zip(predictions, references, word_ids, example_ids):
-            ids = np.asarray(ids)
-            for position in np.flatnonzero(ids >= 0):
-                if int(ids[position]) in words[example]:
-                    raise ValueError(f"word {ids[position]} of sentence {example} was scored twice")
-                words[example][int(ids[position])] = (preds[position], refs[position])
         y_true, y_pred = [], []
-        for example in sorted(words):
-            sentence = words[example]
-            if sorted(sentence) != list(range(len(sentence))):
-                raise ValueError(f"sentence {example} is missing words: a window was dropped")
-            y_pred.append([self.labels[sentence[w][0]] for w in range(len(sentence))])
-            y_true.append([self.labels[sentence[w][1]] for w in range(len(sentence))])
+        for preds, refs in sentence_tags(predictions, references, word_ids, example_ids).values():
+            y_pred.append([self.labels[i] for i in preds])
+            y_true.append([self.labels[i] for i in refs])
         types = sorted({label[2:] for label in self.labels if label != "O"})
         result = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 0.0}
         result |= {f"{t}_{k}": 0.0 for t in types for k in ("precision", "recall", "f1", "support")}
@@ -71,6 +61,27 @@ class Seqeval(evaluate.Metric):
             result.update({f"{name}_precision": float(p), f"{name}_recall": float(r), f"{name}_f1": float(f),
                            f"{name}_support": float(s)})
         return result
+
+
+def sentence_tags(predictions, references, word_ids, example_ids) -> dict[int, tuple[list[int], list[int]]]:
+    """Put the windows of each sentence back together: {sentence id: (predicted tag ids, reference
+    tag ids)} per word, sentences in id order. Rows are model inputs (a sentence or one window of
+    a long one); `word_ids` says which word of sentence `example_ids` a position scores."""
+    words: dict[int, dict[int, tuple[int, int]]] = defaultdict(dict)
+    for preds, refs, ids, example in zip(predictions, references, word_ids, example_ids):
+        ids = np.asarray(ids)
+        example = int(example)
+        for position in np.flatnonzero(ids >= 0):
+            if int(ids[position]) in words[example]:
+                raise ValueError(f"word {ids[position]} of sentence {example} was scored twice")
+            words[example][int(ids[position])] = (int(preds[position]), int(refs[position]))
+    merged = {}
+    for example in sorted(words):
+        sentence = words[example]
+        if sorted(sentence) != list(range(len(sentence))):
+            raise ValueError(f"sentence {example} is missing words: a window was dropped")
+        merged[example] = ([sentence[w][0] for w in range(len(sentence))], [sentence[w][1] for w in range(len(sentence))])
+    return merged
 
 
 def _entities(sequences: list[list[str]]) -> list[tuple[str, int, int]]:

@@ -11,10 +11,13 @@ task-specific, so training, evaluation and inference share one featurisation and
     collate(parts)                    list of features -> batch of tensors
     metric(parts)                     an evaluate module; compute() -> dict[str, float]
     train_loss(parts, model, batch)   the loss the optimizer minimises (default: model's own)
+    param_groups(parts, cfg, model)   the optimizer's parameter groups (default: decay / no decay)
     eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric (plus
                                       optional per-example "loss", which makes eval_loss exact)
-    eval_step(parts, model, batch)    one evaluation batch -> (outputs, eval_outputs' values); a
-                                      forward pass unless the task also generates
+    eval_generate(parts, model, batch) more tensors for the metric from model.generate (captions,
+                                      translations); none by default
+    prediction_records(parts, ...)    gathered eval outputs -> one JSON-able dict per example
+                                      (eval.save_predictions; default: label names per row)
     predict(parts, cfg, inputs)       user inputs -> one JSON-able dict per input
     write_reports(run_dir, metrics)   task-specific files beside metrics.json (optional)
 
@@ -99,27 +102,63 @@ class Task:
         label smoothing) override this; eval_loss always comes from the model's own loss."""
         return model(**batch).loss
 
+    def param_groups(self, parts: Parts, cfg, model) -> list[dict]:
+        """The optimizer's parameter groups. Default: weight decay on weight matrices, none on
+        biases and norms, all at train.lr. Tasks override it for per-part rates (a group's "lr"
+        wins over train.lr, and the schedule scales every group alike)."""
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        return [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
     def metric(self, parts: Parts):
         raise NotImplementedError
 
     def eval_outputs(self, parts: Parts, outputs, batch) -> dict:
         raise NotImplementedError
 
-    def eval_step(self, parts: Parts, model, batch: dict) -> tuple[Any, dict]:
-        """One evaluation batch, under torch.no_grad: (model outputs, eval_outputs' values).
-
-        A forward pass by default. Generative tasks (seq2seq, captioning) override it to also
-        call `generate` and put the generated ids among the values; `model` may be wrapped
-        for distributed runs (accelerate.utils.extract_model_from_parallel unwraps it).
-        """
-        outputs = model(**self.model_inputs(batch))
-        return outputs, self.eval_outputs(parts, outputs, batch)
+    def eval_generate(self, parts: Parts, model, batch) -> dict:
+        """Tensors to gather for the metric from what the (unwrapped) model generates for `batch`,
+        merged into eval_outputs' dict; {} (no generation) by default. Every process must return
+        the same shapes but the batch dimension (pad generated ids to a fixed length), since
+        gather_for_metrics concatenates them."""
+        return {}
 
     def predict(self, parts: Parts, cfg, inputs: list[str], batch_size: int) -> list[dict]:
         raise NotImplementedError
 
     def write_reports(self, run_dir: Path, metrics: dict[str, float]) -> None:
         """Files a finished run leaves beside metrics.json, from its final metrics; none by default."""
+
+    def prediction_records(self, parts: Parts, batches: list[dict], order) -> list[dict]:
+        """Per-example evaluation results, sorted by `index` (the example's row in the eval data).
+
+        Args:
+            batches: eval_outputs of every batch as gathered numpy arrays (+ per-example `loss`).
+            order: eval row of each gathered position (hftool.evaluation.eval_order).
+
+        The default suits tasks whose eval_outputs hold one row per example: `predictions` and
+        `references` become `prediction` and `reference` (label names where the task has labels),
+        other values are kept as they are.
+        """
+        import numpy as np
+
+        if not batches:
+            return []
+        columns = {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+        rename = {"predictions": "prediction", "references": "reference"}
+        named = {"predictions", "references", "top_k"} if parts.labels else set()
+        records = []
+        for row in range(len(next(iter(columns.values())))):
+            record = {"index": int(order[row]) if order is not None else row}
+            for key, values in columns.items():
+                value = values[row].tolist()
+                if key in named:
+                    value = [parts.labels[v] for v in value] if isinstance(value, list) else parts.labels[value]
+                record[rename.get(key, key)] = round(value, 6) if isinstance(value, float) else value
+            records.append(record)
+        return sorted(records, key=lambda r: r["index"])
 
     def format_prediction(self, prediction: dict) -> str:
         """One line for the terminal."""

@@ -128,26 +128,35 @@ class Seq2Seq(Task):
 
         return TextOverlap(parts.extra.get("metrics"), tokenizer=parts.processor)
 
-    def eval_step(self, parts, model, batch):
-        """The teacher-forced loss, and a generated text per source for the metric."""
-        from accelerate.utils import extract_model_from_parallel
-
-        outputs = model(**batch)
-        network = extract_model_from_parallel(model)  # generate lives on the model, not its DDP wrapper
-        generated = network.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                     **generate_limits(network.generation_config, parts.extra.get("max_new_tokens")))
-        return outputs, self.eval_outputs(parts, outputs, {**batch, "generated": generated})
-
     def eval_outputs(self, parts, outputs, batch):
-        """Generated ids (without the decoder start token), reference ids and per-example loss."""
+        """Reference ids and per-example loss (the generated ids come from eval_generate)."""
         from accelerate.utils import pad_across_processes
 
         labels = batch["labels"]
         token_losses = torch.nn.functional.cross_entropy(outputs.logits.float().transpose(1, 2), labels, reduction="none")
         losses = token_losses.sum(-1) / (labels != -100).sum(-1).clamp(min=1)
         # Widths differ between processes; -100 pads (dropped before decoding) make them one.
-        rows = {"predictions": batch["generated"][:, 1:], "references": labels}
-        return {**{k: pad_across_processes(v, dim=1, pad_index=-100) for k, v in rows.items()}, "loss": losses}
+        return {"references": pad_across_processes(labels, dim=1, pad_index=-100), "loss": losses}
+
+    def eval_generate(self, parts, model, batch):
+        """A generated text per source for the metric, without the decoder start token."""
+        from accelerate.utils import pad_across_processes
+
+        generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   **generate_limits(model.generation_config, parts.extra.get("max_new_tokens")))
+        return {"predictions": pad_across_processes(generated[:, 1:], dim=1, pad_index=-100)}
+
+    def prediction_records(self, parts, batches, order):
+        """Per example (eval.save_predictions): the generated text beside the reference."""
+        texts = {}
+        for key in ("predictions", "references"):
+            rows = [[int(t) for t in row if t >= 0] for b in batches for row in b[key]]
+            texts[key] = [t.strip() for t in parts.processor.batch_decode(rows, skip_special_tokens=True)]
+        losses = [float(v) for b in batches for v in b.get("loss", [])]
+        records = [{"index": int(order[row]) if order is not None else row, "prediction": prediction,
+                    "reference": reference, **({"loss": round(losses[row], 6)} if losses else {})}
+                   for row, (prediction, reference) in enumerate(zip(texts["predictions"], texts["references"]))]
+        return sorted(records, key=lambda r: r["index"])
 
     # ------------------------------------------------------------------------ inference
     def predict(self, parts, cfg, inputs, batch_size):

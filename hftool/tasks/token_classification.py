@@ -278,6 +278,16 @@ class TokenClassification(Task):
         losses = token_losses.sum(-1) / (labels != -100).sum(-1).clamp(min=1)
         return {**rows, "example_ids": batch["example_id"], "loss": losses}
 
+    def prediction_records(self, parts, batches, order):
+        """One record per sentence (its windows joined): predicted and reference tags per word."""
+        from hftool.metrics.tagging import sentence_tags
+
+        rows = [(p, r, w, e) for b in batches
+                for p, r, w, e in zip(b["predictions"], b["references"], b["word_ids"], b["example_ids"])]
+        merged = sentence_tags(*zip(*rows)) if rows else {}
+        return [{"index": example, "prediction": [parts.labels[i] for i in preds],
+                 "reference": [parts.labels[i] for i in refs]} for example, (preds, refs) in merged.items()]
+
     def predict(self, parts, cfg, inputs, batch_size):
         import datasets
         from seqeval.metrics.sequence_labeling import get_entities

@@ -1,0 +1,164 @@
+"""Caption metrics without Java: corpus BLEU-1..4, ROUGE-L and CIDEr-D over all references.
+
+They follow the COCO caption evaluation (pycocoevalcap) definitions, which the tests check them
+against: BLEU with clipped n-gram counts pooled over the corpus and the brevity penalty of the
+closest reference length; ROUGE-L as the LCS F-measure (beta 1.2) against the best reference,
+averaged over images; CIDEr-D as the clipped, length-penalised (sigma 6) tf-idf cosine of
+1-4-grams, idf from the references of the evaluated set, times 10. Only the tokenizer differs:
+COCO's is a Java PTB tokenizer; here words are lower-cased runs of letters and digits, which is
+what it leaves of ordinary caption text once punctuation is removed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+import datasets
+import evaluate
+
+from hftool import logs
+
+WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+MAX_N = 4
+CIDER_SIGMA = 6.0
+ROUGE_BETA = 1.2
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words, punctuation dropped ("A dog's toy." -> ["a", "dog's", "toy"])."""
+    return WORD.findall(text.lower())
+
+
+def _ngrams(words: list[str], n: int = MAX_N) -> Counter:
+    return Counter(tuple(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
+
+
+def bleu(hypotheses: list[list[str]], references: list[list[list[str]]], max_n: int = MAX_N) -> list[float]:
+    """Corpus BLEU-1..max_n of tokenized hypotheses, each against all of its references."""
+    correct, guesses = [0] * max_n, [0] * max_n
+    hyp_len = ref_len = 0
+    for hyp, refs in zip(hypotheses, references):
+        counts = _ngrams(hyp, max_n)
+        best: Counter = Counter()
+        for ref in refs:
+            best |= _ngrams(ref, max_n)  # per n-gram: its largest count in any one reference
+        for gram, count in counts.items():
+            correct[len(gram) - 1] += min(count, best[gram])
+        for k in range(max_n):
+            guesses[k] += max(0, len(hyp) - k)
+        hyp_len += len(hyp)
+        ref_len += min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]  # closest; ties: the shorter
+    scores, log_sum = [], 0.0
+    for k in range(max_n):
+        if correct[k] == 0:
+            log_sum = -math.inf
+        else:
+            log_sum += math.log(correct[k] / guesses[k])
+        scores.append(math.exp(log_sum / (k + 1)) if log_sum > -math.inf else 0.0)
+    if hyp_len < ref_len:
+        penalty = math.exp(1 - ref_len / hyp_len) if hyp_len else 0.0
+        scores = [s * penalty for s in scores]
+    return scores
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(hypotheses: list[list[str]], references: list[list[list[str]]], beta: float = ROUGE_BETA) -> float:
+    """Mean over images of the LCS F-measure with the best precision and recall over its references."""
+    scores = []
+    for hyp, refs in zip(hypotheses, references):
+        common = [_lcs(ref, hyp) for ref in refs]
+        precision = max((c / len(hyp) if hyp else 0.0) for c in common)
+        recall = max((c / len(r) if r else 0.0) for c, r in zip(common, refs))
+        scores.append((1 + beta**2) * precision * recall / (recall + beta**2 * precision)
+                      if precision and recall else 0.0)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def cider_d(hypotheses: list[list[str]], references: list[list[list[str]]], sigma: float = CIDER_SIGMA) -> float:
+    """CIDEr-D: mean over images of 10 x the mean over references and n = 1..4 of the clipped
+    tf-idf cosine, damped by a Gaussian penalty on the length difference."""
+    if not hypotheses:
+        return 0.0
+    ref_counts = [[_ngrams(r) for r in refs] for refs in references]
+    document_frequency: Counter = Counter()
+    for counts in ref_counts:
+        document_frequency.update(set().union(*counts))
+    log_images = math.log(len(references))
+
+    def vector(counts: Counter):
+        vec = [{} for _ in range(MAX_N)]
+        norm = [0.0] * MAX_N
+        for gram, tf in counts.items():
+            weight = tf * (log_images - math.log(max(1.0, document_frequency[gram])))
+            vec[len(gram) - 1][gram] = weight
+            norm[len(gram) - 1] += weight * weight
+        # The reference implementation measures length in bigrams (words - 1, at least 0).
+        length = sum(tf for gram, tf in counts.items() if len(gram) == 2)
+        return vec, [math.sqrt(x) for x in norm], length
+
+    total = 0.0
+    for hyp, counts in zip(hypotheses, ref_counts):
+        h_vec, h_norm, h_len = vector(_ngrams(hyp))
+        score = 0.0
+        for ref in counts:
+            r_vec, r_norm, r_len = vector(ref)
+            damping = math.exp(-((h_len - r_len) ** 2) / (2 * sigma**2))
+            for n in range(MAX_N):
+                dot = sum(min(w, r_vec[n].get(g, 0.0)) * r_vec[n].get(g, 0.0) for g, w in h_vec[n].items())
+                if h_norm[n] and r_norm[n]:
+                    dot /= h_norm[n] * r_norm[n]
+                score += dot * damping
+        total += 10.0 * score / MAX_N / len(counts)
+    return total / len(hypotheses)
+
+
+def caption_scores(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """bleu (BLEU-4), bleu_1..bleu_3, rouge_l and cider (CIDEr-D) of generated captions.
+
+    Warns when every prediction is the same text: a model that ignores its image (a collapsed
+    decoder, missing cross-attention) still scores a little on every metric.
+    """
+    hyps = [tokenize(p) for p in predictions]
+    refs = [[tokenize(r) for r in rs] for rs in references]
+    if any(not rs for rs in references):
+        raise ValueError("every prediction needs at least one reference caption")
+    if len(predictions) > 1 and len(set(predictions)) == 1:
+        logs.warn(f"every one of the {len(predictions)} generated captions is {predictions[0]!r}: the model ignores "
+                  "its images; train longer, raise train.lr, or check the encoder")
+    scores = bleu(hyps, refs)
+    out = {"bleu": scores[3], **{f"bleu_{k + 1}": scores[k] for k in range(3)}}
+    out["rouge_l"] = rouge_l(hyps, refs)
+    out["cider"] = cider_d(hyps, refs)
+    return out
+
+
+class CaptionMetrics(evaluate.Metric):
+    """evaluate module over texts: predictions (one caption each) and references (a list each).
+
+    compute() -> {bleu, bleu_1, bleu_2, bleu_3, rouge_l, cider}, corpus-level.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(keep_in_memory=True, **kwargs)
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Corpus BLEU-1..4, ROUGE-L and CIDEr-D (COCO caption definitions, no Java).",
+            citation="", inputs_description="predictions: generated texts; references: lists of reference texts",
+            features=datasets.Features({"predictions": datasets.Value("string"),
+                                        "references": datasets.Sequence(datasets.Value("string"))}),
+        )
+
+    def _compute(self, predictions, references) -> dict[str, float]:
+        return caption_scores(list(predictions), [list(r) for r in references])

@@ -1,0 +1,244 @@
+"""Time-series forecasting: a window of `data.context_length` past values -> the next value.
+
+Data is a table with a date column and one or more value columns (hftool.data.timeseries makes
+it a regular series: frequency inferred, gaps interpolated and reported). The model is
+hftool.forecaster.TimeSeriesForecaster (`tiny:lstm`, `tiny:gru`, `tiny:rnn`,
+`tiny:transformer`); values are standard-scaled with statistics of the training part only,
+saved as scaler.json beside the weights and reused by evaluate and predict.
+
+Evaluation scores one-step-ahead forecasts in the data's own units (eval_mae, eval_rmse,
+eval_mape, eval_smape) beside the naive (last value) and seasonal-naive (value one season
+earlier) forecasts of the same targets. `predict` forecasts `horizon` steps past the end of the
+series recursively, each forecast feeding the next window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hftool import models
+from hftool.data import timeseries
+from hftool.errors import HftoolError
+from hftool.tasks.base import Parts, Task
+
+DEFAULT_HORIZON = 30  # steps `predict` forecasts unless told: the textbook's 30 days
+
+
+class TimeSeriesForecasting(Task):
+    name = "time-series-forecasting"
+    default_metric = "rmse"
+    # Original-unit values for the metric only; the model sees past_values and labels.
+    meta_keys = ("target", "naive", "seasonal")
+    # `hftool predict RUN_DIR` forecasts from the end of the run's own series.
+    inputs_optional = True
+
+    def __init__(self):
+        # Sources whose gaps were reported: training reads a file's rows whole, then its
+        # training part, which would say the same thing twice.
+        self._reported: set[str] = set()
+
+    # ------------------------------------------------------------------------------ data
+    def prepare(self, cfg, ds, source, labels=None):
+        """Rows -> a regular series: `date` (ISO) and `values` (one float per value column).
+
+        `labels` are the value columns (a trained model's, for evaluate and predict)."""
+        import datasets
+
+        data = cfg.data
+        if labels is not None and not data.value_columns:
+            data = dataclasses.replace(data, value_columns=list(labels))
+        elif labels is not None and len(data.value_columns) != len(labels):
+            raise HftoolError(f"data.value_columns names {len(data.value_columns)} columns; the model forecasts "
+                              f"{len(labels)} ({', '.join(labels)}); name as many")
+        series = timeseries.read_series(ds.to_dict(), ds.column_names, source, data, report=source not in self._reported)
+        if series.added_dates or series.empty_values:
+            self._reported.add(source)
+        rows = datasets.Dataset.from_dict({"date": [d.isoformat() for d in series.dates],
+                                           "values": series.values.tolist()})
+        rows.info.description = source  # features() names it in errors
+        return rows, series.columns
+
+    def _windows(self, parts: Parts, ds, scored: bool):
+        """One example per target step t: the scaled window before t and the scaled value at t;
+        scored examples also carry the original-unit target and the two baselines' forecasts.
+
+        Scored targets start once a window and a season of history exist before them, so the
+        model and both baselines are scored on the same steps."""
+        import datasets
+
+        config = parts.model.config
+        context, season = config.context_length, config.season_length
+        values = np.asarray(ds["values"], dtype=np.float64).reshape(len(ds), -1)
+        start = max(context, season) if scored else context
+        if len(values) <= start:
+            need = f"data.context_length={context}" + (f" and season_length={season}" if season > context and scored else "")
+            raise HftoolError(f"{ds.info.description or 'the data'}: {len(values)} time steps, too few for "
+                              f"{need} (needs more than {start}); lower data.context_length or give a longer series")
+        scaled = parts.processor.transform(values).astype(np.float32)
+        windows = np.lib.stride_tricks.sliding_window_view(scaled, context, axis=0).transpose(0, 2, 1)
+        steps = np.arange(start, len(values))
+        columns = {"past_values": windows[steps - context].tolist(), "labels": scaled[steps].tolist()}
+        if scored:
+            columns |= {"target": values[steps].tolist(), "naive": values[steps - 1].tolist(),
+                        "seasonal": values[steps - season].tolist()}
+        return datasets.Dataset.from_dict(columns)
+
+    def features(self, parts, cfg, ds):
+        return self._windows(parts, ds, scored=True)
+
+    def train_features(self, parts, cfg, ds):
+        return self._windows(parts, ds, scored=False)
+
+    def collate(self, parts):
+        return collate
+
+    # ----------------------------------------------------------------------------- model
+    def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None) -> Parts:
+        from hftool.forecaster import CELLS, ForecasterConfig, TimeSeriesForecaster
+
+        spec = model_path or cfg.model.name
+        overrides = dict(cfg.model.config_overrides)
+        if models.tiny_arch(spec) is not None and model_path is None:
+            cell = models.check_tiny(spec, CELLS, self.name)
+            models.check_config_overrides(ForecasterConfig(), overrides)
+            values = np.asarray(train_ds["values"], dtype=np.float64).reshape(len(train_ds), -1)
+            import pandas as pd
+
+            freq = timeseries.resolve_freq(cfg.data.freq, pd.DatetimeIndex(train_ds["date"]), "the training data")
+            season = cfg.data.season_length or timeseries.season_length(freq)
+            config = ForecasterConfig(**({"cell": cell, "input_size": len(labels), "context_length": cfg.data.context_length,
+                                          "columns": labels, "freq": freq, "season_length": season} | overrides))
+            return Parts(TimeSeriesForecaster(config), timeseries.StandardScaler.fit(values, labels), list(labels))
+        # A saved forecaster (run dir): evaluate, predict, or training it further on new data.
+        model = models.load("model", TimeSeriesForecaster, spec, cfg.model.token)
+        scaler = timeseries.StandardScaler.from_pretrained(spec)
+        if labels is not None and len(labels) != model.config.input_size:
+            raise HftoolError(f"{spec} forecasts {model.config.input_size} columns ({', '.join(model.config.columns)}); "
+                              f"the data has {len(labels)} ({', '.join(labels)}); set data.value_columns")
+        return Parts(model, scaler, list(model.config.columns))
+
+    # --------------------------------------------------------------------------- metrics
+    def metric(self, parts):
+        from hftool.metrics.forecasting import ForecastErrors
+
+        return ForecastErrors()
+
+    def eval_outputs(self, parts, outputs, batch):
+        scaled = outputs.predictions.float()
+        return {"predictions": parts.processor.inverse(scaled.double()), "references": batch["target"],
+                "naive": batch["naive"], "seasonal": batch["seasonal"],
+                # per-example, so eval_loss is exact whatever the batching
+                "loss": ((scaled - batch["labels"]) ** 2).mean(-1)}
+
+    # ------------------------------------------------------------------------- inference
+    def predict(self, parts, cfg, inputs, batch_size, horizon: int | None = None, output: Path | None = None):
+        """Forecast `horizon` steps past the end of a series: the run's own data (no inputs) or
+        one table file of history. Returns one {"date", "step", <column>: value} per step;
+        with `output`, also writes it as CSV and a PNG of history and forecast beside it."""
+        import pandas as pd
+
+        from hftool.data import load_source
+
+        horizon = DEFAULT_HORIZON if horizon is None else horizon
+        if horizon < 1:
+            raise HftoolError(f"--horizon must be at least 1, got {horizon}")
+        if len(inputs) > 1:
+            raise HftoolError(f"pass one file of history to forecast from, got {len(inputs)} inputs; or none to "
+                              "forecast from the end of the run's own data")
+        spec = inputs[0] if inputs else cfg.data.train
+        if not spec:
+            raise HftoolError("no history to forecast from: pass a CSV file with the series")
+        if not inputs and not spec.startswith("sample:") and not Path(spec).expanduser().exists():
+            raise HftoolError(f"the run's data {spec} (its data.train) is not found from {Path.cwd()}; pass the "
+                              "history to forecast from: hftool predict RUN_DIR path/to/history.csv")
+        config = parts.model.config
+        data = dataclasses.replace(cfg.data, freq=cfg.data.freq or config.freq)
+        source = load_source(spec, data.encoding, cfg.model.token)
+        if "train" not in source:
+            raise HftoolError(f"{spec} has no train split (splits: {', '.join(source)}); pass one file of history")
+        rows, _ = self.prepare(dataclasses.replace(cfg, data=data), source["train"], spec, parts.labels)
+        values = np.asarray(rows["values"], dtype=np.float64).reshape(len(rows), -1)
+        if len(values) < config.context_length:
+            raise HftoolError(f"{spec}: {len(values)} time steps; the model reads windows of {config.context_length}: "
+                              "give a longer history")
+        model = parts.model.eval()
+        device = next(model.parameters()).device
+        window = torch.tensor(parts.processor.transform(values[-config.context_length:]), dtype=torch.float32)
+        scaled = model.forecast(window[None].to(device), horizon)[0].double().cpu().numpy()
+        forecast = parts.processor.inverse(scaled)
+        history = pd.DatetimeIndex(rows["date"])
+        dates = pd.date_range(history[-1], periods=horizon + 1, freq=data.freq)[1:]
+        with_time = any(d != d.normalize() for d in history[-2:])
+        predictions = [{"date": d.isoformat() if with_time else d.date().isoformat(), "step": i + 1,
+                        **{c: round(float(v), 6) for c, v in zip(parts.labels, row)}}
+                       for i, (d, row) in enumerate(zip(dates, forecast))]
+        if output is not None:
+            write_forecast(Path(output), predictions, parts.labels, history, values)
+        return predictions
+
+    def format_prediction(self, prediction):
+        return "\t".join([prediction["date"], *(f"{v:.4f}" for k, v in prediction.items() if k not in ("date", "step"))])
+
+    def write_reports(self, run_dir, metrics):
+        """The model card's usage: hftool predict (transformers has no forecasting pipeline)."""
+        card = Path(run_dir) / "README.md"
+        if card.is_file():
+            text = card.read_text(encoding="utf-8")
+            start = text.find("```python\nfrom transformers import pipeline")
+            if start >= 0:
+                end = text.index("```\n", start + 3) + 4
+                usage = ("```\nhftool predict path/to/this/folder --horizon 30 --output forecast.csv\n```\n\n"
+                         "or, in Python, `hftool.api.predict(\"path/to/this/folder\", [], horizon=30)`; the model alone "
+                         "loads with `AutoModel.from_pretrained` once `hftool.forecaster` is imported, and reads values "
+                         "scaled by `scaler.json`.\n")
+                card.write_text(text[:start] + usage + text[end:], encoding="utf-8")
+
+    def save(self, parts, run_dir, model=None, state_dict=None):
+        if model is not None:
+            model.save_pretrained(str(run_dir), state_dict=state_dict, safe_serialization=True)
+        parts.processor.save_pretrained(run_dir)
+
+
+def collate(features: list[dict]) -> dict[str, torch.Tensor]:
+    batch = {k: torch.tensor([f[k] for f in features], dtype=torch.float32) for k in ("past_values", "labels")}
+    for key in TimeSeriesForecasting.meta_keys:  # original units, kept exact for the metric
+        if key in features[0]:
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float64)
+    return batch
+
+
+def write_forecast(path: Path, predictions: list[dict], columns: list[str], dates, values: np.ndarray) -> Path:
+    """The forecast as CSV at `path` and a PNG of the recent history and the forecast beside it."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["date", *columns])
+        writer.writeheader()
+        writer.writerows({k: p[k] for k in ("date", *columns)} for p in predictions)
+    shown = min(len(values), max(4 * len(predictions), 120))  # enough history to see the pattern
+    future = pd.DatetimeIndex([p["date"] for p in predictions])
+    fig, axes = plt.subplots(len(columns), 1, figsize=(10, 3 * len(columns)), squeeze=False)
+    for i, (ax, column) in enumerate(zip(axes[:, 0], columns)):
+        ax.plot(dates[-shown:], values[-shown:, i], color="tab:blue", label="history")
+        # Joined to the last observed point, so the forecast reads as a continuation.
+        ax.plot([dates[-1], *future], [values[-1, i], *(p[column] for p in predictions)], color="tab:orange",
+                label=f"forecast ({len(predictions)} steps)")
+        ax.set_ylabel(column)
+        ax.legend(loc="upper left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+    return png
