@@ -26,7 +26,8 @@ ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification",
                       "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm",
                       "ForImageClassification": "image-classification",
                       "ForObjectDetection": "object-detection", "TimeSeriesForecaster": "time-series-forecasting",
-                      "VisionEncoderDecoderModel": "image-captioning"}
+                      "VisionEncoderDecoderModel": "image-captioning",
+                      "ForConditionalGeneration": "seq2seq", "MTModel": "seq2seq"}  # T5, BART, mBART; Marian
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -134,7 +135,8 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     if not Path(model).expanduser().is_dir():
         raise HftoolError(f"{model} is not a model or run directory; pass the folder a run wrote (runs/...)")
     if data:
-        rows, source = load_eval_split(data, split, cfg.data.encoding, cfg.model.token, cfg.data.txt_unit)
+        rows, source = load_eval_split(data, split, cfg.data.encoding, cfg.model.token, cfg.data.txt_unit,
+                                       (cfg.data.source_lang, cfg.data.target_lang))
     else:
         if not (Path(model) / "config.yaml").is_file():
             raise HftoolError(f"{model} is not an hftool run dir, so it has no data of its own; pass --data")
@@ -208,7 +210,8 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
 
 
 def generate(model: str, prompts: list[str], options=None, on_text=None) -> list[dict]:
-    """Continue prompts with a causal LM: a run dir, a local model dir or a hub id.
+    """Continue prompts with a causal LM, or transform them with a seq2seq model (a run's
+    data.source_prefix goes before each): a run dir, a local model dir or a hub id.
 
     Args:
         options: hftool.generation.GenerationOptions; None keeps the model's generation_config.
@@ -224,12 +227,14 @@ def generate(model: str, prompts: list[str], options=None, on_text=None) -> list
     if not prompts:
         raise HftoolError("nothing to generate: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     task = model_task(model)
-    if task not in (None, "causal-lm"):
+    if task not in (None, "causal-lm", "seq2seq"):
         raise HftoolError(f"{model} is a {task} model; `hftool generate` needs a causal language model "
-                          "(a gpt2 run, or any model with a ...ForCausalLM/LMHeadModel architecture)")
+                          "(a gpt2 run, or any model with a ...ForCausalLM/LMHeadModel architecture) or a seq2seq one")
     cfg = run_config(model)
-    cfg.task = "causal-lm"
+    cfg.task = task or "causal-lm"
     _, parts = _load(model, cfg)
     if torch.cuda.is_available():
         parts.model.to("cuda")
-    return generate_texts(parts.model, parts.processor, list(prompts), options, on_text)
+    prefix = cfg.data.source_prefix if task == "seq2seq" else ""
+    results = generate_texts(parts.model, parts.processor, [prefix + p for p in prompts], options, on_text)
+    return [{**r, "prompt": r["prompt"][len(prefix):]} for r in results]

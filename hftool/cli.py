@@ -186,7 +186,7 @@ def predict(
 
 @app.command()
 def generate(
-    model: Annotated[str, typer.Argument(help="A causal LM: a run dir, a local model dir or a hub id.")],
+    model: Annotated[str, typer.Argument(help="A causal LM or seq2seq model: a run dir, a local model dir or a hub id.")],
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt to continue (repeatable).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option(help="More prompts: one per line, or JSONL with a \"prompt\" field.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per returned sequence here.")] = None,
@@ -207,7 +207,7 @@ def generate(
     cache: Annotated[Optional[str], typer.Option(help="KV cache: dynamic (default) or static (allocated once; lets --compile keep one graph).", show_default=False)] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the decoding step (needs --cache static; default: compiled with a static cache on GPUs only).", show_default=False)] = None,
 ) -> None:
-    """Continue prompts with a causal LM; prints the texts (and writes JSONL with --output)."""
+    """Continue prompts with a causal LM (or transform them with a seq2seq model); prints the texts (and writes JSONL with --output)."""
     from hftool import api
     from hftool.data import read_inputs
     from hftool.generation import GenerationOptions
@@ -219,10 +219,12 @@ def generate(
         no_repeat_ngram_size=no_repeat_ngram_size, num_beams=num_beams, num_return_sequences=num_return_sequences,
         stop=list(stop or []), seed=seed, batch_size=batch_size or 8, cache=cache, compile=compile)
     shown = []  # prompt indices already begun on the terminal
+    # A causal LM continues its prompt on the same line; a seq2seq model's text goes below its input.
+    separator = "\n" if api.model_task(model) == "seq2seq" else ""
 
     def show(index: int, piece: str) -> None:
         if not shown or shown[-1] != index:
-            typer.echo(("\n\n" if shown else "") + prompts[index], nl=False)
+            typer.echo(("\n\n" if shown else "") + prompts[index] + separator, nl=False)
             shown.append(index)
         typer.echo(piece, nl=False)
 
@@ -230,7 +232,7 @@ def generate(
     if stream:
         typer.echo()
     else:
-        typer.echo("\n\n".join(r["prompt"] + r["generated_text"] for r in results))
+        typer.echo("\n\n".join(r["prompt"] + separator + r["generated_text"] for r in results))
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "w", encoding="utf-8") as f:

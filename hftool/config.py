@@ -148,6 +148,20 @@ class DataConfig:
     # Image captioning: the column with a caption or a list of captions per image; None
     # auto-detects captions/caption/sentences/text.
     caption_column: str | None = None
+    # Sequence to sequence: source and target columns; None auto-detects source/src/input/...
+    # and target/tgt/output/summary/... (and a hub `translation` column of {lang: text}).
+    source_column: str | None = None
+    target_column: str | None = None
+    # Sequence to sequence: languages of parallel text files ({split}.{lang}[.gz] in --data DIR),
+    # of columns named after them (en, de) and keys of a hub `translation` column.
+    source_lang: str | None = None
+    target_lang: str | None = None
+    # Sequence to sequence: text put before every source, e.g. "translate English to German: "
+    # for T5, which was pretrained with task prefixes; "" for models trained without them.
+    source_prefix: str = ""
+    # Sequence to sequence: token budget of a target; longer targets are truncated in training,
+    # and evaluation generates at most this many tokens unless model.generation_config says.
+    max_target_length: int = 128
 
 
 @dataclass
@@ -222,6 +236,9 @@ class EvalConfig:
     # Write every evaluated example's prediction (and reference, loss) to predictions.jsonl: in
     # the run dir for the final evaluation of `finetune`, beside --output for `hftool evaluate`.
     save_predictions: bool = False
+    # Generative tasks: the metrics to compute, without the eval_ prefix (e.g. [bleu, chrf]);
+    # None computes all the task offers.
+    metrics: list | None = None
 
 
 @dataclass
@@ -498,6 +515,8 @@ def validate(cfg: RunConfig) -> None:
     for key, value in (("data.context_length", cfg.data.context_length), ("data.season_length", cfg.data.season_length)):
         if value is not None and value <= 0:
             raise HftoolError(f"{key} must be positive, got {value}")
+    if cfg.data.max_target_length <= 0:
+        raise HftoolError(f"data.max_target_length must be positive, got {cfg.data.max_target_length}")
     if not 0 <= cfg.data.validation_split < 1:
         raise HftoolError(f"data.validation_split must be in [0, 1), got {cfg.data.validation_split}")
     if t.max_steps is None and t.epochs <= 0:

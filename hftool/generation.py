@@ -114,17 +114,19 @@ def generate(model, tokenizer, prompts: list[str], options: GenerationOptions | 
     """Continue each prompt.
 
     Args:
-        model: A causal LM (on the device it should run on).
-        tokenizer: Its tokenizer; padding is set to the left, so every row ends where generation starts.
-        prompts: Texts to continue; an empty one starts from the BOS token.
+        model: A causal LM, or an encoder-decoder model (T5, BART, Marian), whose prompts are its
+            inputs (on the device it should run on).
+        tokenizer: Its tokenizer; a causal LM's padding is set to the left, so every row ends where
+            generation starts.
+        prompts: Texts to continue (encoder-decoder: to transform); an empty one starts from the BOS token.
         options: What to change from the model's generation_config.
         on_text: Streaming: called as on_text(prompt_index, piece) with each new piece of text as
             it is generated, prompts one at a time (at least one call per prompt). The pieces
             of a prompt join into its generated_text.
 
     Returns:
-        One {"prompt", "generated_text"} per returned sequence (the continuation only), grouped by
-        prompt in prompt order.
+        One {"prompt", "generated_text"} per returned sequence (the continuation only; an
+        encoder-decoder model's whole output), grouped by prompt in prompt order.
     """
     import torch
 
@@ -137,7 +139,12 @@ def generate(model, tokenizer, prompts: list[str], options: GenerationOptions | 
     eos = defaults.eos_token_id if defaults.eos_token_id is not None else tokenizer.eos_token_id
     eos_ids = set(eos) if isinstance(eos, list) else {eos} - {None}
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    tokenizer.padding_side = "left"
+    # An encoder-decoder model generates from its decoder's start token, not after the prompt:
+    # the prompt keeps the usual right padding, is not cut from the output, and does not count
+    # against the decoder's positions.
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    if not encoder_decoder:
+        tokenizer.padding_side = "left"
     encoded = [ids or [start] for ids in tokenizer(list(prompts))["input_ids"]]
     size = 1 if on_text is not None else options.batch_size
     order = list(range(len(prompts)))
@@ -148,7 +155,7 @@ def generate(model, tokenizer, prompts: list[str], options: GenerationOptions | 
     if options.seed is not None:
         torch.manual_seed(options.seed)  # every device's generator
     model.eval()
-    context = getattr(model.config, "max_position_embeddings", None)
+    context = None if encoder_decoder else getattr(model.config, "max_position_embeddings", None)
     limit = kwargs.get("max_new_tokens") or defaults.max_new_tokens
     for first in range(0, len(order), size):
         rows = order[first:first + size]
@@ -173,7 +180,8 @@ def generate(model, tokenizer, prompts: list[str], options: GenerationOptions | 
                 out = model.generate(**batch, **call, tokenizer=tokenizer, streamer=streamer)
         except ValueError as err:  # settings the model cannot honour, e.g. greedy with several sequences
             raise HftoolError(f"generation failed: {' '.join(str(err).split())}") from None
-        for row, ids in enumerate(out[:, batch["input_ids"].shape[1]:].tolist()):
+        start = 1 if encoder_decoder else batch["input_ids"].shape[1]  # after the decoder start token / the prompt
+        for row, ids in enumerate(out[:, start:].tolist()):
             texts[rows[row // per_prompt]].append(continuation(tokenizer, ids, eos_ids, options.stop))
     return [{"prompt": p, "generated_text": t} for p, generated in zip(prompts, texts) for t in generated]
 

@@ -27,7 +27,8 @@ def load_splits(data: DataConfig, seed: int, token: str | None = None) -> tuple[
     """
     if not data.train:
         raise HftoolError("no training data: pass --data FILE (or set data.train in the recipe)")
-    source = load_source(data.train, data.encoding, token, data.txt_unit)
+    langs = (data.source_lang, data.target_lang)
+    source = load_source(data.train, data.encoding, token, data.txt_unit, langs)
     whole = _one_file(data.train)
     if "train" not in source:
         raise HftoolError(f"{data.train} has no train split (splits: {', '.join(source)}); pass the training data with --data")
@@ -36,7 +37,7 @@ def load_splits(data: DataConfig, seed: int, token: str | None = None) -> tuple[
     if len(splits["train"]) == 0:
         raise HftoolError(f"{names['train']} has no rows; training data needs at least one example")
     if data.eval:
-        eval_source = load_source(data.eval, data.encoding, token, data.txt_unit)
+        eval_source = load_source(data.eval, data.encoding, token, data.txt_unit, langs)
         eval_name = next((s for s in ("validation", "test", "train") if s in eval_source), None)
         splits["validation"] = eval_source[eval_name]
         names["validation"] = describe(data.eval, eval_name, _one_file(data.eval))
@@ -82,9 +83,9 @@ def _hold_out_tail(splits: dict, names: dict, held_out: int, data: DataConfig) -
 
 
 def load_eval_split(spec: str, split: str | None, encoding: str | None, token: str | None = None,
-                    txt_unit: str = "line"):
+                    txt_unit: str = "line", langs: tuple[str | None, str | None] = (None, None)):
     """The split `hftool evaluate` scores: `split`, else test, else validation, else the only one."""
-    source = load_source(spec, encoding, token, txt_unit)
+    source = load_source(spec, encoding, token, txt_unit, langs)
     if split is None:
         split = next((s for s in ("test", "validation") if s in source), None) or next(iter(source))
     if split not in source:

@@ -33,7 +33,11 @@ BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
 
 def read_text(path: Path, encoding: str | None = None) -> str:
     """A text file as a str: UTF-8 (BOM stripped), else Latin-1 with a warning; CRLF becomes LF."""
-    raw = path.read_bytes()
+    return decode_text(path.read_bytes(), path, encoding)
+
+
+def decode_text(raw: bytes, path: Path, encoding: str | None = None) -> str:
+    """The bytes of `path` (read or decompressed) as read_text decodes them."""
     if encoding:
         try:
             text = raw.decode(encoding)
@@ -220,8 +224,14 @@ def _normalise_splits(dd):
     return datasets.DatasetDict(renamed)
 
 
-def load_source(spec: str, encoding: str | None = None, token: str | None = None, txt_unit: str = "line"):
-    """A data spec -> DatasetDict (split names normalised). A single file is its `train` split."""
+def load_source(spec: str, encoding: str | None = None, token: str | None = None, txt_unit: str = "line",
+                langs: tuple[str | None, str | None] = (None, None)):
+    """A data spec -> DatasetDict (split names normalised). A single file is its `train` split.
+
+    Args:
+        langs: (data.source_lang, data.target_lang): a folder of parallel text files
+            ({split}.{lang}[.gz]) is read as source/target rows when both are set.
+    """
     import datasets
 
     if spec.startswith("sample:"):
@@ -232,6 +242,10 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
     if path.is_file():
         return datasets.DatasetDict(train=read_file(path, encoding, txt_unit))
     if path.is_dir():
+        if all(langs) and _is_parallel_folder(path):
+            from hftool.data.parallel import read_parallel
+
+            return read_parallel(path, langs[0], langs[1], encoding)
         return read_folder(path, encoding, txt_unit)
     looks_like_file = path.suffix.lower() in FOLDER_EXTENSIONS or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec)
     if looks_like_file:
@@ -244,6 +258,13 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
         lambda: datasets.load_dataset(name, config or None, token=token),
     )
     return _normalise_splits(loaded)
+
+
+def _is_parallel_folder(path: Path) -> bool:
+    """Neither a save_to_disk folder nor one of table files: parallel text files, or nothing readable."""
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return False
+    return not any(p.is_file() and p.suffix.lower() in FOLDER_EXTENSIONS for p in path.iterdir())
 
 
 def describe(spec: str, split: str, whole: bool) -> str:

@@ -5,11 +5,10 @@ memory (`keep_in_memory=True`), so processes never contend for evaluate's cache 
 """
 
 from hftool.metrics.classification import Accuracy, ConfusionMatrix, PrecisionRecallF1, TopKAccuracy
+from hftool.metrics.detection import CocoMeanAP
 from hftool.metrics.perplexity import Perplexity
 from hftool.metrics.tagging import Seqeval
+from hftool.metrics.text_overlap import TextOverlap
 
-__all__ = ["Accuracy", "ConfusionMatrix", "Perplexity", "PrecisionRecallF1", "Seqeval", "TopKAccuracy"]
-
-from hftool.metrics.detection import CocoMeanAP  # noqa: E402
-
-__all__ += ["CocoMeanAP"]
+__all__ = ["Accuracy", "CocoMeanAP", "ConfusionMatrix", "Perplexity", "PrecisionRecallF1", "Seqeval", "TextOverlap",
+           "TopKAccuracy"]

@@ -10,10 +10,11 @@ TASKS = {
     "token-classification": "hftool.tasks.token_classification:TokenClassification",
     "causal-lm": "hftool.tasks.causal_lm:CausalLM",
     "image-classification": "hftool.tasks.image_classification:ImageClassification",
+    "object-detection": "hftool.tasks.object_detection:ObjectDetection",
     "image-captioning": "hftool.tasks.image_captioning:ImageCaptioning",
+    "seq2seq": "hftool.tasks.seq2seq:Seq2Seq",
+    "time-series-forecasting": "hftool.tasks.time_series_forecasting:TimeSeriesForecasting",
 }
-TASKS["object-detection"] = "hftool.tasks.object_detection:ObjectDetection"
-TASKS["time-series-forecasting"] = "hftool.tasks.time_series_forecasting:TimeSeriesForecasting"
 
 
 def get_task(name: str):

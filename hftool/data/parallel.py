@@ -1,0 +1,72 @@
+"""Aligned parallel text files: `{split}.{lang}` or `{split}.{lang}.gz`, one sentence per line.
+
+This is how Multi30k, WMT and most MT corpora ship (train.en + train.de, val.en.gz + val.de.gz):
+line N of the source file translates line N of the target file. Split names are normalised as
+for other folders (val, dev -> validation).
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+from hftool.errors import HftoolError
+
+
+def parallel_files(folder: Path, lang: str) -> dict[str, Path]:
+    """Split name -> the file of `lang` in `folder` (`train.en`, `val.en.gz`, ...)."""
+    from hftool.data.sources import SPLIT_ALIASES
+
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        name = path.name[:-3] if path.name.endswith(".gz") else path.name
+        stem, _, suffix = name.rpartition(".")
+        split = SPLIT_ALIASES.get(stem.lower())
+        if not path.is_file() or suffix != lang or split is None:
+            continue
+        if split in found:
+            raise HftoolError(f"{folder} has two {split} files for '{lang}' ({found[split].name}, {path.name}); keep one")
+        found[split] = path
+    return found
+
+
+def read_lines(path: Path, encoding: str | None = None) -> list[str]:
+    """The lines of a text file (gzip-compressed when it ends in .gz), without the final newline's empty line."""
+    from hftool.data.sources import decode_text
+
+    raw = path.read_bytes()
+    if path.name.endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as err:
+            raise HftoolError(f"{path}: not a readable gzip file ({err}); re-download or decompress it") from None
+    text = decode_text(raw, path, encoding)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def read_parallel(folder: Path, source_lang: str, target_lang: str, encoding: str | None = None):
+    """A folder of parallel files -> DatasetDict with a column per language (en, de), a row per line pair."""
+    import datasets
+
+    sources, targets = parallel_files(folder, source_lang), parallel_files(folder, target_lang)
+    if not sources:
+        names = ", ".join(p.name for p in sorted(folder.iterdir())[:8]) or "nothing"
+        raise HftoolError(f"{folder} has no {{split}}.{source_lang} files (it holds {names}); check data.source_lang "
+                          f"or name the files like train.{source_lang} / train.{source_lang}.gz")
+    splits = {}
+    for split, source_path in sources.items():
+        target_path = targets.get(split)
+        if target_path is None:
+            raise HftoolError(f"{folder}: {source_path.name} has no {target_lang} counterpart; add "
+                              f"{source_path.name.replace('.' + source_lang, '.' + target_lang, 1)} or check data.target_lang")
+        src, tgt = read_lines(source_path, encoding), read_lines(target_path, encoding)
+        if len(src) != len(tgt):
+            raise HftoolError(f"{source_path} has {len(src)} lines but {target_path} has {len(tgt)}; parallel files "
+                              "need one sentence per line, line N of one translating line N of the other")
+        splits[split] = datasets.Dataset.from_dict({source_lang: src, target_lang: tgt})
+    if "train" not in splits and len(splits) == 1:
+        splits = {"train": next(iter(splits.values()))}
+    return datasets.DatasetDict(splits)

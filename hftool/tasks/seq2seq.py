@@ -1,0 +1,245 @@
+"""Sequence to sequence: translation and summarization with any AutoModelForSeq2SeqLM (T5, BART,
+Marian, mBART) or tiny:t5.
+
+Rows are source/target text pairs: table columns, aligned parallel files ({split}.{lang}), or a
+hub `translation` column. Training minimises the model's own teacher-forced loss; evaluation
+also generates a text per source (the model's generation_config: greedy unless it says beams)
+and scores it against the reference with BLEU, chrF and ROUGE (hftool.metrics.TextOverlap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from hftool import models
+from hftool.data.batching import pad_collate
+from hftool.errors import HftoolError
+from hftool.tasks.base import Parts, Task, find_column
+
+SOURCE_COLUMNS = ("source", "src", "input", "inputs", "text", "document", "article", "dialogue", "question")
+TARGET_COLUMNS = ("target", "tgt", "output", "outputs", "summary", "highlights", "answer", "translation")
+MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"  # T5's special tokens, in T5's order (pad 0 starts the decoder)
+
+
+class Seq2Seq(Task):
+    name = "seq2seq"
+    default_metric = "bleu"
+    pipeline_task = "text2text-generation"  # the hub's tag; transformers 5 has no such pipeline
+
+    # ----------------------------------------------------------------------------- data
+    def prepare(self, cfg, ds, source, labels=None):
+        """Rows -> columns `source` and `target`, both non-empty text (predict takes raw texts)."""
+        import datasets
+
+        data = cfg.data
+        if not (data.source_column or data.target_column) and _is_translation_dict(ds):
+            columns = _from_translation(ds, source, data.source_lang, data.target_lang)
+        else:
+            # A column named after a language (parallel files, Multi30k-style tables) is that side.
+            by_lang = {k: lang if lang in ds.column_names else None
+                       for k, lang in (("source", data.source_lang), ("target", data.target_lang))}
+            text = find_column(ds, source, data.source_column or by_lang["source"], SOURCE_COLUMNS, "source",
+                               "source_column")
+            columns = {"source": _texts(ds[text], source, text, "source")}
+            candidates = tuple(c for c in TARGET_COLUMNS if c != text)
+            target = find_column(ds, source, data.target_column or by_lang["target"], candidates, "target",
+                                 "target_column")
+            columns["target"] = _texts(ds[target], source, target, "target")
+        return datasets.Dataset.from_dict(columns), None
+
+    # ---------------------------------------------------------------------------- model
+    def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None) -> Parts:
+        spec = model_path or cfg.model.name
+        overrides = dict(cfg.model.config_overrides)
+        if models.tiny_arch(spec) is not None:
+            models.check_tiny(spec, ("t5",), self.name)
+            from transformers import T5ForConditionalGeneration
+
+            tokenizer = models.tiny_tokenizer(run_dir, lambda: train_tokenizer(
+                [*train_ds["source"], *train_ds["target"]], cfg.model.tiny_vocab_size))
+            model = T5ForConditionalGeneration(tiny_t5_config(tokenizer, overrides))
+        else:
+            from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+            token = cfg.model.token
+            tokenizer = models.load("tokenizer", AutoTokenizer, spec, token)
+            config = models.load("model", AutoConfig, spec, token, **overrides)
+            models.check_config_overrides(config, overrides)
+            if not getattr(config, "is_encoder_decoder", False):
+                raise HftoolError(f"model '{spec}' ({type(config).__name__}) is not an encoder-decoder model; the seq2seq "
+                                  "recipe needs one such as T5, BART or Marian (a decoder-only model: use the gpt2 recipe)")
+            # fp32 master weights for training (mixed precision autocasts); inference keeps the checkpoint's dtype.
+            model = models.load("model", AutoModelForSeq2SeqLM, spec, token, config=config,
+                                dtype=torch.float32 if model_path is None else "auto")
+        generation = model.generation_config
+        for key, value in (("pad_token_id", tokenizer.pad_token_id), ("eos_token_id", tokenizer.eos_token_id),
+                           ("decoder_start_token_id", model.config.decoder_start_token_id)):
+            if getattr(generation, key) is None:
+                setattr(generation, key, value)
+        if model_path is None:  # a new run: the recipe's decoding settings, used by evaluation and predict
+            from hftool.tasks.causal_lm import _update_generation_config
+
+            _update_generation_config(generation, cfg.model.generation_config)
+        from hftool.metrics.text_overlap import check_names
+
+        # Evaluation settings from the run's config: what to score, how long a generated text may get.
+        extra = {"metrics": check_names(cfg.eval.metrics), "max_new_tokens": cfg.data.max_target_length}
+        best = cfg.train.metric_for_best or self.default_metric
+        if model_path is None and best not in (*extra["metrics"], "loss", "gen_len"):  # else found after training
+            raise HftoolError(f"eval.metrics leaves out {best}, which picks the best checkpoint; add it, or set "
+                              f"train.metric_for_best to one of {', '.join(extra['metrics'])}")
+        return Parts(model, tokenizer, extra=extra)
+
+    # ------------------------------------------------------------------------- features
+    def features(self, parts, cfg, ds):
+        tokenizer, prefix = parts.processor, cfg.data.source_prefix
+        max_source, max_target = cfg.data.max_length, cfg.data.max_target_length
+
+        def encode(batch):
+            encoded = tokenizer([prefix + s for s in batch["source"]], truncation=True, max_length=max_source)
+            rows = {k: encoded[k] for k in ("input_ids", "attention_mask")}
+            if "target" in batch:
+                rows["labels"] = tokenizer(text_target=batch["target"], truncation=True, max_length=max_target)["input_ids"]
+            # Both sides cost compute: batches group pairs of similar total length.
+            rows["length"] = [len(ids) + len(out) for ids, out in
+                              zip(rows["input_ids"], rows.get("labels", [[]] * len(rows["input_ids"])))]
+            return rows
+
+        # Our own cache key (see text_classification): hashing `encode` would pickle the tokenizer.
+        key = (f"{ds._fingerprint}|{type(tokenizer).__name__}|{len(tokenizer)}|{tokenizer.name_or_path}|{prefix}|"
+               f"{max_source}|{max_target}")
+        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
+                      new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16])
+
+    def collate(self, parts):
+        pad = pad_collate({"input_ids": parts.processor.pad_token_id, "labels": -100})
+
+        def collate(features):
+            return pad([{k: f[k] for k in MODEL_INPUTS if k in f} for f in features])
+
+        return collate
+
+    # ----------------------------------------------------------------------- evaluation
+    def metric(self, parts):
+        from hftool.metrics import TextOverlap
+
+        return TextOverlap(parts.extra.get("metrics"), tokenizer=parts.processor)
+
+    def eval_outputs(self, parts, outputs, batch):
+        """Reference ids and per-example loss (the generated ids come from eval_generate)."""
+        from accelerate.utils import pad_across_processes
+
+        labels = batch["labels"]
+        token_losses = torch.nn.functional.cross_entropy(outputs.logits.float().transpose(1, 2), labels, reduction="none")
+        losses = token_losses.sum(-1) / (labels != -100).sum(-1).clamp(min=1)
+        # Widths differ between processes; -100 pads (dropped before decoding) make them one.
+        return {"references": pad_across_processes(labels, dim=1, pad_index=-100), "loss": losses}
+
+    def eval_generate(self, parts, model, batch):
+        """A generated text per source for the metric, without the decoder start token."""
+        from accelerate.utils import pad_across_processes
+
+        generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   **generate_limits(model.generation_config, parts.extra.get("max_new_tokens")))
+        return {"predictions": pad_across_processes(generated[:, 1:], dim=1, pad_index=-100)}
+
+    def prediction_records(self, parts, batches, order):
+        """Per example (eval.save_predictions): the generated text beside the reference."""
+        texts = {}
+        for key in ("predictions", "references"):
+            rows = [[int(t) for t in row if t >= 0] for b in batches for row in b[key]]
+            texts[key] = [t.strip() for t in parts.processor.batch_decode(rows, skip_special_tokens=True)]
+        losses = [float(v) for b in batches for v in b.get("loss", [])]
+        records = [{"index": int(order[row]) if order is not None else row, "prediction": prediction,
+                    "reference": reference, **({"loss": round(losses[row], 6)} if losses else {})}
+                   for row, (prediction, reference) in enumerate(zip(texts["predictions"], texts["references"]))]
+        return sorted(records, key=lambda r: r["index"])
+
+    # ------------------------------------------------------------------------ inference
+    def predict(self, parts, cfg, inputs, batch_size):
+        from hftool.generation import GenerationOptions, generate
+
+        prefix = cfg.data.source_prefix
+        limits = generate_limits(parts.model.generation_config, cfg.data.max_target_length)
+        results = generate(parts.model, parts.processor, [prefix + text for text in inputs],
+                           GenerationOptions(batch_size=batch_size, **limits))
+        return [{"source": r["prompt"][len(prefix):], "generated_text": r["generated_text"]} for r in results]
+
+    def format_prediction(self, prediction):
+        return prediction["generated_text"]
+
+
+def _is_translation_dict(ds) -> bool:
+    """A hub translation dataset: one `translation` column of {lang: text} (wmt, opus_books, ...)."""
+    return "translation" in ds.column_names and len(ds) > 0 and isinstance(ds[0]["translation"], dict)
+
+
+def generate_limits(generation, max_new_tokens: int | None) -> dict:
+    """max_new_tokens for generate when the model's generation_config sets no length of its own
+    (transformers would stop at 20 tokens)."""
+    if generation.max_new_tokens is not None or max_new_tokens is None:
+        return {}
+    return {"max_new_tokens": max_new_tokens}
+
+
+def _texts(values: list, source: str, column: str, what: str) -> list[str]:
+    for row, value in enumerate(values, 1):
+        if not isinstance(value, str) or not value.strip():
+            problem = "is empty" if isinstance(value, str) or value is None else f"holds {value!r}, not text"
+            raise HftoolError(f"{source} row {row}: the {what} column '{column}' {problem}; every row needs a {what} text "
+                              "(fix or remove the row)")
+    return list(values)
+
+
+def _from_translation(ds, source: str, source_lang: str | None, target_lang: str | None) -> dict[str, list[str]]:
+    """A hub `translation` column of {lang: text} -> source and target texts."""
+    pairs = ds["translation"]
+    languages = sorted(pairs[0]) if pairs and isinstance(pairs[0], dict) else []
+    if not (source_lang and target_lang):
+        raise HftoolError(f"{source} has a translation column with languages {', '.join(languages) or '(none)'}; "
+                          "set data.source_lang and data.target_lang to two of them")
+    columns = {}
+    for key, lang in (("source", source_lang), ("target", target_lang)):
+        if lang not in languages:
+            raise HftoolError(f"{source}: the translation column has no '{lang}' (languages: {', '.join(languages)}); "
+                              f"fix data.{key}_lang")
+        columns[key] = _texts([p.get(lang) for p in pairs], source, f"translation.{lang}", key)
+    return columns
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 512):
+    """A byte-level BPE tokenizer with T5's special tokens (<pad> 0, </s> 1, <unk> 2) learned from
+    `texts` (source and target: the model shares one vocabulary), for tiny:t5.
+
+    Every byte is in the vocabulary, so any text encodes; </s> ends every encoded text, as T5's
+    tokenizer does. The BPE trainer is deterministic (see models.byte_bpe_merges).
+    """
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
+    from tokenizers import models as tokenizer_models
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(tokenizer_models.BPE())
+    # A word is the same token at the start of a text as inside it; decoding drops that one space.
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS, UNK], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}",
+                                                             special_tokens=[(EOS, tokenizer.token_to_id(EOS))])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS, unk_token=UNK,
+                                   model_max_length=model_max_length)
+
+
+def tiny_t5_config(tokenizer, overrides: dict):
+    """A small T5 config: 2+2 layers of width 128, which learns the embedded toy translation in
+    about a minute on a CPU. Dropout is off: runs that short do not overfit."""
+    from transformers import T5Config
+
+    sizes = dict(d_model=128, d_ff=256, d_kv=32, num_layers=2, num_decoder_layers=2, num_heads=4, dropout_rate=0.0)
+    models.check_config_overrides(T5Config(), overrides)
+    return T5Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                    decoder_start_token_id=tokenizer.pad_token_id, **(sizes | overrides))
