@@ -247,9 +247,11 @@ def recipes(name: Annotated[Optional[str], typer.Argument(help="Print this recip
     if name:
         typer.echo(find_recipe(name).read_text(encoding="utf-8"), nl=False)
         return
-    for recipe, path in builtin_recipes().items():
-        mapping = read_yaml(path)
-        typer.echo(f"{recipe:<22} {mapping.get('task', ''):<22} {mapping.get('description', '')}")
+    rows = [(recipe, read_yaml(path)) for recipe, path in builtin_recipes().items()]
+    name_width = max(len(recipe) for recipe, _ in rows)
+    task_width = max(len(str(mapping.get("task", ""))) for _, mapping in rows)
+    for recipe, mapping in rows:
+        typer.echo(f"{recipe:<{name_width}}  {mapping.get('task', ''):<{task_width}}  {mapping.get('description', '')}")
 
 
 def main() -> None:

@@ -95,6 +95,11 @@ def test_every_builtin_recipe_parses():
         cfg = load_config(name)
         assert cfg.description, f"{name} needs a description for `hftool recipes`"
         assert cfg.data.train, f"{name} names no training data"
+        from hftool.tasks import TASKS
+
+        assert cfg.task in TASKS, f"{name}: unknown task {cfg.task}"
+    embedded = {name for name in recipes if load_config(name).data.train.startswith("sample:")}
+    assert {"bert-cls", "bert-ner", "gpt2", "vit-cls", "detr", "caption", "seq2seq", "lstm-forecast"} <= embedded
 
 
 def test_shipped_accelerate_configs_parse():
