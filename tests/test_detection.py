@@ -434,8 +434,8 @@ def test_tiny_detr_trains_reloads_predicts_and_evaluates(tmp_path, cli):
 
 @pytest.mark.slow
 def test_embedded_default_learns(tmp_path, cli):
-    """The detr recipe as shipped: training loss down at least 30%, and a clearly non-zero mAP50
-    on its own training images (measured: loss -51%, train mAP50 0.047, validation 0.086)."""
+    """The detr recipe as shipped (about 2 minutes on 2 cores): training loss down at least 30%, and
+    mAP50 above 0.05 on its own training images (measured: loss -64%, train mAP50 0.23)."""
     out = tmp_path / "run"
     result = cli("finetune", "detr", "-o", out)
     assert result.code == 0, result.err
@@ -443,4 +443,4 @@ def test_embedded_default_learns(tmp_path, cli):
     assert losses[-1] < 0.7 * losses[0]
     report = tmp_path / "train.json"
     assert cli("evaluate", out, "--data", "sample:boxes", "--split", "train", "-o", report).code == 0
-    assert json.loads(report.read_text())["eval_map_50"] > 0.02
+    assert json.loads(report.read_text())["eval_map_50"] > 0.05
