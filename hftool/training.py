@@ -170,7 +170,7 @@ class Trainer:
         if t.compile:
             model = torch.compile(model, dynamic=True)
         groups = self.task.param_groups(self.parts, self.cfg, model)
-        fused = torch.cuda.is_available()  # one kernel per step instead of one per tensor
+        fused = acc.device.type in ("cuda", "cpu")  # one kernel per step instead of one per tensor (Trainer fuses on CPU too)
         optimizer = torch.optim.AdamW(groups, lr=t.lr, fused=fused)
         per_epoch = math.ceil(len(self.train_loader) / t.gradient_accumulation_steps)
         self.steps_per_epoch = per_epoch
