@@ -155,3 +155,19 @@ def resolve_paths(values: Iterable, base: Path | None) -> list[str]:
         path = Path(str(value)).expanduser()
         out.append(str(path if path.is_absolute() or base is None else (base / path).resolve()))
     return out
+
+
+def input_paths(inputs: Iterable[str]) -> list[str]:
+    """Prediction inputs -> image paths: folders expand to the images in them (recursively, in
+    order); files stay as given (a missing or unreadable one is reported where it is read)."""
+    paths = []
+    for given in inputs:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            found = image_files(path)
+            if not found:
+                raise HftoolError(f"{given} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            paths += [str(p) for p in found]
+        else:
+            paths.append(given)
+    return paths

@@ -263,16 +263,7 @@ class ImageCaptioning(Task):
         """
         from hftool.generation import GenerationOptions
 
-        paths = []
-        for given in inputs:
-            path = Path(given).expanduser()
-            if path.is_dir():
-                found = images.image_files(path)
-                if not found:
-                    raise HftoolError(f"{given} holds no images ({', '.join(images.IMAGE_EXTENSIONS)})")
-                paths += [str(p) for p in found]
-            else:
-                paths.append(given)
+        paths = images.input_paths(inputs)
         rows, _ = self.prepare(cfg, datasets.Dataset.from_dict({"image": paths}), "input", require_captions=False)
         transform = self._transform(parts, cfg).images
         model = parts.model.eval()

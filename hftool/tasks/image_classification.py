@@ -371,16 +371,7 @@ class ImageClassification(Task):
         """Image files or folders (searched recursively) -> {image, label, score[, top_k]} each."""
         import datasets
 
-        paths = []
-        for given in inputs:
-            path = Path(given).expanduser()
-            if path.is_dir():
-                found = images.image_files(path)
-                if not found:
-                    raise HftoolError(f"{given} holds no images ({', '.join(images.IMAGE_EXTENSIONS)})")
-                paths += [str(p) for p in found]
-            else:
-                paths.append(given)  # a missing or unreadable file is reported by prepare
+        paths = images.input_paths(inputs)
         rows, _ = self.prepare(cfg, datasets.Dataset.from_dict({"image": paths}), "input", require_labels=False)
         transform = self._transform(parts, cfg, train=False)
         model, k = parts.model.eval(), min(top_k, len(parts.labels))

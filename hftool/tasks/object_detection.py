@@ -373,17 +373,11 @@ class ObjectDetection(Task):
         import datasets
 
         paths = []
-        for given in inputs:
+        for given in images.input_paths(inputs):
             path = Path(given).expanduser()
-            if path.is_dir():
-                found = images.image_files(path)
-                if not found:
-                    raise HftoolError(f"{given} holds no images ({', '.join(images.IMAGE_EXTENSIONS)})")
-                paths += [str(p) for p in found]
-            else:
-                if not path.is_file():
-                    raise HftoolError(f"{given}: image file not found; check the path")
-                paths.append(str(path.resolve()))
+            if not path.is_file():
+                raise HftoolError(f"{given}: image file not found; check the path")
+            paths.append(str(path.resolve()))
         rows, _ = self.prepare(cfg, datasets.Dataset.from_dict({"image": paths}), "input", parts.labels,
                                require_labels=False)
         features = self.features(parts, cfg, rows)
