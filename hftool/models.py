@@ -187,6 +187,25 @@ def classifier_config(spec: str, token: str | None, labels: list[str] | None, ov
     return config, labels or [config.id2label[i] for i in range(config.num_labels)]
 
 
+def pretrained_with_head(cfg, spec: str, auto_model: Any, fields: dict, new_head: bool):
+    """A pretrained model with the run's label fields (num_labels, id2label, ...) in its config.
+
+    With `new_head` (a new label set) the mismatched head is re-initialised; with
+    model.pretrained=false the architecture is built from the config with random weights.
+    Returns (config, model).
+    """
+    token, overrides = cfg.model.token, dict(cfg.model.config_overrides)
+    from transformers import AutoConfig
+
+    config = load("model", AutoConfig, spec, token, **fields, **overrides)
+    check_config_overrides(config, overrides)
+    if cfg.model.pretrained or not new_head:
+        model = load("model", auto_model, spec, token, config=config, ignore_mismatched_sizes=new_head)
+    else:
+        model = auto_model.from_config(config)
+    return config, model
+
+
 def check_tiny(spec: str, supported: tuple[str, ...], task: str) -> str:
     arch = tiny_arch(spec)
     if arch not in supported:

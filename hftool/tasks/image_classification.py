@@ -488,16 +488,10 @@ def _timm(cfg, spec: str, label_fields: dict, side: int | None):
 
 def _pretrained(cfg, spec: str, label_fields: dict, new_head: bool, side: int | None):
     """A local model dir, run dir or hub id (HF or timm format) and its image processor."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    token, overrides = cfg.model.token, dict(cfg.model.config_overrides)
-    config = models.load("model", AutoConfig, spec, token, **label_fields, **overrides)
-    models.check_config_overrides(config, overrides)
-    if cfg.model.pretrained or not new_head:
-        model = models.load("model", AutoModelForImageClassification, spec, token, config=config,
-                            ignore_mismatched_sizes=new_head)  # a new label set replaces the head
-    else:
-        model = AutoModelForImageClassification.from_config(config)
+    token = cfg.model.token
+    config, model = models.pretrained_with_head(cfg, spec, AutoModelForImageClassification, label_fields, new_head)
     processor = models.load("image processor", AutoImageProcessor, spec, token)
     if side and geometry(processor).crop != (side, side):
         if config.model_type == "timm_wrapper":

@@ -456,16 +456,10 @@ def _tiny_detr(cfg, fields: dict, side: int):
 
 def _pretrained(cfg, spec: str, fields: dict, new_head: bool, side: int | None):
     """A local model dir, run dir or hub id and its image processor; a new label set gets a new head."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetection
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-    token, overrides = cfg.model.token, dict(cfg.model.config_overrides)
-    config = models.load("model", AutoConfig, spec, token, **fields, **overrides)
-    models.check_config_overrides(config, overrides)
-    if cfg.model.pretrained or not new_head:
-        model = models.load("model", AutoModelForObjectDetection, spec, token, config=config,
-                            ignore_mismatched_sizes=new_head)
-    else:
-        model = AutoModelForObjectDetection.from_config(config)
+    token = cfg.model.token
+    _, model = models.pretrained_with_head(cfg, spec, AutoModelForObjectDetection, fields, new_head)
     processor = models.load("image processor", AutoImageProcessor, spec, token)
     if side:  # the longer side becomes `side`: small images train much faster than DETR's 800-1333
         settings = processor.to_dict()
