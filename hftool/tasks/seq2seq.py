@@ -1,5 +1,5 @@
 """Sequence to sequence: translation and summarization with any AutoModelForSeq2SeqLM (T5, BART,
-Marian, mBART) or tiny:t5.
+Marian, mBART), or tiny:mbart / tiny:t5 from scratch.
 
 Rows are source/target text pairs: table columns, aligned parallel files ({split}.{lang}), or a
 hub `translation` column. Training minimises the model's own teacher-forced loss; evaluation
@@ -55,12 +55,15 @@ class Seq2Seq(Task):
         spec = model_path or cfg.model.name
         overrides = dict(cfg.model.config_overrides)
         if models.tiny_arch(spec) is not None:
-            models.check_tiny(spec, ("t5",), self.name)
-            from transformers import T5ForConditionalGeneration
+            arch = models.check_tiny(spec, ("mbart", "t5"), self.name)
+            from transformers import MBartForConditionalGeneration, T5ForConditionalGeneration
 
             tokenizer = models.tiny_tokenizer(run_dir, lambda: train_tokenizer(
                 [*train_ds["source"], *train_ds["target"]], cfg.model.tiny_vocab_size))
-            model = T5ForConditionalGeneration(tiny_t5_config(tokenizer, overrides))
+            if arch == "mbart":
+                model = MBartForConditionalGeneration(tiny_mbart_config(tokenizer, overrides))
+            else:
+                model = T5ForConditionalGeneration(tiny_t5_config(tokenizer, overrides))
         else:
             from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -212,7 +215,7 @@ def _from_translation(ds, source: str, source_lang: str | None, target_lang: str
 
 def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 512):
     """A byte-level BPE tokenizer with T5's special tokens (<pad> 0, </s> 1, <unk> 2) learned from
-    `texts` (source and target: the model shares one vocabulary), for tiny:t5.
+    `texts` (source and target: the model shares one vocabulary), for tiny:mbart and tiny:t5.
 
     Every byte is in the vocabulary, so any text encodes; </s> ends every encoded text, as T5's
     tokenizer does. The BPE trainer is deterministic (see models.byte_bpe_merges).
@@ -234,9 +237,31 @@ def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 5
                                    model_max_length=model_max_length)
 
 
+def tiny_mbart_config(tokenizer, overrides: dict):
+    """A small mBART config: 2+2 layers of width 128.
+
+    Why mBART: learned absolute positions give word order from the first steps, and its pre-norm
+    layers get past the early plateau where the decoder models the target language without
+    reading the source. On the embedded toy translation (8 epochs, seeds 0/1/2/42) it reached
+    BLEU 100 by the fourth epoch every time; BART of the same size (post-norm) stayed on the
+    plateau for some seeds, and T5 of the same size (relative position biases only) stalled near
+    BLEU 40, swapping subject and object. Dropout is off: runs that short do not overfit.
+    """
+    from transformers import MBartConfig
+
+    sizes = dict(d_model=128, encoder_ffn_dim=256, decoder_ffn_dim=256, encoder_layers=2, decoder_layers=2,
+                 encoder_attention_heads=4, decoder_attention_heads=4, dropout=0.0, attention_dropout=0.0,
+                 activation_dropout=0.0, max_position_embeddings=tokenizer.model_max_length)
+    models.check_config_overrides(MBartConfig(), overrides)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    # Decoding starts from </s>, as mBART's training shift does (it wraps the labels' last token,
+    # here </s>, to the front). The tokenizer has no <s>; </s> stands in for it.
+    return MBartConfig(vocab_size=len(tokenizer), pad_token_id=pad, bos_token_id=eos, eos_token_id=eos,
+                       decoder_start_token_id=eos, forced_eos_token_id=eos, **(sizes | overrides))
+
+
 def tiny_t5_config(tokenizer, overrides: dict):
-    """A small T5 config: 2+2 layers of width 128, which learns the embedded toy translation in
-    about a minute on a CPU. Dropout is off: runs that short do not overfit."""
+    """A small T5 config: 2+2 layers of width 128. Dropout is off: short runs do not overfit."""
     from transformers import T5Config
 
     sizes = dict(d_model=128, d_ff=256, d_kv=32, num_layers=2, num_decoder_layers=2, num_heads=4, dropout_rate=0.0)
