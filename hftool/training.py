@@ -12,7 +12,9 @@ checkpoint or none; `--resume` only ever sees complete ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -348,7 +350,8 @@ class Trainer:
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        with _without_shared_tensor_notes():
+            acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
             _write_json(tmp / STATE_FILE, state.__dict__)
@@ -468,6 +471,22 @@ def make_accelerator(**kwargs):
 
     cpu = in_distributed_run() and not torch.cuda.is_available()
     return Accelerator(cpu=cpu, **kwargs)
+
+
+@contextlib.contextmanager
+def _without_shared_tensor_notes():
+    """Drop Accelerate's "Removed shared tensor ... while saving" warning: tied weights (an LM
+    head sharing the embeddings) are saved once and tied again on load, which is expected."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+    logger = logging.getLogger("accelerate.utils.other")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _batch_examples(batch: dict) -> int:
