@@ -44,7 +44,7 @@ def run(tmp_path_factory, data):
 def test_run_dir_has_every_artifact(run):
     run_dir, metrics = run
     for name in ("config.json", "model.safetensors", "tokenizer.json", "config.yaml", "metrics.json", "log.jsonl",
-                 "curves.png", "README.md", "provenance.json"):
+                 "curves.svg", "README.md", "provenance.json"):
         assert (run_dir / name).is_file(), name
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved == metrics
@@ -56,6 +56,23 @@ def test_run_dir_has_every_artifact(run):
     assert "eval_accuracy" in card and "hftool finetune bert-cls" in card
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["packages"]["torch"] and len(provenance["data"]["train"]["sha256"]) == 64
+
+
+def test_curves_have_a_panel_per_metric_and_a_point_per_logged_value(run):
+    import xml.etree.ElementTree as ET
+
+    run_dir, metrics = run
+    svg = ET.parse(run_dir / "curves.svg").getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    titles = [t.text for t in svg.iter(f"{ns}text") if t.get("font-weight") == "bold"]
+    assert titles == ["loss", *[k for k in metrics if k.startswith("eval_") and k != "eval_loss"]]
+    lines = {p.get("data-label"): p.get("points").split() for p in svg.iter(f"{ns}polyline")}
+    assert len(lines["train loss"]) == 4 and len(lines["eval loss"]) == 2 and len(lines["eval_accuracy"]) == 2
+    # SVG's y grows downwards: the larger of the two logged train losses is drawn higher.
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["type"] == "train"]
+    ys = [float(p.split(",")[1]) for p in lines["train loss"]]
+    assert sorted(range(4), key=lambda i: losses[i]) == sorted(range(4), key=lambda i: -ys[i])
 
 
 def test_saved_predictions_are_the_scored_examples_in_data_order(run, data, cli, tmp_path):
