@@ -291,9 +291,25 @@ def find_recipe(recipe: str) -> Path:
     raise HftoolError(f"unknown recipe '{recipe}': {hint}`hftool recipes` lists them: {', '.join(recipes)}")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with only true/false as booleans (as YAML 1.2 reads them): PyYAML's 1.1 rules turn
+    `no`, `off`, `yes` and `on` into booleans, and `train.mixed_precision=no` was refused."""
+
+
+_Loader.yaml_implicit_resolvers = {key: [(tag, regexp) for tag, regexp in resolvers
+                                         if tag != "tag:yaml.org,2002:bool"]
+                                   for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml(path: Path) -> dict:
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -412,7 +428,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise HftoolError(f"override '{text}' is not KEY=VALUE (e.g. train.warmup_ratio=0.1)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), _fix_flow_mapping(value)
@@ -426,7 +442,7 @@ def _fix_flow_mapping(value: Any) -> Any:
     for key, item in value.items():
         if item is None and isinstance(key, str) and ":" in key:
             key, _, raw = key.partition(":")
-            item = yaml.safe_load(raw)
+            item = load_yaml(raw)
         fixed[key] = _fix_flow_mapping(item)
     return fixed
 

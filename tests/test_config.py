@@ -33,9 +33,17 @@ def test_flags_that_were_not_given_do_not_override(tmp_path):
     ("train.group_by_length=false", "group_by_length", False),
     ("train.max_steps=null", "max_steps", None),
     ("train.epochs=1", "epochs", 1.0),
+    ("train.mixed_precision=no", "mixed_precision", "no"),  # YAML 1.1 would read a boolean
+    ("train.group_by_length=no", "group_by_length", False),
 ])
 def test_override_values_are_typed(text, key, value):
     assert getattr(load_config(overrides=[text]).train, key) == value
+
+
+def test_no_in_a_recipe_is_the_string_no(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(recipe).train.mixed_precision == "no"
 
 
 def test_yaml_floats_written_the_pyyaml_way_still_load(tmp_path):
