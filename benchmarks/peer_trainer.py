@@ -2,6 +2,7 @@
 
     python benchmarks/peer_trainer.py --train train.csv --test test.csv --model DIR --padding max
     python benchmarks/peer_trainer.py ... --padding dynamic   # + group_by_length
+    python benchmarks/peer_trainer.py ... --padding dynamic --bf16   # + bf16 autocast
 
 `--padding max` is run_glue.py's default (every example padded to max_length); `--padding
 dynamic` is Trainer at its best on CPU: DataCollatorWithPadding and length-grouped batches.
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CPUs with avx512_bf16/AMX, GPUs)")
     args = parser.parse_args()
 
     import datasets
@@ -49,7 +51,7 @@ def main() -> None:
     training = TrainingArguments(
         output_dir=args.out, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=2 * args.batch_size,
         learning_rate=args.lr, num_train_epochs=args.epochs, weight_decay=0.01, eval_strategy="no",
-        save_strategy="no", report_to="none", logging_steps=50, seed=args.seed, use_cpu=True,
+        save_strategy="no", report_to="none", logging_steps=50, seed=args.seed, use_cpu=True, bf16=args.bf16,
         train_sampling_strategy="group_by_length" if args.padding == "dynamic" else "random")
 
     def accuracy(prediction):

@@ -62,43 +62,65 @@ def bert_cls(reps: int, train_rows: int | None) -> dict:
     model = str(minilm_path())
     common = ["--epochs", "1", "--batch-size", "32", "--lr", "1e-4"]
     out = RESULTS / "bert-cls"
+
+    def hftool(run: str, *extra: str) -> list[str]:
+        return [PY, "-m", "hftool", "finetune", "bert-cls", "--model", model, "--data", str(train), "--eval-data",
+                str(data["test"]), "-o", str(out / run), "--overwrite", *common, "data.max_length=128",
+                "train.warmup_ratio=0.0", "train.logging_steps=50", *extra]
+
+    def trainer(run: str, *extra: str) -> list[str]:
+        return [PY, "benchmarks/peer_trainer.py", "--train", str(train), "--test", str(data["test"]), "--model", model,
+                "--out", str(out / run), *common, *extra]
+
     sides = {
-        "hftool": [PY, "-m", "hftool", "finetune", "bert-cls", "--model", model, "--data", str(train),
-                   "--eval-data", str(data["test"]), "-o", str(out / "hftool"), "--overwrite", *common,
-                   "data.max_length=128", "train.warmup_ratio=0.0", "train.logging_steps=50"],
-        "Trainer, run_glue defaults (pad to 128)": [
-            PY, "benchmarks/peer_trainer.py", "--train", str(train), "--test", str(data["test"]), "--model", model,
-            "--out", str(out / "trainer-max"), "--padding", "max", *common],
-        "Trainer, dynamic padding + group_by_length": [
-            PY, "benchmarks/peer_trainer.py", "--train", str(train), "--test", str(data["test"]), "--model", model,
-            "--out", str(out / "trainer-dynamic"), "--padding", "dynamic", *common],
+        "hftool": hftool("hftool"),
+        "Trainer, run_glue defaults (pad to 128)": trainer("trainer-max", "--padding", "max"),
+        "Trainer, dynamic padding + group_by_length": trainer("trainer-dynamic", "--padding", "dynamic"),
     }
+    if cpu_has_bf16():  # bf16 autocast on both sides: a CPU with native bf16 (avx512_bf16 or AMX)
+        sides["hftool, bf16"] = hftool("hftool-bf16", "--mixed-precision", "bf16")
+        sides["Trainer, dynamic padding + group_by_length, bf16"] = trainer("trainer-dynamic-bf16", "--padding",
+                                                                          "dynamic", "--bf16")
     runs = {name: [] for name in sides}
     for rep in range(reps):
         for name, command in sides.items():
             result = timed(command)
-            if name == "hftool":
-                accuracy = json.loads((out / "hftool" / "metrics.json").read_text())["eval_accuracy"]
+            if name.startswith("hftool"):
+                run_dir = command[command.index("-o") + 1]
+                accuracy = json.loads((Path(run_dir) / "metrics.json").read_text())["eval_accuracy"]
             else:
                 accuracy = json.loads(result["stdout"].strip().splitlines()[-1])["accuracy"]
             runs[name].append({**result, "accuracy": accuracy, "samples_per_second": n / result["seconds"],
                                "samples_per_cpu_second": n / result["cpu_seconds"]})
             print(f"  [{rep + 1}/{reps}] {name}: {result['seconds']:.1f} s, acc {accuracy:.4f}", flush=True)
     rows = []
-    base = statistics.median(r["samples_per_second"] for r in runs["hftool"])
-    base_cpu = statistics.median(r["samples_per_cpu_second"] for r in runs["hftool"])
+
+    def median(name, key):
+        return statistics.median(r[key] for r in runs[name])
+
     for name, results in runs.items():
-        speed = statistics.median(r["samples_per_second"] for r in results)
-        cpu_speed = statistics.median(r["samples_per_cpu_second"] for r in results)
+        speed, cpu_speed = median(name, "samples_per_second"), median(name, "samples_per_cpu_second")
+        # Each Trainer side against hftool at the same precision.
+        ours = "hftool, bf16" if name.endswith("bf16") else "hftool"
+        mine = name.startswith("hftool")
         rows.append({"side": name, "samples/s": round(speed, 2),
-                     "hftool speed-up": "-" if name == "hftool" else f"{base / speed:.2f}x",
-                     "speed-up in CPU time": "-" if name == "hftool" else f"{base_cpu / cpu_speed:.2f}x",
+                     "hftool speed-up": "-" if mine else f"{median(ours, 'samples_per_second') / speed:.2f}x",
+                     "speed-up in CPU time": "-" if mine else
+                     f"{median(ours, 'samples_per_cpu_second') / cpu_speed:.2f}x",
                      "accuracy": round(statistics.median(r["accuracy"] for r in results), 4),
                      "peak RSS MiB": round(statistics.median(r["rss_mib"] for r in results)),
                      "runs": len(results)})
     commands = {name: shlex.join(c).replace(str(REPO) + "/", "") for name, c in sides.items()}
     return {"title": f"bert-cls training: all-MiniLM-L6-v2 on TREC-6 ({n} train rows, 500 test), 1 epoch, "
                      "batch 32, lr 1e-4, whole processes", "rows": rows, "commands": commands}
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cli_startup(reps: int, _rows) -> dict:
