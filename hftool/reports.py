@@ -7,8 +7,8 @@ import json
 import math
 import platform
 import subprocess
-from html import escape
 from datetime import datetime, timezone
+from html import escape
 from importlib import metadata
 from pathlib import Path
 
