@@ -98,11 +98,6 @@ def generate(n: int, seed: int, exclude: set[tuple[str, ...]] = frozenset()) -> 
 
 
 def load():
-    import datasets
+    from hftool.samples import disjoint_splits
 
-    splits, seen = {}, set()
-    for split, (n, seed) in SIZES.items():
-        rows = generate(n, seed, exclude=seen)
-        seen |= {tuple(t) for t in rows["tokens"]}
-        splits[split] = datasets.Dataset.from_dict(rows)
-    return datasets.DatasetDict(splits)
+    return disjoint_splits(SIZES, generate, lambda rows: map(tuple, rows["tokens"]))

@@ -56,11 +56,7 @@ def generate(n: int, seed: int, exclude: set[str] = frozenset()) -> list[str]:
 
 
 def load():
-    import datasets
+    from hftool.samples import disjoint_splits
 
-    splits, seen = {}, set()
-    for split, (n, seed) in SIZES.items():
-        texts = generate(n, seed, exclude=seen)
-        seen |= set(texts)
-        splits[split] = datasets.Dataset.from_dict({"text": texts})
-    return datasets.DatasetDict(splits)
+    return disjoint_splits(SIZES, lambda n, seed, exclude: {"text": generate(n, seed, exclude)},
+                           lambda rows: rows["text"])

@@ -67,11 +67,6 @@ def generate(n: int, seed: int, exclude: set[str] = frozenset()) -> dict[str, li
 
 
 def load():
-    import datasets
+    from hftool.samples import disjoint_splits
 
-    splits, seen = {}, set()
-    for split, (n, seed) in SIZES.items():
-        rows = generate(n, seed, exclude=seen)
-        seen |= set(rows["source"])
-        splits[split] = datasets.Dataset.from_dict(rows)
-    return datasets.DatasetDict(splits)
+    return disjoint_splits(SIZES, generate, lambda rows: rows["source"])
