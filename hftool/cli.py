@@ -5,6 +5,7 @@ torch and transformers are imported inside the commands, so `hftool --help` stay
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -256,6 +257,9 @@ def recipes(name: Annotated[Optional[str], typer.Argument(help="Print this recip
 
 def main() -> None:
     """Console entry point: HftoolError -> `error: ...` on stderr and exit code 2, no traceback."""
+    import hftool
+
+    hftool._cli_process = True
     try:
         app()
     except HftoolError as err:
@@ -274,6 +278,10 @@ def main() -> None:
         print(f"error: process {os.environ.get('RANK')} stopped because another process of the run failed "
               "(its error is above)", file=sys.stderr)
         sys.exit(1)
+    finally:
+        # Exit's final collections would walk every object torch and transformers made, for
+        # nothing: the process is ending.
+        gc.freeze()
 
 
 def _lost_a_peer(err: Exception) -> bool:

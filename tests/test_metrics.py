@@ -44,3 +44,40 @@ def test_metrics_work_offline_without_hub_modules(monkeypatch):
     combined = evaluate.combine([Accuracy(), PrecisionRecallF1(num_classes=2)])
     combined.add_batch(predictions=[1, 0], references=[1, 1])
     assert combined.compute()["accuracy"] == 0.5
+
+
+def _run_python(code: str) -> list[str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()
+
+
+def test_cli_process_imports_evaluate_without_its_evaluator():
+    """In the hftool command's process evaluate loads without transformers.pipelines/scipy.stats
+    (seconds per run); the metrics still compute and both modules stay importable."""
+    out = _run_python(
+        "import sys, hftool; hftool._cli_process = True\n"
+        "from hftool.metrics import Accuracy, PrecisionRecallF1, combine\n"
+        "scores = combine([Accuracy(), PrecisionRecallF1(num_classes=2)]).compute(predictions=[1, 0, 1, 1], "
+        "references=[1, 1, 1, 0])\n"
+        "print(scores['accuracy'], scores['f1_macro'] > 0)\n"
+        "print('transformers.pipelines' in sys.modules, 'scipy.stats' in sys.modules, 'seqeval' in sys.modules)\n"
+        "from transformers import pipeline\nimport scipy.stats\nprint(callable(pipeline))\n")
+    assert out == ["0.5", "True", "False", "False", "False", "True"]
+
+
+def test_library_use_keeps_evaluates_evaluator():
+    out = _run_python("import sys\nfrom hftool.metrics import Accuracy\n"
+                      "print(sys.modules['evaluate.evaluator.base'].TRANSFORMERS_AVAILABLE)\n")
+    assert out == ["True"]
+
+
+def test_unknown_metric_name_is_an_attribute_error():
+    import hftool.metrics
+
+    with pytest.raises(AttributeError, match="NoSuchMetric"):
+        hftool.metrics.NoSuchMetric  # noqa: B018
+    assert "Seqeval" in dir(hftool.metrics)

@@ -348,16 +348,14 @@ class ImageClassification(Task):
 
     # --------------------------------------------------------------------------- metrics
     def metric(self, parts):
-        import evaluate
-
-        from hftool.metrics import Accuracy, ConfusionMatrix, PrecisionRecallF1, TopKAccuracy
+        from hftool.metrics import Accuracy, ConfusionMatrix, PrecisionRecallF1, TopKAccuracy, combine
 
         n = len(parts.labels)
         confusion = parts.extra["confusion"] = ConfusionMatrix(num_classes=n)  # drawn by save()
         modules = [Accuracy(), PrecisionRecallF1(num_classes=n), confusion]
         if n > TOP_K:
             modules.insert(1, TopKAccuracy(k=TOP_K))
-        return evaluate.combine(modules)
+        return combine(modules)
 
     def eval_outputs(self, parts, outputs, batch):
         logits = outputs.logits

@@ -118,11 +118,9 @@ class TextClassification(Task):
         return without_length
 
     def metric(self, parts):
-        import evaluate
+        from hftool.metrics import Accuracy, PrecisionRecallF1, combine
 
-        from hftool.metrics import Accuracy, PrecisionRecallF1
-
-        return evaluate.combine([Accuracy(), PrecisionRecallF1(num_classes=len(parts.labels))])
+        return combine([Accuracy(), PrecisionRecallF1(num_classes=len(parts.labels))])
 
     def eval_outputs(self, parts, outputs, batch):
         logits = outputs.logits.float()
