@@ -32,7 +32,9 @@ def main() -> None:
 
     import datasets
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, default_data_collator)
+                              TrainingArguments, default_data_collator, set_seed)
+
+    set_seed(args.seed)  # before the model, as run_glue.py does: the new classifier head's init is seeded too
 
     raw = datasets.load_dataset("csv", data_files={"train": args.train, "test": args.test})
     names = sorted(set(raw["train"]["label"]))

@@ -63,14 +63,15 @@ def bert_cls(reps: int, train_rows: int | None) -> dict:
     common = ["--epochs", "1", "--batch-size", "32", "--lr", "1e-4"]
     out = RESULTS / "bert-cls"
 
-    def hftool(run: str, *extra: str) -> list[str]:
-        return [PY, "-m", "hftool", "finetune", "bert-cls", "--model", model, "--data", str(train), "--eval-data",
-                str(data["test"]), "-o", str(out / run), "--overwrite", *common, "data.max_length=128",
-                "train.warmup_ratio=0.0", "train.logging_steps=50", *extra]
+    def hftool(run: str, *extra: str):
+        return lambda seed: [PY, "-m", "hftool", "finetune", "bert-cls", "--model", model, "--data", str(train),
+                             "--eval-data", str(data["test"]), "-o", str(out / run), "--overwrite", *common,
+                             "data.max_length=128", "train.warmup_ratio=0.0", "train.logging_steps=50",
+                             f"train.seed={seed}", *extra]
 
-    def trainer(run: str, *extra: str) -> list[str]:
-        return [PY, "benchmarks/peer_trainer.py", "--train", str(train), "--test", str(data["test"]), "--model", model,
-                "--out", str(out / run), *common, *extra]
+    def trainer(run: str, *extra: str):
+        return lambda seed: [PY, "benchmarks/peer_trainer.py", "--train", str(train), "--test", str(data["test"]),
+                             "--model", model, "--out", str(out / run), *common, "--seed", str(seed), *extra]
 
     sides = {
         "hftool": hftool("hftool"),
@@ -85,7 +86,9 @@ def bert_cls(reps: int, train_rows: int | None) -> dict:
                                                                           "dynamic", "--bf16")
     runs = {name: [] for name in sides}
     for rep in range(reps):
+        seed = 42 + rep  # both tools get the same seed in a repetition, a new one in the next
         for name, command in sides.items():
+            command = command(seed)
             result = timed(command)
             if name.startswith("hftool"):
                 run_dir = command[command.index("-o") + 1]
@@ -94,27 +97,34 @@ def bert_cls(reps: int, train_rows: int | None) -> dict:
                 accuracy = json.loads(result["stdout"].strip().splitlines()[-1])["accuracy"]
             runs[name].append({**result, "accuracy": accuracy, "samples_per_second": n / result["seconds"],
                                "samples_per_cpu_second": n / result["cpu_seconds"]})
-            print(f"  [{rep + 1}/{reps}] {name}: {result['seconds']:.1f} s, acc {accuracy:.4f}", flush=True)
+            print(f"  [{rep + 1}/{reps}] seed {seed} {name}: {result['seconds']:.1f} s, acc {accuracy:.4f}, "
+                  f"{result['rss_mib']:.0f} MiB", flush=True)
     rows = []
 
     def median(name, key):
         return statistics.median(r[key] for r in runs[name])
+
+    def spread(values, digits):
+        return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
 
     for name, results in runs.items():
         speed, cpu_speed = median(name, "samples_per_second"), median(name, "samples_per_cpu_second")
         # Each Trainer side against hftool at the same precision.
         ours = "hftool, bf16" if name.endswith("bf16") else "hftool"
         mine = name.startswith("hftool")
+        accuracies, rss = [r["accuracy"] for r in results], [r["rss_mib"] for r in results]
         rows.append({"side": name, "samples/s": round(speed, 2),
                      "hftool speed-up": "-" if mine else f"{median(ours, 'samples_per_second') / speed:.2f}x",
                      "speed-up in CPU time": "-" if mine else
                      f"{median(ours, 'samples_per_cpu_second') / cpu_speed:.2f}x",
-                     "accuracy": round(statistics.median(r["accuracy"] for r in results), 4),
-                     "peak RSS MiB": round(statistics.median(r["rss_mib"] for r in results)),
+                     "accuracy, mean": round(statistics.mean(accuracies), 4), "accuracy, range": spread(accuracies, 3),
+                     "peak RSS MiB, median": round(statistics.median(rss)), "peak RSS, range": spread(rss, 0),
                      "runs": len(results)})
+    sides = {name: command(42) for name, command in sides.items()}
     commands = {name: shlex.join(c).replace(str(REPO) + "/", "") for name, c in sides.items()}
     return {"title": f"bert-cls training: all-MiniLM-L6-v2 on TREC-6 ({n} train rows, 500 test), 1 epoch, "
-                     "batch 32, lr 1e-4, whole processes", "rows": rows, "commands": commands}
+                     f"batch 32, lr 1e-4, whole processes; repetition r uses seed 42 + r on every side",
+            "rows": rows, "commands": commands}
 
 
 def cli_startup(reps: int, _rows) -> dict:
