@@ -191,8 +191,8 @@ class TrainConfig:
     mixed_precision: str = "no"
     # Seeds python, numpy and torch; the data order of epoch e uses seed + e.
     seed: int = 42
-    # Batch examples of similar length together so dynamic padding pads little (shuffled at the
-    # batch level, so training still sees a random order).
+    # Batch examples of similar length together so dynamic padding pads little: random groups of
+    # up to 50 batches (at least four groups), each sorted longest first, as Trainer does.
     group_by_length: bool = True
     # Evaluate every N optimizer steps; None evaluates at the end of each epoch.
     eval_steps: int | None = None

@@ -168,6 +168,25 @@ def test_length_grouped_batches_are_full_cover_every_example_and_repeat_by_seed(
         assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest batch first
 
 
+def test_small_data_is_grouped_in_at_least_four_sorted_mega_batches():
+    """2000 examples in batches of 32: mega-batches of 2000 // (4 * 32) = 15 batches, each sorted
+    longest first, so the batches' longest lengths fall inside a mega-batch and rise only between
+    them (sorting the whole set at once would make each batch one band of lengths)."""
+    import random
+
+    from hftool.data.batching import LengthGroupedBatches
+
+    lengths = [random.Random(i).randint(3, 60) for i in range(2000)]
+    batches = list(LengthGroupedBatches(lengths, 32, seed=3))
+    longest = [max(lengths[i] for i in b) for b in batches]
+    assert longest[0] == 60
+    # The first batch was moved to the front from its mega-batch; the last one is topped up.
+    rest = longest[1:-1]
+    rises = [k for k in range(1, len(rest)) if rest[k] > rest[k - 1]]
+    assert len(rises) == 4, longest  # 5 mega-batches, the last one short
+    assert all(b - a >= 14 for a, b in zip(rises, rises[1:])), longest  # 15 sorted batches apart
+
+
 def test_every_process_gets_every_batch_when_accelerate_splits_them():
     """Accelerate drops a short batch that is not the last when it splits batches across processes:
     with full batches, 2 processes see as many steps as 1."""
