@@ -182,41 +182,51 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=2000, help="TREC-6 training rows (0: all 5452)")
     parser.add_argument("--only", default=",".join(BENCHMARKS))
     args = parser.parse_args()
-    sections = []
+    sections = {}
     for name in args.only.split(","):
         if name not in BENCHMARKS:
             raise SystemExit(f"unknown benchmark {name}; choose from {', '.join(BENCHMARKS)}")
         print(f"{name} ...", flush=True)
         try:
-            sections.append(BENCHMARKS[name](args.reps, args.train_rows or None))
+            sections[name] = BENCHMARKS[name](args.reps, args.train_rows or None)
         except SystemExit as skipped:
             print(f"  skipped: {skipped}", flush=True)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     load = os.getloadavg()[0]
-    text = [f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu}, {os.cpu_count()} cores "
-            f"(load average {load:.1f} when it ended), Python {platform.python_version()}; {args.reps} alternating "
-            f"repetitions per side, medians.\n\n"
-            f"Reproduce: `python benchmarks/run.py --reps {args.reps} --train-rows {args.train_rows} --only {args.only}`\n"]
-    for section in sections:
-        text.append(f"### {section['title']}\n\n{table(section['rows'])}\n")
+    blocks = {}
+    for name, section in sections.items():
+        text = [f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu}, {os.cpu_count()} cores "
+                f"(load average {load:.1f} when it ended), Python {platform.python_version()}; {args.reps} "
+                f"alternating repetitions per side, medians. Reproduce: "
+                f"`python benchmarks/run.py --reps {args.reps} --train-rows {args.train_rows} --only {name}`\n",
+                f"### {section['title']}\n\n{table(section['rows'])}\n"]
         if section.get("notes"):
             text.append(section["notes"] + "\n")
         text.append("Commands:\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in section["commands"].items()) + "\n")
-    write_results("\n".join(text))
-    print("\n".join(text))
+        blocks[name] = "\n".join(text)
+    write_results(blocks)
+    print("\n".join(blocks.values()))
 
 
-def write_results(text: str) -> None:
-    """Replace the part of benchmarks/README.md between the results markers."""
+def write_results(blocks: dict[str, str]) -> None:
+    """Replace each benchmark's block in benchmarks/README.md's results part; the blocks of
+    benchmarks not run this time stay as they were (each says when it was measured)."""
     readme = REPO / "benchmarks" / "README.md"
     start, end = "<!-- results: written by benchmarks/run.py -->", "<!-- /results -->"
     current = readme.read_text(encoding="utf-8")
     if start not in current:
         current += f"\n## Latest results\n\n{start}\n{end}\n"
     before, rest = current.split(start, 1)
-    after = rest.split(end, 1)[1]
-    readme.write_text(f"{before}{start}\n{text}\n{end}{after}", encoding="utf-8")
-
+    results, after = rest.split(end, 1)
+    for name, text in blocks.items():
+        opening, closing = f"<!-- {name} -->", f"<!-- /{name} -->"
+        block = f"{opening}\n{text}\n{closing}"
+        if opening in results and closing in results:
+            head, tail = results.split(opening, 1)
+            results = head + block + tail.split(closing, 1)[1]
+        else:
+            results = results.rstrip("\n") + f"\n{block}\n"
+    readme.write_text(f"{before}{start}{results}{end}{after}", encoding="utf-8")
 
 if __name__ == "__main__":
     main()
