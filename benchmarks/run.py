@@ -228,5 +228,6 @@ def write_results(blocks: dict[str, str]) -> None:
             results = results.rstrip("\n") + f"\n{block}\n"
     readme.write_text(f"{before}{start}{results}{end}{after}", encoding="utf-8")
 
+
 if __name__ == "__main__":
     main()
