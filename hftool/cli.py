@@ -78,7 +78,7 @@ def finetune(
     batch_size: BatchSize = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (data order, init, dropout).")] = None,
-    mixed_precision: Annotated[Optional[str], typer.Option(help="no | bf16 | fp16 | auto (bf16 where the GPU/CPU has it natively).")] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option(help="auto (default: bf16 where the GPU/CPU has it natively, else fp32) | no (fp32) | bf16 | fp16.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --output-dir from its latest checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --output-dir.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,

@@ -18,8 +18,9 @@ from hftool.config import RunConfig, to_dict
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "evaluate", "timm", "tokenizers")
 
 
-def write_all(run_dir: Path, cfg: RunConfig, metrics: dict, sources: dict[str, str], recipe: str, command: str) -> None:
-    provenance = collect_provenance(cfg, sources, command)
+def write_all(run_dir: Path, cfg: RunConfig, metrics: dict, sources: dict[str, str], recipe: str, command: str,
+              precision: str = "no") -> None:
+    provenance = collect_provenance(cfg, sources, command, precision)
     (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
     plot_curves(run_dir / "log.jsonl", run_dir / "curves.svg")
     (run_dir / "README.md").write_text(model_card(cfg, metrics, provenance, recipe), encoding="utf-8")
@@ -28,7 +29,9 @@ def write_all(run_dir: Path, cfg: RunConfig, metrics: dict, sources: dict[str, s
     get_task(cfg.task).write_reports(run_dir, metrics)
 
 
-def collect_provenance(cfg: RunConfig, sources: dict[str, str], command: str) -> dict:
+def collect_provenance(cfg: RunConfig, sources: dict[str, str], command: str, precision: str = "no") -> dict:
+    """Where a run came from. `precision` is what training ran in (train.mixed_precision=auto
+    depends on the machine): recorded as fp32, bf16 or fp16."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -42,6 +45,7 @@ def collect_provenance(cfg: RunConfig, sources: dict[str, str], command: str) ->
         "command": command,
         "python": platform.python_version(),
         "packages": versions,
+        "precision": "fp32" if precision == "no" else precision,
         "data": {split: {"source": name, **fingerprint(spec)}
                  for split, name, spec in _data_specs(cfg, sources)},
     }

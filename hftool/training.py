@@ -217,8 +217,10 @@ class Trainer:
         if step >= 0:
             good = list_checkpoints(self.run_dir)
             kept = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written"
+            precision = {"fp16": ", or use bf16 rather than fp16",
+                         "bf16": ", or train in fp32 (--mixed-precision no)"}.get(self.mixed_precision, "")
             raise HftoolError(f"the training loss became NaN/inf at step {step}; lower train.lr, keep "
-                              f"train.max_grad_norm > 0, or use bf16 rather than fp16 ({kept})")
+                              f"train.max_grad_norm > 0{precision} ({kept})")
 
     def _train(self) -> None:
         acc, t, state = self.accelerator, self.cfg.train, self.state
@@ -421,7 +423,8 @@ class Trainer:
             _write_json(self.run_dir / "metrics.json", metrics)
             if self.cfg.eval.save_predictions:
                 write_jsonl(self.run_dir / "predictions.jsonl", self.eval_records)
-            reports.write_all(self.run_dir, self.cfg, metrics, self.sources, self.recipe, self.command)
+            reports.write_all(self.run_dir, self.cfg, metrics, self.sources, self.recipe, self.command,
+                              self.mixed_precision)
         acc.end_training()
         return metrics
 
@@ -471,6 +474,13 @@ def resolve_mixed_precision(setting: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def inference_precision(setting: str) -> str:
+    """The precision `hftool evaluate` and `hftool predict` score a run in: the one it trained in on
+    this machine, so they reproduce its metrics; fp16 (GPU only) becomes fp32 on a CPU."""
+    precision = resolve_mixed_precision(setting)
+    return "no" if precision == "fp16" and not torch.cuda.is_available() else precision
 
 
 def cpu_has_native_bf16() -> bool:

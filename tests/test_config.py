@@ -34,7 +34,7 @@ def test_flags_that_were_not_given_do_not_override(tmp_path):
     ("train.max_steps=null", "max_steps", None),
     ("train.epochs=1", "epochs", 1.0),
     ("train.mixed_precision=no", "mixed_precision", "no"),  # YAML 1.1 would read a boolean
-    ("train.mixed_precision=auto", "mixed_precision", "auto"),
+    ("train.mixed_precision=bf16", "mixed_precision", "bf16"),
     ("train.group_by_length=no", "group_by_length", False),
 ])
 def test_override_values_are_typed(text, key, value):
