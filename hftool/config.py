@@ -188,7 +188,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     # no | bf16 | fp16 | auto. auto: bf16 autocast where the GPU or CPU computes it natively
     # (Ampere+ GPUs; CPUs with avx512_bf16 or AMX), fp32 elsewhere. On such a CPU MiniLM trained
-    # 1.3x faster at the same accuracy over 22 seeds (benchmarks/README.md); `no` is plain fp32.
+    # 1.4x faster at the same accuracy over 22 seeds (benchmarks/README.md); `no` is plain fp32.
     # fp16 needs a GPU.
     mixed_precision: str = "auto"
     # Seeds python, numpy and torch; the data order of epoch e uses seed + e.

@@ -467,7 +467,7 @@ class Trainer:
 
 def resolve_mixed_precision(setting: str) -> str:
     """`auto` -> bf16 where it is native: a CUDA GPU that supports it, or a CPU with avx512_bf16 or
-    AMX (on TREC-6 MiniLM such a CPU trained 1.55x faster than fp32 at the same accuracy; CPUs
+    AMX (on TREC-6 MiniLM such a CPU trained about 1.4x faster than fp32 at the same accuracy; CPUs
     without them emulate bf16 and get slower). Other settings pass through."""
     if setting != "auto":
         return setting
