@@ -263,7 +263,7 @@ def _same_predictions(trainer, run: Path, inputs: list[str]) -> None:
 
 # resnet18 gets 32-pixel images: at 16 its last stage sees 1x1 maps, and torch 2.14.1's bf16 CPU
 # weight gradient of a stride-2 3x3 conv on a 1x1 map reads uninitialised memory (the default
-# precision is bf16 on CPUs that have it; see README "Precision").
+# precision is bf16 on CPUs that have it; see the README paragraph "Precision defaults to auto").
 RESNET_SIZE = "data.image_size=32"
 
 
