@@ -129,7 +129,7 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     """
     from hftool.data import load_eval_split, load_splits
     from hftool.evaluation import eval_loader, eval_order, evaluate_model
-    from hftool.training import inference_precision, make_accelerator
+    from hftool.training import inference_accelerator
 
     cfg = run_config(model, overrides)
     if not Path(model).expanduser().is_dir():
@@ -149,8 +149,7 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     task, parts = _load(model, cfg)
     rows, _ = task.prepare(cfg, rows, source, parts.labels)
     features = task.eval_features(parts, cfg, rows)
-    # The run's precision, so metrics.json is reproduced (train.mixed_precision=no scores in fp32).
-    accelerator = make_accelerator(mixed_precision=inference_precision(cfg.train.mixed_precision))
+    accelerator = inference_accelerator(cfg.train.mixed_precision)  # train.mixed_precision=no: fp32
     size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     loader = accelerator.prepare(eval_loader(features, task.collate(parts), size, cfg.data.num_workers))
     network = accelerator.prepare(parts.model)
@@ -203,11 +202,9 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
     if options.get("top_k", 1) < 1:
         raise HftoolError(f"--top-k must be at least 1, got {options['top_k']}")
     task, parts = _load(model, cfg)
-    from hftool.training import inference_precision, make_accelerator
+    from hftool.training import inference_accelerator
 
-    # On the device, in the precision the run scored its eval data in (outputs come back fp32).
-    accelerator = make_accelerator(mixed_precision=inference_precision(cfg.train.mixed_precision))
-    parts.model = accelerator.prepare(parts.model)
+    parts.model = inference_accelerator(cfg.train.mixed_precision).prepare(parts.model)  # on the device
     return task.predict(parts, cfg, list(inputs), batch_size, **options)
 
 

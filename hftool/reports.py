@@ -19,7 +19,7 @@ PACKAGES = ("torch", "transformers", "datasets", "accelerate", "evaluate", "timm
 
 
 def write_all(run_dir: Path, cfg: RunConfig, metrics: dict, sources: dict[str, str], recipe: str, command: str,
-              precision: str = "no") -> None:
+              precision: str) -> None:
     provenance = collect_provenance(cfg, sources, command, precision)
     (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
     plot_curves(run_dir / "log.jsonl", run_dir / "curves.svg")
@@ -29,7 +29,7 @@ def write_all(run_dir: Path, cfg: RunConfig, metrics: dict, sources: dict[str, s
     get_task(cfg.task).write_reports(run_dir, metrics)
 
 
-def collect_provenance(cfg: RunConfig, sources: dict[str, str], command: str, precision: str = "no") -> dict:
+def collect_provenance(cfg: RunConfig, sources: dict[str, str], command: str, precision: str) -> dict:
     """Where a run came from. `precision` is what training ran in (train.mixed_precision=auto
     depends on the machine): recorded as fp32, bf16 or fp16."""
     versions = {}

@@ -476,11 +476,13 @@ def resolve_mixed_precision(setting: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "no"
 
 
-def inference_precision(setting: str) -> str:
-    """The precision `hftool evaluate` and `hftool predict` score a run in: the one it trained in on
-    this machine, so they reproduce its metrics; fp16 (GPU only) becomes fp32 on a CPU."""
+def inference_accelerator(setting: str):
+    """The Accelerator `hftool evaluate` and `hftool predict` run a model with: in its run's
+    train.mixed_precision resolved on this machine, so they reproduce the run's metrics; fp16
+    (GPU only) becomes fp32 on a CPU. Prepared models return fp32 outputs."""
     precision = resolve_mixed_precision(setting)
-    return "no" if precision == "fp16" and not torch.cuda.is_available() else precision
+    return make_accelerator(mixed_precision="no" if precision == "fp16" and not torch.cuda.is_available()
+                            else precision)
 
 
 def cpu_has_native_bf16() -> bool:
