@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -175,6 +176,29 @@ def test_parameters_change_after_one_step(data, tmp_path):
     trainer.train()
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)]
     assert len(changed) == len(before), set(before) - set(changed)
+
+
+def test_text_training_caps_the_cpu_kernel_caches_while_it_runs_and_keeps_a_users_value(data, tmp_path,
+                                                                                         monkeypatch):
+    """Dynamically padded batches change shape nearly every step: uncapped, oneDNN's kernel
+    caches grow for the whole run (benchmarks/README.md)."""
+    from hftool.training import KERNEL_CACHE_VARIABLES
+
+    primitives, lru = KERNEL_CACHE_VARIABLES
+    monkeypatch.delenv(primitives, raising=False)
+    monkeypatch.setenv(lru, "500")
+    trainer = trainer_for(data, tmp_path, "train.max_steps=2")
+    seen = []
+    original = trainer.task.train_loss
+
+    def recording(*args, **kwargs):
+        seen.append({name: os.environ.get(name) for name in KERNEL_CACHE_VARIABLES})
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.task, "train_loss", recording)
+    trainer.train()
+    assert seen == [{primitives: "32", lru: "500"}] * 2
+    assert primitives not in os.environ and os.environ[lru] == "500"  # processes started later get the defaults
 
 
 def test_accumulation_steps_the_optimizer_after_every_nth_micro_batch(data, tmp_path):

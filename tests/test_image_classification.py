@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -243,7 +244,22 @@ def _trained(cfg_overrides: list[str], data: Path, out: Path):
     trainer = Trainer(cfg, out)
     trainer.setup()
     before = {k: v.clone() for k, v in trainer.parts.model.state_dict().items()}
-    trainer.train()
+    from hftool.training import KERNEL_CACHE_VARIABLES
+
+    outside, seen = {name: os.environ.get(name) for name in KERNEL_CACHE_VARIABLES}, []
+    original = trainer.task.train_loss
+
+    def recording(*args, **kwargs):
+        seen.append({name: os.environ.get(name) for name in KERNEL_CACHE_VARIABLES})
+        return original(*args, **kwargs)
+
+    trainer.task.train_loss = recording
+    try:
+        trainer.train()
+    finally:
+        del trainer.task.train_loss
+    # Images have fixed shapes, and a CNN needs more kernels per step than the cap text runs get.
+    assert seen and all(env == outside for env in seen), seen
     trainer.finish()
     after = trainer.parts.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter changed in training"
