@@ -500,7 +500,7 @@ def bounded_kernel_caches(enabled: bool = True):
     On CPU, oneDNN runs bf16 matmuls and some fp32 ops. It keeps the kernels it builds, one per
     input shape, in two caches of 1024 entries each. Dynamic padding brings new shapes nearly
     every batch, so the caches grow for the whole run: by the end of a 2000-row bert-cls epoch
-    in bf16, peak memory was 120 MiB higher. 32 entries hold one step's shapes, and rebuilding
+    in bf16, peak memory was 130 MiB higher. 32 entries hold one step's shapes, and rebuilding
     evicted kernels cost no time we could measure (benchmarks/README.md). Images keep the
     defaults: a CNN needs more kernels per step than 32, and its shapes do not change.
 

@@ -236,7 +236,7 @@ def test_folder_run_learns_and_reloads_for_evaluate_predict_and_pipeline(image_f
 def _trained(cfg_overrides: list[str], data: Path, out: Path):
     """Train in-process and return the trainer (its model is the one saved in `out`)."""
     from hftool.config import load_config
-    from hftool.training import Trainer
+    from hftool.training import KERNEL_CACHE_VARIABLES, Trainer
 
     cfg = load_config("vit-cls", {"data.train": str(data), "output_dir": str(out)},
                       ["train.max_steps=4", "train.batch_size=8", "data.num_workers=0", "data.image_size=16",
@@ -244,8 +244,6 @@ def _trained(cfg_overrides: list[str], data: Path, out: Path):
     trainer = Trainer(cfg, out)
     trainer.setup()
     before = {k: v.clone() for k, v in trainer.parts.model.state_dict().items()}
-    from hftool.training import KERNEL_CACHE_VARIABLES
-
     outside, seen = {name: os.environ.get(name) for name in KERNEL_CACHE_VARIABLES}, []
     original = trainer.task.train_loss
 
