@@ -493,7 +493,7 @@ KERNEL_CACHE_CAPACITY = "32"
 
 
 @contextlib.contextmanager
-def bounded_kernel_caches(enabled: bool = True):
+def bounded_kernel_caches(enabled: bool):
     """Cap the CPU kernel caches of oneDNN (and ideep above it) at 32 entries while training
     on inputs whose shapes change from batch to batch.
 

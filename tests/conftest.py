@@ -9,6 +9,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,24 @@ def cli(capsys, monkeypatch):
         return Result(code, captured.out, captured.err)
 
     return run
+
+
+@contextlib.contextmanager
+def environment_at_each_step(task, names):
+    """Yield a list that gets, at every training step of `task`, the values of the environment
+    variables `names` (None when unset)."""
+    seen = []
+    original = task.train_loss
+
+    def recording(*args, **kwargs):
+        seen.append({name: os.environ.get(name) for name in names})
+        return original(*args, **kwargs)
+
+    task.train_loss = recording
+    try:
+        yield seen
+    finally:
+        del task.train_loss
 
 
 def sentiment_rows(n: int, seed: int) -> list[dict]:

@@ -10,7 +10,7 @@ import torch
 
 from hftool import api
 from hftool.config import load_config
-from tests.conftest import sentiment_rows
+from tests.conftest import environment_at_each_step, sentiment_rows
 
 
 def write_csv(path, rows):
@@ -188,15 +188,8 @@ def test_text_training_caps_the_cpu_kernel_caches_while_it_runs_and_keeps_a_user
     monkeypatch.delenv(primitives, raising=False)
     monkeypatch.setenv(lru, "500")
     trainer = trainer_for(data, tmp_path, "train.max_steps=2")
-    seen = []
-    original = trainer.task.train_loss
-
-    def recording(*args, **kwargs):
-        seen.append({name: os.environ.get(name) for name in KERNEL_CACHE_VARIABLES})
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(trainer.task, "train_loss", recording)
-    trainer.train()
+    with environment_at_each_step(trainer.task, KERNEL_CACHE_VARIABLES) as seen:
+        trainer.train()
     assert seen == [{primitives: "32", lru: "500"}] * 2
     assert primitives not in os.environ and os.environ[lru] == "500"  # processes started later get the defaults
 

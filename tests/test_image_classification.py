@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import environment_at_each_step
+
 # Two classes told apart by colour: a tiny model separates them in a few steps.
 COLOURS = {"red": (220, 30, 30), "blue": (30, 40, 220)}
 
@@ -244,18 +246,9 @@ def _trained(cfg_overrides: list[str], data: Path, out: Path):
     trainer = Trainer(cfg, out)
     trainer.setup()
     before = {k: v.clone() for k, v in trainer.parts.model.state_dict().items()}
-    outside, seen = {name: os.environ.get(name) for name in KERNEL_CACHE_VARIABLES}, []
-    original = trainer.task.train_loss
-
-    def recording(*args, **kwargs):
-        seen.append({name: os.environ.get(name) for name in KERNEL_CACHE_VARIABLES})
-        return original(*args, **kwargs)
-
-    trainer.task.train_loss = recording
-    try:
+    outside = {name: os.environ.get(name) for name in KERNEL_CACHE_VARIABLES}
+    with environment_at_each_step(trainer.task, KERNEL_CACHE_VARIABLES) as seen:
         trainer.train()
-    finally:
-        del trainer.task.train_loss
     # Images have fixed shapes, and a CNN needs more kernels per step than the cap text runs get.
     assert seen and all(env == outside for env in seen), seen
     trainer.finish()
