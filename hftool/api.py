@@ -208,13 +208,17 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
     return task.predict(parts, cfg, list(inputs), batch_size, **options)
 
 
-def generate(model: str, prompts: list[str], options=None, on_text=None) -> list[dict]:
+def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_precision: str | None = None
+             ) -> list[dict]:
     """Continue prompts with a causal LM, or transform them with a seq2seq model (a run's
     data.source_prefix goes before each): a run dir, a local model dir or a hub id.
 
     Args:
         options: hftool.generation.GenerationOptions; None keeps the model's generation_config.
         on_text: Streaming callback, see hftool.generation.generate.
+        mixed_precision: auto | no | bf16 | fp16: the dtype the weights are cast to for
+            generation (see hftool.training.inference_dtype). None: the run's
+            train.mixed_precision (auto for a model dir that is not a run).
 
     Returns:
         One {"prompt", "generated_text"} per returned sequence, in prompt order.
@@ -229,11 +233,12 @@ def generate(model: str, prompts: list[str], options=None, on_text=None) -> list
     if task not in (None, "causal-lm", "seq2seq"):
         raise HftoolError(f"{model} is a {task} model; `hftool generate` needs a causal language model "
                           "(a gpt2 run, or any model with a ...ForCausalLM/LMHeadModel architecture) or a seq2seq one")
-    cfg = run_config(model)
+    cfg = run_config(model, None if mixed_precision is None else [f"train.mixed_precision={mixed_precision}"])
     cfg.task = task or "causal-lm"
     _, parts = _load(model, cfg)
-    if torch.cuda.is_available():
-        parts.model.to("cuda")
+    from hftool.training import inference_dtype
+
+    parts.model.to("cuda" if torch.cuda.is_available() else "cpu", inference_dtype(cfg.train.mixed_precision))
     prefix = cfg.data.source_prefix if task == "seq2seq" else ""
     results = generate_texts(parts.model, parts.processor, [prefix + p for p in prompts], options, on_text)
     return [{**r, "prompt": r["prompt"][len(prefix):]} for r in results]

@@ -207,6 +207,7 @@ def generate(
     batch_size: BatchSize = 8,
     cache: Annotated[Optional[str], typer.Option(help="KV cache: dynamic (default) or static (allocated once; lets --compile keep one graph).", show_default=False)] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the decoding step (needs --cache static; default: compiled with a static cache on GPUs only).", show_default=False)] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option(help="Weights in: auto (bf16 where the GPU/CPU has it natively, else fp32) | no (fp32) | bf16 | fp16 (GPU). Default: the run's train.mixed_precision, else auto.", show_default=False)] = None,
 ) -> None:
     """Continue prompts with a causal LM (or transform them with a seq2seq model); prints the texts (and writes JSONL with --output)."""
     from hftool import api
@@ -229,7 +230,7 @@ def generate(
             shown.append(index)
         typer.echo(piece, nl=False)
 
-    results = api.generate(model, prompts, options, on_text=show if stream else None)
+    results = api.generate(model, prompts, options, on_text=show if stream else None, mixed_precision=mixed_precision)
     if stream:
         typer.echo()
     else:

