@@ -154,7 +154,8 @@ def script(name: str, args: list[str], title: str) -> dict:
     command = [PY, f"benchmarks/{name}", *args]
     lines = timed(command)["stdout"].strip().splitlines()
     result = json.loads(next(line for line in reversed(lines) if line.startswith("RESULT "))[len("RESULT "):])
-    return {"title": title, "rows": [result], "commands": {"command": shlex.join(command)},
+    return {"title": title, "rows": result if isinstance(result, list) else [result],
+            "commands": {"command": shlex.join(command)},
             "notes": "\n".join(f"    {line}" for line in lines if line.startswith("round "))}
 
 
