@@ -236,9 +236,10 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
     cfg = run_config(model, None if mixed_precision is None else [f"train.mixed_precision={mixed_precision}"])
     cfg.task = task or "causal-lm"
     _, parts = _load(model, cfg)
+    from hftool.models import cast_for_inference
     from hftool.training import inference_dtype
 
-    parts.model.to("cuda" if torch.cuda.is_available() else "cpu", inference_dtype(cfg.train.mixed_precision))
+    cast_for_inference(parts.model, inference_dtype(cfg.train.mixed_precision), "cuda" if torch.cuda.is_available() else "cpu")
     prefix = cfg.data.source_prefix if task == "seq2seq" else ""
     results = generate_texts(parts.model, parts.processor, [prefix + p for p in prompts], options, on_text)
     return [{**r, "prompt": r["prompt"][len(prefix):]} for r in results]

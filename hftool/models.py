@@ -211,3 +211,27 @@ def check_tiny(spec: str, supported: tuple[str, ...], task: str) -> str:
     if arch not in supported:
         raise HftoolError(f"model '{spec}': {task} builds tiny models for {', '.join(TINY_PREFIX + a for a in supported)}")
     return arch
+
+
+def cast_for_inference(model: Any, dtype: Any, device: Any) -> Any:
+    """`model.to(device, dtype)`, keeping in fp32 what transformers keeps there when it loads a
+    checkpoint in that dtype: `_keep_in_fp32_modules` in fp16 (T5's `wo`, which overflows in
+    fp16), `_keep_in_fp32_modules_strict` in fp16 and bf16 (the router gates of mixture-of-experts
+    models). A name matches whole dotted parts of a parameter's name ("gate.weight" is
+    `...mlp.gate.weight`, not `...gate_proj.weight`). Returns the model."""
+    import re
+
+    import torch
+
+    model.to(device=device, dtype=dtype)
+    keep = set()
+    if dtype in (torch.float16, torch.bfloat16):
+        keep |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    if dtype == torch.float16:
+        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    if keep:
+        pattern = re.compile(r"(^|\.)(" + "|".join(re.escape(name) for name in sorted(keep)) + r")(\.|$)")
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if pattern.search(name) and tensor.is_floating_point():
+                tensor.data = tensor.data.float()
+    return model

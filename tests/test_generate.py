@@ -155,6 +155,30 @@ def test_a_run_trained_in_fp32_generates_in_fp32_unless_asked(cli, model_dir, mo
     assert "'fp8' is not one of: no, bf16, fp16, auto" in result.err and "Traceback" not in result.err
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_cast_keeps_in_fp32_what_transformers_keeps_when_it_loads_in_that_dtype(tmp_path, dtype):
+    """T5's `wo` stays fp32 in fp16; a `_keep_in_fp32_modules_strict` module stays fp32 in both."""
+    from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
+
+    from hftool.models import cast_for_inference
+
+    class StrictGPT2(GPT2LMHeadModel):
+        _keep_in_fp32_modules_strict = ["ln_f", "mlp.c_proj"]
+
+    models = [T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1,
+                                                  num_heads=2)),
+              StrictGPT2(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2))]
+    seen = set()
+    for index, model in enumerate(models):
+        model.save_pretrained(tmp_path / str(index))
+        loaded = type(model).from_pretrained(tmp_path / str(index), dtype=dtype)
+        ours = cast_for_inference(model, dtype, "cpu")
+        theirs = {name: p.dtype for name, p in loaded.named_parameters()}
+        assert {name: p.dtype for name, p in ours.named_parameters()} == theirs
+        seen |= set(theirs.values())
+    assert seen == {torch.float32, dtype}  # some parameters were kept in fp32, the rest cast
+
+
 def test_sampling_with_a_seed_is_reproducible(cli, model_dir, tmp_path):
     def sample(seed: int) -> list[dict]:
         out = tmp_path / f"seed{seed}.jsonl"
