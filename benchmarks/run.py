@@ -54,8 +54,9 @@ def subset(path: Path, rows: int | None, out: Path) -> Path:
     return out
 
 
-def bert_cls(reps: int, train_rows: int | None) -> dict:
-    """hftool vs transformers Trainer (run_glue defaults, and its best CPU settings)."""
+def bert_cls_sides(train_rows: int | None) -> tuple[dict, str, int]:
+    """The bert-cls benchmark's sides: {name: seed -> command}, the name of hftool's default side,
+    and the number of training rows."""
     data = trec_csv()
     train = subset(data["train"], train_rows, RESULTS / "trec" / f"train-{train_rows}.csv")
     n = sum(1 for _ in open(train, encoding="utf-8")) - 1
@@ -87,17 +88,28 @@ def bert_cls(reps: int, train_rows: int | None) -> dict:
     if native:
         sides["Trainer, dynamic padding + group_by_length, bf16"] = trainer("trainer-dynamic-bf16", "--padding",
                                                                           "dynamic", "--bf16")
+    return sides, default, n
+
+
+def accuracy_of(name: str, command: list[str], result: dict) -> float:
+    """The test accuracy a side's run reached: hftool's metrics.json, or the peer's last stdout line."""
+    if name.startswith("hftool"):
+        run_dir = command[command.index("-o") + 1]
+        return json.loads((Path(run_dir) / "metrics.json").read_text())["eval_accuracy"]
+    return json.loads(result["stdout"].strip().splitlines()[-1])["accuracy"]
+
+
+def bert_cls(reps: int, train_rows: int | None) -> dict:
+    """hftool vs transformers Trainer (run_glue defaults, and its best CPU settings)."""
+    sides, default, n = bert_cls_sides(train_rows)
+    native = "hftool, fp32" in sides
     runs = {name: [] for name in sides}
     for rep in range(reps):
         seed = 42 + rep  # both tools get the same seed in a repetition, a new one in the next
         for name, command in sides.items():
             command = command(seed)
             result = timed(command)
-            if name.startswith("hftool"):
-                run_dir = command[command.index("-o") + 1]
-                accuracy = json.loads((Path(run_dir) / "metrics.json").read_text())["eval_accuracy"]
-            else:
-                accuracy = json.loads(result["stdout"].strip().splitlines()[-1])["accuracy"]
+            accuracy = accuracy_of(name, command, result)
             runs[name].append({**result, "accuracy": accuracy, "samples_per_second": n / result["seconds"],
                                "samples_per_cpu_second": n / result["cpu_seconds"]})
             print(f"  [{rep + 1}/{reps}] seed {seed} {name}: {result['seconds']:.1f} s, acc {accuracy:.4f}, "
