@@ -239,7 +239,8 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
     from hftool.models import cast_for_inference
     from hftool.training import inference_dtype
 
-    cast_for_inference(parts.model, inference_dtype(cfg.train.mixed_precision), "cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cast_for_inference(parts.model, inference_dtype(cfg.train.mixed_precision), device)
     prefix = cfg.data.source_prefix if task == "seq2seq" else ""
     results = generate_texts(parts.model, parts.processor, [prefix + p for p in prompts], options, on_text)
     return [{**r, "prompt": r["prompt"][len(prefix):]} for r in results]

@@ -67,6 +67,17 @@ def spy(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def dtypes(monkeypatch):
+    """Records the dtype of the model at every model.generate call."""
+    from transformers import GPT2LMHeadModel
+
+    seen, original = [], GPT2LMHeadModel.generate
+    monkeypatch.setattr(GPT2LMHeadModel, "generate",
+                        lambda self, *a, **kw: seen.append(self.dtype) or original(self, *a, **kw))
+    return seen
+
+
 def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -113,27 +124,20 @@ def test_static_cache_gives_the_same_tokens_as_the_dynamic_one(cli, model_dir, r
     (True, ("--mixed-precision", "no"), torch.float32),
     (False, ("--mixed-precision", "bf16"), torch.bfloat16),
 ])
-def test_weights_are_cast_to_the_precision_asked_else_the_machines_auto(cli, model_dir, monkeypatch, native, flags,
-                                                                          expected):
-    from transformers import GPT2LMHeadModel
-
+def test_weights_are_cast_to_the_precision_asked_else_the_machines_auto(cli, model_dir, monkeypatch, dtypes,
+                                                                          native, flags, expected):
     from hftool import training
 
     monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # auto on a GPU follows the GPU
-    dtypes, original = [], GPT2LMHeadModel.generate
-    monkeypatch.setattr(GPT2LMHeadModel, "generate",
-                        lambda self, *a, **kw: dtypes.append(self.dtype) or original(self, *a, **kw))
     result = cli("generate", model_dir, "-p", PROMPTS[0], "--greedy", "--max-new-tokens", "4", *flags)
     assert result.code == 0, result.err
     assert dtypes == [expected]
 
 
-def test_a_run_trained_in_fp32_generates_in_fp32_unless_asked(cli, model_dir, monkeypatch, tmp_path):
+def test_a_run_trained_in_fp32_generates_in_fp32_unless_asked(cli, model_dir, monkeypatch, dtypes, tmp_path):
     """A run dir's train.mixed_precision is the default; --mixed-precision overrides it; a bad value is named."""
     import shutil
-
-    from transformers import GPT2LMHeadModel
 
     from hftool import training
 
@@ -142,9 +146,6 @@ def test_a_run_trained_in_fp32_generates_in_fp32_unless_asked(cli, model_dir, mo
     (run / "config.yaml").write_text("task: causal-lm\ntrain:\n  mixed_precision: 'no'\n", encoding="utf-8")
     monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    dtypes, original = [], GPT2LMHeadModel.generate
-    monkeypatch.setattr(GPT2LMHeadModel, "generate",
-                        lambda self, *a, **kw: dtypes.append(self.dtype) or original(self, *a, **kw))
     for flags in ((), ("--mixed-precision", "auto")):
         result = cli("generate", run, "-p", PROMPTS[0], "--greedy", "--max-new-tokens", "4", *flags)
         assert result.code == 0, result.err
