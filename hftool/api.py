@@ -239,8 +239,11 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
     from hftool.models import cast_for_inference
     from hftool.training import inference_dtype
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    cast_for_inference(parts.model, inference_dtype(cfg.train.mixed_precision), device)
+    device, dtype = "cuda" if torch.cuda.is_available() else "cpu", inference_dtype(cfg.train.mixed_precision)
+    cast_for_inference(parts.model, dtype, device)
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    logs.info(f"generating in {name} on {device} (train.mixed_precision={cfg.train.mixed_precision}"
+              f"{'' if dtype == torch.float32 else '; --mixed-precision no: fp32'})")
     prefix = cfg.data.source_prefix if task == "seq2seq" else ""
     results = generate_texts(parts.model, parts.processor, [prefix + p for p in prompts], options, on_text)
     return [{**r, "prompt": r["prompt"][len(prefix):]} for r in results]

@@ -133,6 +133,7 @@ def test_weights_are_cast_to_the_precision_asked_else_the_machines_auto(cli, mod
     result = cli("generate", model_dir, "-p", PROMPTS[0], "--greedy", "--max-new-tokens", "4", *flags)
     assert result.code == 0, result.err
     assert dtypes == [expected]
+    assert f"generating in {'bf16' if expected == torch.bfloat16 else 'fp32'} on cpu" in result.err
 
 
 def test_a_run_trained_in_fp32_generates_in_fp32_unless_asked(cli, model_dir, monkeypatch, dtypes, tmp_path):
