@@ -229,6 +229,8 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
 
     if not prompts:
         raise HftoolError("nothing to generate: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    if mixed_precision == "fp16" and not torch.cuda.is_available():  # a run trained in fp16 falls back to fp32 here
+        raise HftoolError("--mixed-precision fp16 needs a CUDA GPU; use bf16 (or no) on this machine")
     task = model_task(model)
     if task not in (None, "causal-lm", "seq2seq"):
         raise HftoolError(f"{model} is a {task} model; `hftool generate` needs a causal language model "

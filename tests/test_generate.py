@@ -152,9 +152,11 @@ def test_a_run_trained_in_fp32_generates_in_fp32_unless_asked(cli, model_dir, mo
         assert result.code == 0, result.err
     assert dtypes == [torch.float32, torch.bfloat16]
 
-    result = cli("generate", run, "-p", PROMPTS[0], "--mixed-precision", "fp8")
-    assert result.code == 2
-    assert "'fp8' is not one of: no, bf16, fp16, auto" in result.err and "Traceback" not in result.err
+    for value, message in (("fp8", "'fp8' is not one of: no, bf16, fp16, auto"),
+                           ("fp16", "--mixed-precision fp16 needs a CUDA GPU; use bf16 (or no) on this machine")):
+        result = cli("generate", run, "-p", PROMPTS[0], "--mixed-precision", value)
+        assert result.code == 2
+        assert message in result.err and "Traceback" not in result.err
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
