@@ -119,13 +119,16 @@ def main() -> None:
         return [sys.executable, __file__, *settings, *extra, "--pipeline-worker", str(model), str(prompts_file),
                 str(RESULTS / out)]
 
-    # side: (command, precision, its texts)
+    # name: (command, precision, the file its texts go to)
     bf16 = resolve_mixed_precision("auto") == "bf16"
-    sides = {"hftool generate (default: bf16 here)" if bf16 else "hftool generate": (hftool("hftool.jsonl"), "bf16" if bf16 else "fp32", "hftool.jsonl"),
+    default = "hftool generate (default: bf16 here)" if bf16 else "hftool generate"
+    sides = {default: (hftool("hftool.jsonl"), "bf16" if bf16 else "fp32", "hftool.jsonl"),
              "pipeline": (pipeline("pipeline.jsonl"), "fp32", "pipeline.jsonl")}
     if bf16:
-        sides["hftool generate, fp32"] = (hftool("hftool-fp32.jsonl", "--mixed-precision", "no"), "fp32", "hftool-fp32.jsonl")
-        sides["pipeline, bf16"] = (pipeline("pipeline-bf16.jsonl", "--dtype", "bfloat16"), "bf16", "pipeline-bf16.jsonl")
+        sides["hftool generate, fp32"] = (hftool("hftool-fp32.jsonl", "--mixed-precision", "no"), "fp32",
+                                          "hftool-fp32.jsonl")
+        sides["pipeline, bf16"] = (pipeline("pipeline-bf16.jsonl", "--dtype", "bfloat16"), "bf16",
+                                   "pipeline-bf16.jsonl")
     tokens = args.prompts * args.max_new_tokens
     rates: dict[str, list[float]] = {name: [] for name in sides}
     cpu_rates: dict[str, list[float]] = {name: [] for name in sides}

@@ -101,8 +101,10 @@ def accuracy_of(name: str, command: list[str], result: dict) -> float:
 
 def bert_cls(reps: int, train_rows: int | None) -> dict:
     """hftool vs transformers Trainer (run_glue defaults, and its best CPU settings)."""
+    from hftool.training import cpu_has_native_bf16
+
     sides, default, n = bert_cls_sides(train_rows)
-    native = "hftool, fp32" in sides
+    native = cpu_has_native_bf16()
     runs = {name: [] for name in sides}
     for rep in range(reps):
         seed = 42 + rep  # both tools get the same seed in a repetition, a new one in the next
