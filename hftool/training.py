@@ -479,25 +479,27 @@ def resolve_mixed_precision(setting: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "no"
 
 
+def inference_precision(setting: str) -> str:
+    """train.mixed_precision resolved on this machine for inference: fp16 (GPU only) becomes
+    fp32 (`no`) on a CPU, so a run trained in fp16 on a GPU still runs here."""
+    precision = resolve_mixed_precision(setting)
+    return "no" if precision == "fp16" and not torch.cuda.is_available() else precision
+
+
 def inference_accelerator(setting: str):
     """The Accelerator `hftool evaluate` and `hftool predict` run a model with: in its run's
-    train.mixed_precision resolved on this machine, so they reproduce the run's metrics; fp16
-    (GPU only) becomes fp32 on a CPU. Prepared models return fp32 outputs."""
-    precision = resolve_mixed_precision(setting)
-    return make_accelerator(mixed_precision="no" if precision == "fp16" and not torch.cuda.is_available()
-                            else precision)
+    precision (inference_precision), so they reproduce the run's metrics. Prepared models return
+    fp32 outputs."""
+    return make_accelerator(mixed_precision=inference_precision(setting))
 
 
 def inference_dtype(setting: str) -> torch.dtype:
-    """The dtype `hftool generate` casts a model's weights to: train.mixed_precision resolved on
-    this machine, fp32 for `no` (and for fp16 on a CPU). Generation runs its weights in bf16
-    rather than under autocast, as inference usually does: autocast would cast every weight again
-    at every new token. On this project's CPU that made greedy decoding of a GPT-2-small-sized
-    model 2.1x faster than fp32 (autocast: 1.35x), with half the weight memory."""
-    precision = resolve_mixed_precision(setting)
-    if precision == "fp16" and torch.cuda.is_available():
-        return torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float32
+    """The dtype `hftool generate` casts a model's weights to: the run's precision
+    (inference_precision), fp32 for `no`. Generation runs its weights in bf16 rather than under
+    autocast, as inference usually does: autocast would cast every weight again at every new
+    token. On this project's CPU that made greedy decoding of a GPT-2-small-sized model 2.1x
+    faster than fp32 (autocast: 1.35x), with half the weight memory."""
+    return {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[inference_precision(setting)]
 
 
 KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
