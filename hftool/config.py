@@ -242,6 +242,10 @@ class EvalConfig:
     # Generative tasks: the metrics to compute, without the eval_ prefix (e.g. [bleu, chrf]);
     # None computes all the task offers.
     metrics: list | None = None
+    # `hftool eval-suite`: resamples of the examples behind each metric's 95% interval and the
+    # paired test against the baseline (seeded: the same draws on every run); 0 turns both off.
+    # Each resample recomputes the metrics from per-example counts: cheap next to evaluating.
+    bootstrap: int = 1000
 
 
 @dataclass

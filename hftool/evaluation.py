@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -11,8 +12,6 @@ from tqdm.auto import tqdm
 def eval_order(features):
     """The order evaluation visits `features` in: by length (little padding), else as given.
     Position k of the gathered outputs is row eval_order(features)[k] of `features`."""
-    import numpy as np
-
     if "length" in features.column_names:
         return np.argsort(features["length"], kind="stable")
     return np.arange(len(features))
@@ -30,13 +29,15 @@ def eval_loader(features, collate: Callable, batch_size: int, num_workers: int =
 
 
 def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval",
-                   records: list | None = None, order=None) -> dict[str, float]:
+                   records: list | None = None, order=None, stats=None) -> dict[str, float]:
     """Loss and the task's metrics over `loader`, exact across processes.
 
     Args:
         records: If a list, it receives one JSON-able dict per example (task.prediction_records),
             in dataset order: what `eval.save_predictions` writes.
         order: eval_order of the loader's features, mapping gathered rows back to dataset rows.
+        stats: A task.resampler(parts) to feed each gathered batch to (per-example statistics for
+            bootstrap intervals); finished here.
 
     Returns:
         Flat `{f"{prefix}_{name}": value}`, e.g. eval_loss, eval_accuracy.
@@ -44,7 +45,7 @@ def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval"
     metric = task.metric(parts)
     was_training = model.training
     model.eval()
-    loss_sum, count = 0.0, 0
+    loss_sum, count, seen = 0.0, 0, 0
     batches: list[dict] = []
     progress = tqdm(loader, desc="Evaluating", leave=False, disable=not accelerator.is_local_main_process)
     for batch in progress:
@@ -64,10 +65,17 @@ def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval"
             count += losses.size
         arrays = {k: v.cpu().numpy() for k, v in gathered.items()}
         metric.add_batch(**arrays)
+        if stats is not None:
+            rows = len(next(iter(arrays.values()))) if arrays else len(losses)
+            stats.add_batch(arrays if losses is None else {**arrays, "loss": losses},
+                            np.arange(seen, seen + rows) if order is None else order[seen:seen + rows])
+            seen += rows
         if records is not None:
             batches.append(arrays if losses is None else {**arrays, "loss": losses})
     if records is not None:
         records += task.prediction_records(parts, batches, order)
+    if stats is not None:
+        stats.finish()
     if was_training:
         model.train()
     results = {f"{prefix}_{k}": float(v) for k, v in metric.compute().items()}

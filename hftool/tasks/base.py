@@ -18,6 +18,8 @@ task-specific, so training, evaluation and inference share one featurisation and
                                       translations); none by default
     prediction_records(parts, ...)    gathered eval outputs -> one JSON-able dict per example
                                       (eval.save_predictions; default: label names per row)
+    resampler(parts)                  per-example statistics the metrics can be recomputed from
+                                      for bootstrap resamples (default: the loss only)
     predict(parts, cfg, inputs)       user inputs -> one JSON-able dict per input
     write_reports(run_dir, metrics)   task-specific files beside metrics.json (optional)
 
@@ -159,6 +161,14 @@ class Task:
                 record[rename.get(key, key)] = round(value, 6) if isinstance(value, float) else value
             records.append(record)
         return sorted(records, key=lambda r: r["index"])
+
+    def resampler(self, parts: Parts):
+        """A hftool.metrics.resampling.ExampleStats that evaluation feeds with each gathered batch
+        of eval_outputs, from which the metrics are recomputed for any reweighting of the examples
+        (`hftool eval-suite`'s bootstrap intervals and paired tests). Default: the loss only."""
+        from hftool.metrics.resampling import ExampleStats
+
+        return ExampleStats()
 
     def format_prediction(self, prediction: dict) -> str:
         """One line for the terminal."""

@@ -129,6 +129,11 @@ class CausalLM(Task):
         scored = labels != -100
         return {"loss_sum": (losses * scored).sum(1).double(), "tokens": scored.sum(1)}
 
+    def resampler(self, parts):
+        from hftool.metrics.resampling import PerplexityStats
+
+        return PerplexityStats()
+
     # ---------------------------------------------------------------------------- inference
     def predict(self, parts, cfg, inputs, batch_size):
         from hftool.generation import GenerationOptions, generate

@@ -242,6 +242,11 @@ class ImageCaptioning(Task):
         padded[:, : min(width, ids.shape[1])] = ids[:, :width]
         return {"generated": padded}
 
+    def resampler(self, parts):
+        from hftool.metrics.resampling import CaptionStats
+
+        return CaptionStats(parts.extra.get("references"), parts.processor)
+
     def prediction_records(self, parts, batches, order):
         """Per image (eval.save_predictions): the generated caption beside all its references."""
         metric = parts.extra.get("metric")

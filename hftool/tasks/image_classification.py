@@ -364,6 +364,11 @@ class ImageClassification(Task):
             out["top_k"] = logits.topk(TOP_K, dim=-1).indices
         return out
 
+    def resampler(self, parts):
+        from hftool.metrics.resampling import ClassStats
+
+        return ClassStats(parts.labels, top_k=TOP_K if len(parts.labels) > TOP_K else None)
+
     # ------------------------------------------------------------------------- inference
     def predict(self, parts, cfg, inputs, batch_size, top_k: int = 1):
         """Image files or folders (searched recursively) -> {image, label, score[, top_k]} each."""

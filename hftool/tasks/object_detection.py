@@ -356,6 +356,11 @@ class ObjectDetection(Task):
             boxes[i, :m], scores[i, :m], labels[i, :m] = f["boxes"][order], f["scores"][order], f["labels"][order]
         return {"index": batch["index"], "boxes": boxes, "scores": scores, "labels": labels}
 
+    def resampler(self, parts):
+        from hftool.metrics.resampling import DetectionStats
+
+        return DetectionStats(parts.labels, parts.extra.get("truth", {}))
+
     def prediction_records(self, parts, batches, order):
         """Per image (eval.save_predictions): its scored boxes, best first, xyxy pixels, label names."""
         records = []
