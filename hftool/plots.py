@@ -54,8 +54,11 @@ def tick_label(value: float, ticks: list[float]) -> str:
 
 
 def panel(x0: float, y0: float, width: float, height: float, title: str, series: list[Series],
-          x_label: str = "step", subtitle: str = "") -> str:
-    """One framed plot with gridlines, round ticks, a legend, and each series' band, line and dots."""
+          x_label: str = "step", subtitle: str = "", x_names: list[str] | None = None,
+          x_range: tuple[float, float] | None = None) -> str:
+    """One framed plot with gridlines, round ticks, a legend, and each series' band, line and dots.
+    `x_names`: categories at x = 0, 1, ... named on the axis instead of numeric ticks (no legend).
+    `x_range`: the x axis's extent (panels of one figure line up); default: the data's."""
     left, right, top, bottom = x0 + 56, x0 + width - 14, y0 + (42 if subtitle else 30), y0 + height - 40
     out = [f'<text x="{x0 + width / 2:.1f}" y="{y0 + 17}" text-anchor="middle" font-weight="bold" '
            f'font-size="13">{escape(title)}</text>']
@@ -69,6 +72,10 @@ def panel(x0: float, y0: float, width: float, height: float, title: str, series:
         out.append(f'<text x="{(left + right) / 2}" y="{(top + bottom) / 2}" text-anchor="middle" fill="#888">no data</text>')
         return "\n".join(out)
     x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
+    if x_names:
+        x_lo, x_hi = -0.5, len(x_names) - 0.5
+    elif x_range and x_range[1] > x_range[0]:
+        x_lo, x_hi = min(x_lo, x_range[0]), max(x_hi, x_range[1])
     if x_hi == x_lo:  # one point: centred
         x_lo, x_hi = x_lo - 1, x_hi + 1
     margin = (y_hi - y_lo) * 0.06 or abs(y_hi) * 0.05 or 1  # a flat line sits mid-panel
@@ -86,10 +93,12 @@ def panel(x0: float, y0: float, width: float, height: float, title: str, series:
         y = py(tick)
         out.append(f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>')
         out.append(f'<text x="{left - 5}" y="{y + 4:.1f}" text-anchor="end">{tick_label(tick, y_ticks)}</text>')
-    for tick in x_ticks:
+    labels = [(i, name if len(name) <= 24 else "..." + name[-21:]) for i, name in enumerate(x_names)] if x_names \
+        else [(tick, tick_label(tick, x_ticks)) for tick in x_ticks]
+    for tick, text in labels:
         x = px(tick)
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{bottom}" stroke="#eeeeee"/>')
-        out.append(f'<text x="{x:.1f}" y="{bottom + 15}" text-anchor="middle">{tick_label(tick, x_ticks)}</text>')
+        out.append(f'<text x="{x:.1f}" y="{bottom + 15}" text-anchor="middle">{escape(text)}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#888"/>')
     out.append(f'<text x="{(left + right) / 2}" y="{bottom + 32}" text-anchor="middle" fill="#444">{escape(x_label)}</text>')
     for s in series:
@@ -109,7 +118,7 @@ def panel(x0: float, y0: float, width: float, height: float, title: str, series:
                    f'{dash} points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in coords)}"/>')
         if s.dots or len(coords) == 1:
             out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.8" fill="{s.color}"/>' for x, y in coords]
-    if len(series) > 1:
+    if len(series) > 1 and not x_names:
         widest = max(len(s.label) for s in series)
         out.append(f'<rect x="{right - 36 - 6.2 * widest:.1f}" y="{top + 3}" width="{32 + 6.2 * widest:.1f}" '
                    f'height="{14 * len(series) + 4}" fill="white" fill-opacity="0.85" stroke="#ddd"/>')
@@ -123,15 +132,18 @@ def panel(x0: float, y0: float, width: float, height: float, title: str, series:
 
 
 def figure(panels: list[tuple[str, str, list[Series]]], x_label: str = "step", columns: int = 2,
-           width: int = 420, height: int = 290) -> str:
-    """A grid of panels (title, subtitle, series) as one SVG document."""
+           width: int = 420, height: int = 290, x_names: list[str] | None = None) -> str:
+    """A grid of panels (title, subtitle, series) as one SVG document, sharing one x range
+    (x_names: see panel)."""
     columns = max(1, min(columns, len(panels)))
+    xs = [p[0] for _, _, series in panels for s in series for p in s.points]
+    x_range = (min(xs), max(xs)) if xs else None
     rows = math.ceil(len(panels) / columns)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{columns * width}" height="{rows * height}" '
              f'viewBox="0 0 {columns * width} {rows * height}" font-family="sans-serif" font-size="11">'
              '<rect width="100%" height="100%" fill="white"/>']
     for index, (title, subtitle, series) in enumerate(panels):
         parts.append(panel((index % columns) * width, (index // columns) * height, width, height, title, series,
-                           x_label, subtitle))
+                           x_label, subtitle, x_names, x_range))
     parts.append("</svg>\n")
     return "\n".join(parts)

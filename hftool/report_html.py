@@ -40,7 +40,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .card img { display: block; max-width: 100%; }
 .ent { border-radius: 3px; padding: 0 2px; } .tag { font-size: 10px; color: #555; vertical-align: super; }
 .confusion td { text-align: right; min-width: 28px; }
-nav a { margin-right: 14px; } .muted { color: #777; } pre { background: #f7f7f7; padding: 8px; overflow-x: auto; }
+div.wide { overflow-x: auto; } nav a { margin-right: 14px; } .muted { color: #777; } pre { background: #f7f7f7; padding: 8px; overflow-x: auto; }
 """
 
 SCRIPT = """
@@ -95,7 +95,8 @@ def _cell(value, extra: str = "") -> str:
 def table(header: list[str], rows: list[str], sortable: bool = True, css: str = "") -> str:
     classes = " ".join(c for c in ("sortable" if sortable else "", css) if c)
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    return f'<table class="{classes}"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(rows) + "\n</tbody></table>"
+    return (f'<div class="wide"><table class="{classes}"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(rows)
+            + "\n</tbody></table></div>")
 
 
 # ------------------------------------------------------------------------------------- images
@@ -212,7 +213,7 @@ def suite_report(out: Path, rows: list[dict], path: Path, title: str = "", image
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     groups = [(d, [r for r in rows if r["dataset"] == d]) for d in datasets]
     sections = [("leaderboard", "Leaderboard", _leaderboard(groups, headline)),
-                ("plots", "Metrics by checkpoint", _step_plots(groups, headline)),
+                ("plots", "Metrics by checkpoint or model", _step_plots(groups, headline)),
                 ("classes", "Per-class results", _per_class(groups)),
                 ("disagreements", "Where models and the baseline disagree most", _disagreements(out, groups, images)),
                 ("gallery", "Galleries", _galleries(out, groups, images))]
@@ -227,50 +228,73 @@ def _leaderboard(groups, headline) -> str:
             'examples, with its paired-bootstrap interval and p; <span class="sig">red</span>: significant.</p>']
     for dataset, mine in groups:
         names = headline(mine)
-        key = names[0]
         lines = []
-        for row in mine:
+        for row in best_first(mine, names[0]):
             cells = [f"<td>{escape(row['model'])}{' <span class=base>(baseline)</span>' if row.get('baseline') else ''}"
                      "</td>", _cell(row.get("step")), _cell(row["n"])]
             for name in names:
                 low, high = row.get("intervals", {}).get(name, (None, None))
-                band = f' <span class="ci">[{_num(low)}, {_num(high)}]</span>' if low is not None else ""
+                band = f'<br><span class="ci">[{_num(low)}, {_num(high)}]</span>' if low is not None else ""
                 cells.append(_cell(row["metrics"].get(name), band))
-            comparison = (row.get("vs_baseline") or {}).get(key)
-            if comparison:
-                css = "sig" if comparison["significant"] else ""
-                cells.append(f'<td class="num {css}" data-value="{comparison["diff"]!r}">{comparison["diff"]:+.4f} '
-                             f'<span class="ci">[{comparison["low"]:+.4f}, {comparison["high"]:+.4f}] '
-                             f'p={comparison["p"]:.3g}</span></td>')
-            else:
-                cells.append('<td class="num" data-value="">-</td>')
+            for name in names[:2]:
+                comparison = (row.get("vs_baseline") or {}).get(name)
+                if comparison:
+                    css = "sig" if comparison["significant"] else ""
+                    cells.append(f'<td class="num {css}" data-value="{comparison["diff"]!r}">{comparison["diff"]:+.4f}'
+                                 f'<br><span class="ci">[{comparison["low"]:+.4f}, {comparison["high"]:+.4f}] '
+                                 f'p={comparison["p"]:.3g}</span></td>')
+                else:
+                    cells.append('<td class="num" data-value="">-</td>')
             lines.append("<tr>" + "".join(cells) + "</tr>")
         html.append(f"<h3>{escape(dataset)} ({escape(mine[0]['task'])}, n={mine[0]['n']})</h3>")
-        html.append(table(["model", "step", "n", *names, f"Δ {key}"], lines))
+        html.append(table(["model", "step", "n", *names, *(f"Δ {n}" for n in names[:2])], lines))
     return "\n".join(html)
 
 
+def best_first(rows: list[dict], metric: str) -> list[dict]:
+    from hftool.suite import lower_is_better
+
+    sign = -1 if lower_is_better(metric) else 1
+    return sorted(rows, key=lambda r: sign * r["metrics"].get(metric, -sign * math.inf), reverse=True)
+
+
 def _step_plots(groups, headline) -> str:
-    """Per dataset, the headline metrics against the optimizer step, a line and band per run."""
+    """Per dataset, the headline metrics with their 95% intervals: against the optimizer step, a
+    line and band per run, where a run brings several checkpoints; else a point per model."""
     html = []
     for dataset, mine in groups:
+        runs: dict[str, list[dict]] = {}
+        for row in mine:
+            runs.setdefault(_run_name(row), []).append(row)
+        by_step = any(len({r["step"] for r in rows if r.get("step") is not None}) > 1 for rows in runs.values())
         panels = []
         for name in headline(mine)[:2]:
-            runs: dict[str, list[dict]] = {}
-            for row in mine:
-                if row.get("step") is not None and name in row["metrics"]:
-                    runs.setdefault(_run_name(row), []).append(row)
             series = []
-            for number, (run, points) in enumerate(runs.items()):
-                points.sort(key=lambda r: r["step"])
-                band = [(r["step"], *r["intervals"][name]) for r in points if name in r.get("intervals", {})]
-                series.append(Series(run, [(r["step"], r["metrics"][name]) for r in points],
-                                     COLORS[number % len(COLORS)], dots=True, band=band))
+            if by_step:
+                for number, (run, points) in enumerate(runs.items()):
+                    points = sorted((r for r in points if r.get("step") is not None and name in r["metrics"]),
+                                    key=lambda r: r["step"])
+                    band = [(r["step"], *r["intervals"][name]) for r in points if name in r.get("intervals", {})]
+                    if points:
+                        series.append(Series(run, [(r["step"], r["metrics"][name]) for r in points],
+                                             COLORS[number % len(COLORS)], dots=True, band=band))
+            else:
+                for number, row in enumerate(mine):
+                    if name in row["metrics"]:
+                        band = [(number, *row["intervals"][name])] if name in row.get("intervals", {}) else []
+                        series.append(Series(row["model"], [(number, row["metrics"][name])],
+                                             COLORS[number % len(COLORS)], band=band))
             if series:
-                panels.append((f"{name} on {dataset}", "lines: the metric; bands: 95% intervals", series))
+                panels.append((f"{name} on {dataset}", "points: the metric; bands: 95% intervals", series))
         if panels:
-            html.append(figure(panels, "optimizer step", columns=2, width=520, height=320))
-    return "\n".join(html) or '<p class="muted">No model with a known step (checkpoints or run dirs).</p>'
+            html.append(figure(panels, "optimizer step" if by_step else "model", columns=2, width=520, height=320,
+                               x_names=None if by_step else [_short(r["model"]) for r in mine]))
+    return "\n".join(html) or '<p class="muted">Nothing to plot.</p>'
+
+
+def _short(name: str) -> str:
+    """A model's name on a plot axis: its last two path parts."""
+    return "/".join(Path(name).parts[-2:])
 
 
 def _run_name(row: dict) -> str:
@@ -363,9 +387,10 @@ def _disagreements(out: Path, groups, images) -> str:
 
 def _galleries(out: Path, groups, images) -> str:
     html = []
+    from hftool.suite import headline
+
     for dataset, mine in groups:
-        key = mine[0]["metrics"] and next(iter(mine[0]["metrics"]))
-        best = mine[0] if len(mine) == 1 else max(mine, key=lambda r: r["metrics"].get(key, -math.inf))
+        best = best_first(mine, headline(mine)[0])[0]
         records = read_records(out / "cache" / best["key"] / "predictions.jsonl", set(range(GALLERY)))
         cards = [f'<div class="card"><div class="muted">#{i}</div>{render_example(r, images(dataset, i))}</div>'
                  for i, r in sorted(records.items())]

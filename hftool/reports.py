@@ -153,7 +153,7 @@ def curve_panels(runs: dict[str, list[dict]], metric_for_best: str) -> list[tupl
         subtitle = f"= {', '.join(same)}" if same else ""
         title = f"eval_{name}" + (" (metric_for_best)" if name == metric_for_best else "")
         panels.append((title, subtitle[:60] + ("..." if len(subtitle) > 60 else ""),
-                       [Series(run or name, evals(records, f"eval_{name}"), COLORS[number % len(COLORS)], dots=True)
+                       [Series(run or f"eval_{name}", evals(records, f"eval_{name}"), COLORS[number % len(COLORS)], dots=True)
                         for number, (run, records) in enumerate(runs.items())]))
     return panels
 

@@ -67,9 +67,10 @@ def paired(baseline: float, candidate: float, baseline_reps: np.ndarray, candida
            level: float = LEVEL) -> Comparison:
     """Paired bootstrap test: the replicates must come from the same resamples of the same examples.
 
-    p is the share of resampled differences at least as far from the observed difference as the
-    observed difference is from 0 (the bootstrap distribution shifted to the null), counted with
-    the observed one, so it is never 0: (1 + hits) / (1 + draws).
+    p is twice the smaller share of resampled differences on either side of zero (each count
+    with the observed resample added, so p is never 0), at most 1: the test that inverts the
+    percentile interval, so p < 1 - level goes with an interval that leaves out 0 (the quantile
+    can fall between two draws). Identical models give p = 1.
     """
     n = min(len(baseline_reps), len(candidate_reps))  # a longer run of the same seed starts with the same draws
     diffs = candidate_reps[:n] - baseline_reps[:n]
@@ -78,6 +79,7 @@ def paired(baseline: float, candidate: float, baseline_reps: np.ndarray, candida
     if not np.isfinite(observed) or diffs.size == 0:
         return Comparison(observed, float("nan"), float("nan"), float("nan"))
     # The tolerance keeps float noise from deciding ties: identical models have every difference 0.
-    hits = int(np.count_nonzero(np.abs(diffs - observed) >= abs(observed) - 1e-12))
+    below = int(np.count_nonzero(diffs <= 1e-12))
+    above = int(np.count_nonzero(diffs >= -1e-12))
     low, high = interval(diffs, level)
-    return Comparison(float(observed), low, high, (1 + hits) / (1 + diffs.size))
+    return Comparison(float(observed), low, high, min(1.0, 2 * (1 + min(below, above)) / (1 + diffs.size)))

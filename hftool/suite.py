@@ -334,7 +334,8 @@ def plan(suite: Suite, out: Path, cli_overrides: list[str] | None = None) -> Pla
             if signature not in checked:  # columns that fit the task: checked once per task and settings
                 data, source = rows[dataset.name]
                 try:
-                    get_task(task).prepare(cfg, data, source)
+                    # The first rows show whether the columns fit; scoring checks every row.
+                    get_task(task).prepare(cfg, data.select(range(min(len(data), 64))), source)
                 except HftoolError as err:
                     raise HftoolError(f"{where} does not fit {model.name} ({task}): {err}") from None
                 checked.add(signature)
@@ -510,21 +511,24 @@ def _score(pair: Pair, plan_: Plan, task, parts, accelerator, network, batch_siz
     return result
 
 
-def _with_inputs(records: list[dict], prepared) -> list[dict]:
+def _with_inputs(records: list[dict], prepared, chunk: int = 256) -> list[dict]:
     """Each record with what the model saw, for the report: its text, words or image path (and
-    a detection image's true boxes)."""
-    columns = [c for c in ("text", "text_pair", "tokens") if c in prepared.column_names]
-    values = {c: prepared[c] for c in columns}
-    images = [e.get("path") for e in prepared["image"]] if "image" in prepared.column_names else None
-    boxes = ({k: prepared[k] for k in ("boxes", "classes")}
-             if {"boxes", "classes"} <= set(prepared.column_names) else None)
-    for record in records:
-        i = record["index"]
-        record["input"] = {c: values[c][i] for c in columns}
-        if images is not None:
-            record["input"]["image"] = images[i]
-        if boxes is not None:
-            record["input"]["truth"] = [[c, [round(v, 1) for v in b]] for b, c in zip(boxes["boxes"][i], boxes["classes"][i])]
+    a detection image's true boxes). Rows are read a chunk at a time: images stored in the data
+    would otherwise all be in memory at once."""
+    columns = [c for c in ("text", "text_pair", "tokens", "image", "boxes", "classes") if c in prepared.column_names]
+    records = sorted(records, key=lambda r: r["index"])
+    position = 0
+    for start in range(0, len(prepared), chunk):
+        rows = prepared.select_columns(columns)[start:start + chunk]
+        while position < len(records) and records[position]["index"] < start + chunk:
+            record, i = records[position], records[position]["index"] - start
+            source = {c: rows[c][i] for c in ("text", "text_pair", "tokens") if c in rows}
+            if "image" in rows:
+                source["image"] = rows["image"][i].get("path")
+            if "boxes" in rows and "classes" in rows:
+                source["truth"] = [[c, [round(v, 1) for v in b]] for b, c in zip(rows["boxes"][i], rows["classes"][i])]
+            record["input"] = source
+            position += 1
     return records
 
 
@@ -743,20 +747,25 @@ def leaderboard(rows: list[dict], suite: Suite) -> str:
             group = [r for r in mine if r["task"] == task]
             names = headline(group)
             key = names[0]
-            group.sort(key=lambda r: r["metrics"].get(key, -math.inf) * (-1 if lower_is_better(key) else 1),
-                       reverse=True)
+            from hftool.report_html import best_first
+
+            group = best_first(group, key)
             lines += [f"## {dataset} ({task}, n={group[0]['n']})", ""]
-            header = ["model", "step", *names, f"Δ {key} vs baseline"]
+            compared = names[:2]
+            header = ["model", "step", *names, *(f"Δ {n} vs baseline" for n in compared)]
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for row in group:
-                comparison = (row.get("vs_baseline") or {}).get(key)
-                delta = "baseline" if row.get("baseline") else "-"
-                if comparison:
-                    mark = " *" if comparison["significant"] else ""
-                    delta = f"{comparison['diff']:+.4f} [{comparison['low']:+.4f}, {comparison['high']:+.4f}] " \
-                            f"p={comparison['p']:.3g}{mark}"
+                deltas = []
+                for name in compared:
+                    comparison = (row.get("vs_baseline") or {}).get(name)
+                    delta = "baseline" if row.get("baseline") else "-"
+                    if comparison:
+                        mark = " *" if comparison["significant"] else ""
+                        delta = f"{comparison['diff']:+.4f} [{comparison['low']:+.4f}, {comparison['high']:+.4f}] " \
+                                f"p={comparison['p']:.3g}{mark}"
+                    deltas.append(delta)
                 step = "" if row.get("step") is None else str(row["step"])
-                lines.append("| " + " | ".join([row["model"], step, *(_cell(row, n) for n in names), delta]) + " |")
+                lines.append("| " + " | ".join([row["model"], step, *(_cell(row, n) for n in names), *deltas]) + " |")
             lines.append("")
     return "\n".join(lines)
 

@@ -246,3 +246,106 @@ def test_readme_detector_suite(cli, monkeypatch, tmp_path):
         assert {"eval_map", "eval_map_50", "eval_ap_circle", "eval_mar_100"} <= set(row["metrics"])
     html = (tmp_path / "runs" / "suite-detr" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 16  # the galleries' images, boxes drawn on them
+    check_report_in_browser(tmp_path / "runs" / "suite-detr" / "report.html", tmp_path / "profile", images=16)
+
+
+def open_in_browser(page: Path, profile: Path):
+    """Headless Debian chromium through Selenium, with its console and network logs; skips where
+    chromium is not installed (CI installs it)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1300,1000", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    browser.get("about:blank")
+    for log in ("browser", "performance"):  # what the start-up tab did is not the page's doing
+        browser.get_log(log)
+    browser.get(page.resolve().as_uri())
+    return browser
+
+
+def check_report_in_browser(page: Path, profile: Path, images: int = 0) -> None:
+    """It renders without console errors, sorting a column reorders the rows, every plot and image
+    is drawn, and the page requests nothing but itself and its data: URIs."""
+    from selenium.webdriver.common.by import By
+
+    browser = open_in_browser(page, profile)
+    try:
+        errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+        assert not errors, errors
+        table = browser.find_element(By.CSS_SELECTOR, "#leaderboard table.sortable")
+        headers = table.find_elements(By.TAG_NAME, "th")
+        column = next(i for i, h in enumerate(headers) if h.text.startswith("eval_loss"))
+
+        def values() -> list[float]:
+            return [float(r.find_elements(By.TAG_NAME, "td")[column].get_attribute("data-value"))
+                    for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+
+        before = values()
+        headers[column].click()
+        assert values() == sorted(before, reverse=True) and headers[column].get_attribute("data-dir") == "desc"
+        headers[column].click()
+        assert values() == sorted(before)
+        plots = browser.find_elements(By.CSS_SELECTOR, "section svg")
+        assert plots and all(p.size["width"] > 100 and p.find_elements(By.CSS_SELECTOR, "polyline.series")
+                             for p in plots)
+        drawn = browser.execute_script(
+            "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        assert len(drawn) >= images and all(drawn)
+        requests = [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
+        urls = [m["params"]["request"]["url"] for m in requests if m["method"] == "Network.requestWillBeSent"]
+        assert urls and all(u == page.resolve().as_uri() or u.startswith("data:") for u in urls), urls
+    finally:
+        browser.quit()
+
+
+def test_suite_report_works_in_a_browser_offline(workspace, cli, monkeypatch, tmp_path):
+    monkeypatch.chdir(workspace)
+    Path("browser.yaml").write_text('models: ["runs/cls/checkpoints/*"]\nbaseline: runs/cls\n'
+                                    "datasets:\n  dev: {path: data/dev.csv}\n  test: {path: data/test.csv}\n"
+                                    "overrides: [eval.bootstrap=200]\n")
+    result = cli("eval-suite", "browser.yaml", "-o", "runs/browser")
+    assert result.code == 0, result.err
+    html = (workspace / "runs" / "browser" / "report.html").read_text()
+    for section in ("leaderboard", "plots", "classes", "confusion", "disagreements", "gallery"):
+        assert f'<section id="{section}">' in html
+    check_report_in_browser(workspace / "runs" / "browser" / "report.html", tmp_path / "profile")
+
+
+PEAK_RSS = """
+import resource, sys
+from hftool import suite
+outcome = suite.run(sys.argv[1], sys.argv[2])
+print(outcome.rows[0]["n"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_memory_grows_by_under_50_mb_from_n_to_10n_examples(workspace, monkeypatch):
+    """Peak RSS of a whole eval-suite run (evaluation, per-example statistics, 1000 resamples,
+    records, report) on 2,000 and on 20,000 examples, each in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(workspace)
+    peaks = {}
+    for n in (2000, 20000):
+        write_rows(Path(f"data/many-{n}.csv"), sentiment_rows(n, 50))
+        Path(f"many-{n}.yaml").write_text(f"models: [runs/cls]\ndatasets:\n  many: {{path: data/many-{n}.csv}}\n")
+        result = subprocess.run([sys.executable, "-c", PEAK_RSS, f"many-{n}.yaml", f"runs/many-{n}"], capture_output=True,
+                                text=True, timeout=1200, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        scored, peak = map(int, result.stdout.split()[-2:])
+        assert scored == n
+        peaks[n] = peak
+    assert peaks[20000] - peaks[2000] < 50, peaks
