@@ -135,9 +135,10 @@ def thumbnail(image: str | bytes | None, boxes: list[tuple[list[float], str, str
 TRUTH, PREDICTED = "#2ca02c", "#d62728"
 
 
-def render_example(record: dict, image: str | bytes | None = None) -> str:
+def render_example(record: dict, image: str | bytes | None = None, palette: dict[str, str] | None = None) -> str:
     """One evaluated example as HTML, by what the task recorded: boxes, a caption, tags or a label.
-    `image`: the example's image when the record holds no path to it (images stored in the data)."""
+    `image`: the example's image when the record holds no path to it (images stored in the data);
+    `palette`: entity type -> colour, the same on the whole page."""
     source = record.get("input") or {}
     image = source.get("image") or image
     if "objects" in record:
@@ -153,8 +154,8 @@ def render_example(record: dict, image: str | bytes | None = None) -> str:
         refs = "".join(f"<li>{escape(r)}</li>" for r in record.get("references") or [])
         return thumbnail(image) + f'<div><b>{escape(record["caption"])}</b></div><ul class="muted">{refs}</ul>'
     if isinstance(record.get("prediction"), list) and "tokens" in source:
-        return (f'<div>predicted: {entities(source["tokens"], record["prediction"])}</div>'
-                f'<div>reference: {entities(source["tokens"], record["reference"])}</div>')
+        return (f'<div>predicted: {entities(source["tokens"], record["prediction"], palette)}</div>'
+                f'<div>reference: {entities(source["tokens"], record["reference"], palette)}</div>')
     text = " / ".join(str(source[c]) for c in ("text", "text_pair") if c in source)
     head = thumbnail(image) if image or "image" in source else f"<div>{escape(text)}</div>"
     if "prediction" in record:
@@ -164,12 +165,12 @@ def render_example(record: dict, image: str | bytes | None = None) -> str:
     return head + f"<pre>{escape(json.dumps(record, ensure_ascii=False)[:400])}</pre>"
 
 
-def entities(tokens: list[str], tags: list[str]) -> str:
+def entities(tokens: list[str], tags: list[str], palette: dict[str, str] | None = None) -> str:
     """Words with their entities highlighted, a colour per type and the type after each entity."""
     from seqeval.metrics.sequence_labeling import get_entities
 
     types = sorted({t[2:] for t in tags if t != "O"})
-    color = {t: COLORS[i % len(COLORS)] for i, t in enumerate(types)}
+    color = {t: (palette or {}).get(t) or COLORS[i % len(COLORS)] for i, t in enumerate(types)}
     spans = {start: (kind, end) for kind, start, end in get_entities(list(tags))}
     out, i = [], 0
     while i < len(tokens):
@@ -208,6 +209,8 @@ def suite_report(out: Path, rows: list[dict], path: Path, title: str = "", image
             whose images are stored in it rather than named by path; None: paths only.
     """
     images = images or (lambda dataset, index: None)
+    classes = sorted({str(c["class"]) for r in rows for c in r.get("tables", {}).get("per_class", [])})
+    palette = {name: COLORS[i % len(COLORS)] for i, name in enumerate(classes)}
     from hftool.suite import headline
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
@@ -215,8 +218,8 @@ def suite_report(out: Path, rows: list[dict], path: Path, title: str = "", image
     sections = [("leaderboard", "Leaderboard", _leaderboard(groups, headline)),
                 ("plots", "Metrics by checkpoint or model", _step_plots(groups, headline)),
                 ("classes", "Per-class results", _per_class(groups)),
-                ("disagreements", "Where models and the baseline disagree most", _disagreements(out, groups, images)),
-                ("gallery", "Galleries", _galleries(out, groups, images))]
+                ("disagreements", "Where models and the baseline disagree most", _disagreements(out, groups, images, palette)),
+                ("gallery", "Galleries", _galleries(out, groups, images, palette))]
     confusion = _confusions(groups)
     if confusion:
         sections.insert(3, ("confusion", "Confusion matrices", confusion))
@@ -343,7 +346,7 @@ def _confusions(groups) -> str:
     return "\n".join(html)
 
 
-def _disagreements(out: Path, groups, images) -> str:
+def _disagreements(out: Path, groups, images, palette: dict[str, str]) -> str:
     import numpy as np
 
     from hftool.metrics import resampling
@@ -376,8 +379,8 @@ def _disagreements(out: Path, groups, images) -> str:
                     continue
                 lines.append(f'<tr><td class="num" data-value="{index}">{index}</td>'
                              f'<td class="num" data-value="{gap[i]!r}">{gap[i]:+.3g}</td>'
-                             f"<td>{render_example(base_records[index], images(dataset, index))}</td>"
-                             f"<td>{render_example(mine_records[index], images(dataset, index))}</td></tr>")
+                             f"<td>{render_example(base_records[index], images(dataset, index), palette)}</td>"
+                             f"<td>{render_example(mine_records[index], images(dataset, index), palette)}</td></tr>")
             html.append(f"<h3>{escape(row['model'])} vs baseline {escape(base['model'])} on {escape(dataset)}</h3>")
             html.append('<p class="muted">Score: per-example quality (correct, entity F1, F1 of the boxes shown, '
                         'CIDEr, minus the loss) of the model minus the baseline.</p>')
@@ -385,14 +388,14 @@ def _disagreements(out: Path, groups, images) -> str:
     return "\n".join(html) or '<p class="muted">No baseline: nothing to compare with.</p>'
 
 
-def _galleries(out: Path, groups, images) -> str:
+def _galleries(out: Path, groups, images, palette: dict[str, str]) -> str:
     html = []
     from hftool.suite import headline
 
     for dataset, mine in groups:
         best = best_first(mine, headline(mine)[0])[0]
         records = read_records(out / "cache" / best["key"] / "predictions.jsonl", set(range(GALLERY)))
-        cards = [f'<div class="card"><div class="muted">#{i}</div>{render_example(r, images(dataset, i))}</div>'
+        cards = [f'<div class="card"><div class="muted">#{i}</div>{render_example(r, images(dataset, i), palette)}</div>'
                  for i, r in sorted(records.items())]
         if cards:
             html.append(f"<h3>{escape(dataset)}: {escape(best['model'])}, the first {len(cards)} examples</h3>")

@@ -203,12 +203,18 @@ def test_two_processes_score_every_pair_as_one_does(workspace, monkeypatch):
         result = subprocess.run([sys.executable, "-m", "hftool", "eval-suite", "two.yaml", "-o", f"runs/{name}",
                                  "--batch-size", "7", *extra], env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
+        assert ("launching: -m torch.distributed.run --nproc_per_node 2" in result.stderr) == bool(extra)
         outs[name] = rows_of(workspace / "runs" / name)
+    assert len(outs["one"]) == len(outs["two"]) == 2
     for one, two in zip(outs["one"], outs["two"]):
         assert one["n"] == two["n"] == 60
         assert two["metrics"] == pytest.approx(one["metrics"], abs=1e-6)
-        assert two["intervals"] == pytest.approx(one["intervals"], abs=1e-6)
-        assert two.get("vs_baseline") == (None if one.get("vs_baseline") is None else pytest.approx(one["vs_baseline"]))
+        assert two["intervals"].keys() == one["intervals"].keys()
+        for name, interval in one["intervals"].items():
+            assert two["intervals"][name] == pytest.approx(interval, abs=1e-6), name
+        for name, comparison in (one.get("vs_baseline") or {}).items():
+            assert two["vs_baseline"][name] == pytest.approx(comparison, abs=1e-6), name
+    assert "vs_baseline" in outs["one"][0] or "vs_baseline" in outs["one"][1]
 
 
 def test_report_of_runs_shows_metrics_curves_and_config_differences(workspace, cli, monkeypatch):
