@@ -264,7 +264,7 @@ def eval_suite(
         raise HftoolError(f"unexpected argument '{positional[0]}': overrides are KEY=VALUE (e.g. eval.bootstrap=2000)")
     plan = suites.plan(suites.parse(path), output_dir, keyvals)
     launch = Launch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
-    todo = sum(not (plan.out / p.cache / "result.json").is_file() for p in plan.pairs)
+    todo = len(suites.uncached(plan))
     if evaluate_only or in_distributed_run():
         suites.evaluate(plan, batch_size, _command_line())
         if evaluate_only or int(os.environ.get("RANK", "0")) > 0:
@@ -272,7 +272,7 @@ def eval_suite(
     elif launch.wanted and todo:
         # The processes score; this one then reads their results from the cache, compares and gates.
         code = run_workers(launch, [*strip_flags(sys.argv[1:]), "--evaluate-only"])
-        if code:
+        if code or machine_rank > 0:  # machine 0 compares, gates and writes
             sys.exit(code)
     else:
         suites.evaluate(plan, batch_size, _command_line())

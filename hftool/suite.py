@@ -44,7 +44,7 @@ class Model:
     path: Path  # run dir, checkpoint dir or model dir
     run: Path  # where the config and processor come from: the run of a checkpoint, else `path`
     checkpoint: bool
-    step: int | None  # the checkpoint's optimizer step; a run's train_steps
+    step: int | None  # the optimizer step of its weights: a checkpoint's; a run's best (or last) step
     line: int  # in the suite file
 
 
@@ -119,10 +119,12 @@ def parse(path: str | Path) -> Suite:
 
     models: list[Model] = []
     model_node = nodes["models"][1]
-    items = model_node.value if hasattr(model_node, "value") and isinstance(model_node.value, list) else [model_node]
+    items = model_node.value if isinstance(model_node, yaml.SequenceNode) else [model_node]
     for item in items:
-        if not isinstance(item.value, str):
-            raise HftoolError(f"{path} line {line(item)}: a model is a path or glob, got {item.value!r}")
+        if not isinstance(item, yaml.ScalarNode):
+            kind = "a list" if isinstance(item, yaml.SequenceNode) else "a mapping"
+            raise HftoolError(f"{path} line {line(item)}: a model is a path or glob, got {kind}; "
+                              'write models: [runs/a, "runs/b/checkpoints/*"]')
         models += resolve_models(item.value, f"{path} line {line(item)}", line(item))
     baseline = None
     if "baseline" in nodes:
@@ -143,8 +145,7 @@ def parse(path: str | Path) -> Suite:
     node = nodes["datasets"][1]
     if not isinstance(data["datasets"], dict):
         raise HftoolError(f"{path} line {line(node)}: datasets: is a mapping of names, e.g. dev: {{path: data/dev.csv}}")
-    for key_node, value_node in node.value:
-        name, value = key_node.value, data["datasets"][key_node.value]
+    for (key_node, _), (name, value) in zip(node.value, data["datasets"].items()):
         where = f"{path} line {line(key_node)}"
         if isinstance(value, str):
             value = {"path": value}
@@ -172,9 +173,8 @@ def parse(path: str | Path) -> Suite:
         if not isinstance(data["gates"], dict):
             raise HftoolError(f"{path} line {line(node)}: gates: is a mapping of metric: rule, e.g. "
                               'eval_accuracy: ">= 0.85"')
-        for key_node, value_node in node.value:
-            gates += _gates(str(key_node.value), data["gates"][key_node.value], f"{path} line {line(value_node)}",
-                            line(value_node))
+        for (_, value_node), (metric, rules) in zip(node.value, data["gates"].items()):
+            gates += _gates(str(metric), rules, f"{path} line {line(value_node)}", line(value_node))
     relative = next((g for g in gates if g.kind != "absolute"), None)
     if relative and baseline is None:
         raise HftoolError(f"{path} line {relative.line}: gate {relative} compares with the baseline; "
@@ -349,8 +349,10 @@ def plan(suite: Suite, out: Path, cli_overrides: list[str] | None = None) -> Pla
             model_hashes[pair.model.name] = model_fingerprint(pair.model)
         if pair.dataset.name not in data_hashes:
             data_hashes[pair.dataset.name] = data_fingerprint(pair.dataset.path)
+        model_settings = {k: v for k, v in _asdict(pair.cfg.model).items() if k not in ("name", "token")}
         settings = {"task": pair.task, "split": pair.dataset.split, "data": _data_settings(pair.cfg),
-                    "eval": _asdict(pair.cfg.eval), "hftool": __version__}
+                    "eval": _asdict(pair.cfg.eval), "model": model_settings, "hftool": __version__,
+                    "precision": pair.cfg.train.mixed_precision}  # bf16 and fp32 round differently
         config_hash = _sha256(json.dumps(settings, sort_keys=True, default=str).encode())
         pair.hashes = {"model": model_hashes[pair.model.name], "data": data_hashes[pair.dataset.name],
                        "config": config_hash}
@@ -435,7 +437,7 @@ def evaluate(plan_: Plan, batch_size: int | None = None, command: str = "") -> i
 
     from hftool.launch import in_distributed_run
 
-    todo = [p for p in plan_.pairs if not (plan_.out / p.cache / "result.json").is_file()]
+    todo = uncached(plan_)
     if in_distributed_run():
         from accelerate import PartialState
 
@@ -456,6 +458,16 @@ def evaluate(plan_: Plan, batch_size: int | None = None, command: str = "") -> i
             shown = ", ".join(f"{k} {v:.4f}" for k, v in list(result["metrics"].items())[:3])
             logs.info(f"[{number}/{len(todo)}] {pair.model.name} on {pair.dataset.name} (n={result['n']}): {shown}")
     return len(todo)
+
+
+def uncached(plan_: Plan) -> list[Pair]:
+    """The pairs to score, in plan order: not in the cache, and each key once (identical copies
+    of a model share one)."""
+    todo: dict[str, Pair] = {}
+    for pair in plan_.pairs:
+        if pair.key not in todo and not (plan_.out / pair.cache / "result.json").is_file():
+            todo[pair.key] = pair
+    return list(todo.values())
 
 
 def _load(pair: Pair):
