@@ -18,15 +18,15 @@ from hftool.config import RunConfig, to_dict
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "evaluate", "timm", "tokenizers")
 
 
-def write_all(run_dir: Path, cfg: RunConfig, metrics: dict, sources: dict[str, str], recipe: str, command: str,
-              precision: str) -> None:
+def write_all(run_dir: Path, cfg: RunConfig, task, parts, metrics: dict, records: list[dict], sources: dict[str, str],
+              recipe: str, command: str, precision: str) -> None:
+    """Every file a finished run leaves beside its weights; the task's own through its
+    write_reports hook (records: the final evaluation's per-example results)."""
     provenance = collect_provenance(cfg, sources, command, precision)
     (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
     plot_curves(run_dir / "log.jsonl", run_dir / "curves.svg")
-    (run_dir / "README.md").write_text(model_card(cfg, metrics, provenance, recipe), encoding="utf-8")
-    from hftool.tasks import get_task
-
-    get_task(cfg.task).write_reports(run_dir, metrics)
+    (run_dir / "README.md").write_text(model_card(cfg, task, metrics, provenance, recipe), encoding="utf-8")
+    task.write_reports(parts, run_dir, metrics, records)
 
 
 def collect_provenance(cfg: RunConfig, sources: dict[str, str], command: str, precision: str) -> dict:
@@ -155,10 +155,7 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def model_card(cfg: RunConfig, metrics: dict, provenance: dict, recipe: str) -> str:
-    from hftool.tasks import get_task
-
-    task = get_task(cfg.task)
+def model_card(cfg: RunConfig, task, metrics: dict, provenance: dict, recipe: str) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     data_rows = "\n".join(f"- {split}: {d['source']}" + (f" (sha256 {d['sha256'][:16]}...)" if "sha256" in d else "")
                           for split, d in provenance["data"].items())
@@ -193,11 +190,7 @@ Resolved configuration: `config.yaml`; training log: `log.jsonl`; curves: `curve
 
 ## Use
 
-```python
-from transformers import pipeline
-pipe = pipeline("{task.pipeline_task or cfg.task}", model="path/to/this/folder")
-```
-
+{task.card_usage()}
 ## Provenance
 
 hftool {provenance['hftool_version']} (commit {provenance['hftool_git_commit'] or 'unknown'}), Python {provenance['python']}; {versions}.
@@ -208,3 +201,33 @@ Configuration (secrets redacted):
 {json.dumps(to_dict(cfg), indent=2)}
 ```
 """
+
+
+def plot_confusion(records: list[dict], labels: list[str], path: Path) -> None:
+    """Counts per (reference, prediction) of classifier records (label names) as a heat map;
+    numbers written in when they fit."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    n, index = len(labels), {name: i for i, name in enumerate(labels)}
+    pairs = np.asarray([index[r["reference"]] * n + index[r["prediction"]] for r in records], dtype=np.int64)
+    matrix = np.bincount(pairs, minlength=n * n).reshape(n, n)
+    side = min(3 + 0.45 * n, 20)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(matrix, cmap="Blues")
+    if n <= 40:
+        ax.set_xticks(range(n), labels, rotation=90)
+        ax.set_yticks(range(n), labels)
+    if n <= 20:
+        threshold = matrix.max() / 2
+        for (row, col), value in np.ndenumerate(matrix):
+            ax.text(col, row, str(value), ha="center", va="center", color="white" if value > threshold else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix ({int(matrix.sum())} examples)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -57,7 +57,7 @@ def test_run_dir_has_every_artifact(run):
     assert "eval_accuracy" in card and "hftool finetune bert-cls" in card
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["packages"]["torch"] and len(provenance["data"]["train"]["sha256"]) == 64
-    from hftool.training import resolve_mixed_precision
+    from hftool.runtime import resolve_mixed_precision
 
     # what train.mixed_precision=auto (the default) became on this machine
     assert provenance["precision"] == {"no": "fp32"}.get(resolve_mixed_precision("auto"), "bf16")
@@ -198,7 +198,7 @@ def test_accumulation_steps_the_optimizer_after_every_nth_micro_batch(data, tmp_
     """Not after the first micro-batch (`step % n == 0` on 0), and once at a short epoch's end."""
     trainer = trainer_for(data, tmp_path, "train.gradient_accumulation_steps=3", "train.epochs=1")
     seen = []
-    inner = trainer.optimizer.optimizer
+    inner = trainer.optimizers["model"].optimizer
     original = inner.step
 
     def recording_step(*args, **kwargs):

@@ -277,7 +277,10 @@ def test_run_scores_generated_captions_and_reloads(trained):
     again = api.evaluate(str(run))  # the saved model generates the same captions again
     # Fine-tuning the run further trains every parameter (DDP fails on ones without a gradient).
     cfg = api.run_config(str(run))
-    task, parts = api._load(str(run), cfg)
+    from hftool.tasks import get_task
+
+    task = get_task(cfg.task)
+    parts = task.build(cfg, None, model_path=str(run))
     rows, _ = task.prepare(cfg, datasets.Dataset.from_dict(
         {"image": [str(images / "0.png")], "caption": ["a red circle"]}), "rows")
     batch = task.collate(parts)([task.train_features(parts, cfg, rows)[0]])

@@ -78,7 +78,7 @@ def test_perplexity_matches_a_hand_computation(stride):
     features = task.eval_features(parts, cfg, rows)
     for batch_size in (1, 3):
         loader = eval_loader(features, task.collate(parts), batch_size)
-        metrics = evaluate_model(Accelerator(cpu=True), parts.model, loader, task, parts)
+        metrics = evaluate_model(Accelerator(cpu=True), parts.model, loader, task, parts, rows)
         assert metrics["eval_loss"] == pytest.approx(loss, rel=1e-5)
         assert metrics["eval_perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
 
@@ -120,7 +120,7 @@ def test_finetune_txt_then_evaluate_generate_pipeline_predict(cli, tmp_path):
     """A short run on a txt file: a HF model dir whose generation_config, metrics and outputs agree."""
     from transformers import AutoModelForCausalLM, pipeline
 
-    from hftool.training import inference_dtype
+    from hftool.runtime import inference_dtype
 
     data = tmp_path / "tales.txt"
     data.write_text("\n\n".join(tales(120, 6)), encoding="utf-8")

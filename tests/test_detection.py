@@ -344,7 +344,7 @@ def test_eval_outputs_are_fixed_size_and_index_each_image_once(coco):
     assert values["index"].tolist() == [4, 7, 2]
     assert values["boxes"].shape == (3, 100, 4) and values["scores"].shape == values["labels"].shape == (3, 100)
     assert (values["scores"] >= 0).sum(dim=1).tolist() == [10, 10, 10]  # tiny:detr's 10 queries, the rest padding
-    assert set(parts.extra["truth"]) == set(range(12))
+    assert t.metric(parts, rows).truth.keys() == set(range(12))
 
 
 # ------------------------------------------------------------------------------- optimizer

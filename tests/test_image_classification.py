@@ -113,7 +113,7 @@ def _prepare(data: str | Path, **overrides):
     from hftool.tasks import get_task
 
     cfg = load_config("vit-cls", {"data.train": str(data)}, [f"{k}={v}" for k, v in overrides.items()])
-    splits, names = load_splits(cfg.data, cfg.train.seed)
+    splits, names = load_splits(cfg.data, get_task(cfg.task).reading(cfg), cfg.train.seed)
     task = get_task(cfg.task)
     train, labels = task.prepare(cfg, splits["train"], names["train"])
     validation, _ = task.prepare(cfg, splits["validation"], names["validation"], labels)

@@ -46,7 +46,7 @@ def prepared(data: str, *overrides: str):
 
     cfg = load_config("seq2seq", {"data.train": data}, list(overrides))
     task = get_task(cfg.task)
-    splits, names = load_splits(cfg.data, cfg.train.seed)
+    splits, names = load_splits(cfg.data, get_task(cfg.task).reading(cfg), cfg.train.seed)
     rows = {k: task.prepare(cfg, splits[k], names[k])[0] for k in ("train", "validation")}
     return task, cfg, rows
 
@@ -303,7 +303,7 @@ def test_a_local_bart_dir_fine_tunes_and_generates_after_its_eos_start(trained_r
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration
 
     from hftool.tasks.seq2seq import train_tokenizer
-    from hftool.training import inference_dtype
+    from hftool.runtime import inference_dtype
 
     _, folder, _ = trained_run
     rows = pairs(200, 7)
@@ -369,7 +369,7 @@ def untrained_scores(run: Path, rows: int) -> dict[str, float]:
     from hftool.data import load_splits
     from hftool.evaluation import eval_loader, evaluate_model
     from hftool.tasks import get_task
-    from hftool.training import make_accelerator
+    from hftool.runtime import make_accelerator
 
     import yaml
 
@@ -377,12 +377,12 @@ def untrained_scores(run: Path, rows: int) -> dict[str, float]:
     cfg.model.name = yaml.safe_load((run / "config.yaml").read_text())["model"]["name"]  # the tiny spec, not the run
     assert cfg.model.name.startswith("tiny:")
     task = get_task(cfg.task)
-    splits, names = load_splits(cfg.data, cfg.train.seed)
+    splits, names = load_splits(cfg.data, get_task(cfg.task).reading(cfg), cfg.train.seed)
     validation, _ = task.prepare(cfg, splits["validation"].select(range(rows)), names["validation"])
     torch.manual_seed(0)
     parts = task.build(cfg, None, validation, run_dir=run)
     loader = eval_loader(task.eval_features(parts, cfg, validation), task.collate(parts), 50)
-    return evaluate_model(make_accelerator(), parts.model, loader, task, parts)
+    return evaluate_model(make_accelerator(), parts.model, loader, task, parts, validation)
 
 
 @pytest.mark.slow

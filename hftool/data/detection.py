@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from hftool import logs
+from hftool.data.splits import SPLIT_ALIASES
 from hftool.errors import HftoolError
 
 INFO_TAG = "hftool-detection"  # marks the info of datasets read here (boxes are COCO xywh)
@@ -136,8 +137,6 @@ def read_voc(path: Path):
     """A Pascal VOC folder (Annotations/*.xml, JPEGImages/, optional ImageSets/Main/{train,val,
     test}.txt) -> DatasetDict. Without ImageSets every annotated image is `train`."""
     import datasets
-
-    from hftool.data.sources import SPLIT_ALIASES
 
     parsed, names = {}, set()
     for xml in sorted((path / "Annotations").glob("*.xml")):

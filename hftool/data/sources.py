@@ -15,42 +15,16 @@ import re
 import warnings
 from pathlib import Path
 
-from hftool import logs
+from hftool.data.encoding import read_text
 from hftool.data.images import is_image_folder, read_image_folder
+from hftool.data.splits import SPLIT_ALIASES
 from hftool.errors import HftoolError
 
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
 # Extensions a folder of split files may also hold (train.conll, dev.conll, test.conll).
 FOLDER_EXTENSIONS = (*TABLE_EXTENSIONS, ".conll")
-SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "eval": "validation",
-    "test": "test", "testing": "test",
-}
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
 BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
-
-
-def read_text(path: Path, encoding: str | None = None) -> str:
-    """A text file as a str: UTF-8 (BOM stripped), else Latin-1 with a warning; CRLF becomes LF."""
-    return decode_text(path.read_bytes(), path, encoding)
-
-
-def decode_text(raw: bytes, path: Path, encoding: str | None = None) -> str:
-    """The bytes of `path` (read or decompressed) as read_text decodes them."""
-    if encoding:
-        try:
-            text = raw.decode(encoding)
-        except (UnicodeDecodeError, LookupError) as err:
-            raise HftoolError(f"{path}: cannot be read as {encoding} ({err}); set data.encoding to the file's encoding") from None
-    else:
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            line = raw[: err.start].count(b"\n") + 1
-            logs.warn(f"{path} is not valid UTF-8 (line {line}); reading it as Latin-1 (set data.encoding to override)")
-            text = raw.decode("latin-1")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def read_inputs(path: Path, fields: tuple[str, ...] = ("text",)) -> list[str]:
@@ -98,14 +72,6 @@ def read_file(path: Path, encoding: str | None = None, txt_unit: str = "line"):
     ds = _read_table(path, encoding, txt_unit)
     ds.info.homepage = path.resolve().parent.as_uri()
     return ds
-
-
-def source_dir(ds) -> Path | None:
-    """The folder of the file `ds` was read from (see read_file), or None (hub, samples)."""
-    from urllib.parse import unquote, urlparse
-
-    uri = ds.info.homepage or ""
-    return Path(unquote(urlparse(uri).path)) if uri.startswith("file:") else None
 
 
 def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line"):

@@ -92,27 +92,3 @@ class TopKAccuracy(evaluate.Metric):
     def _compute(self, top_k, references) -> dict[str, float]:
         hits = [ref in row[: self.k] for row, ref in zip(top_k, references)]
         return {f"top{self.k}_accuracy": float(np.mean(hits)) if hits else 0.0}
-
-
-class ConfusionMatrix(evaluate.Metric):
-    """Counts of (reference, prediction) pairs, kept in `.matrix` (rows: references).
-
-    compute() returns no numbers (metrics.json stays flat scalars); the matrix is for plots.
-    """
-
-    def __init__(self, num_classes: int, **kwargs):
-        super().__init__(keep_in_memory=True, **kwargs)
-        self.num_classes = num_classes
-        self.matrix: np.ndarray | None = None
-
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description="Confusion matrix (rows: reference class, columns: predicted class).",
-            citation="", inputs_description="predictions, references: class ids", features=_FEATURES,
-        )
-
-    def _compute(self, predictions, references) -> dict[str, float]:
-        k = self.num_classes
-        pairs = np.asarray(references, dtype=np.int64) * k + np.asarray(predictions, dtype=np.int64)
-        self.matrix = np.bincount(pairs, minlength=k * k).reshape(k, k)
-        return {}
