@@ -20,6 +20,11 @@ from hftool import logs
 from hftool.config import RunConfig, from_dict, load_config, read_yaml
 from hftool.errors import HftoolError
 
+# The task of a model `hftool generate` gets with no config.yaml or config.json to tell (a hub id):
+# a language model is what generate is most often for.
+DEFAULT_GENERATE_TASK = "causal-lm"
+
+
 def default_run_dir(recipe: str) -> Path:
     """runs/<recipe>-<YYYYmmdd-HHMMSS> for a run given no --output-dir."""
     return Path("runs") / f"{Path(recipe).stem or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -226,7 +231,7 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
         raise HftoolError("nothing to generate: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     if mixed_precision == "fp16" and not torch.cuda.is_available():  # a run trained in fp16 falls back to fp32 here
         raise HftoolError("--mixed-precision fp16 needs a CUDA GPU; use bf16 (or no) on this machine")
-    name = model_task(model) or "causal-lm"  # a hub id: a language model is what generate is for
+    name = model_task(model) or DEFAULT_GENERATE_TASK
     task = get_task(name)
     if not task.generate_options:
         raise HftoolError(f"{model} is a {name} model; `hftool generate` needs a causal language model "

@@ -196,7 +196,7 @@ def predict(
     batch_size: BatchSize = 32,
     **options,
 ) -> None:
-    """Predict on raw inputs: prints one line per input (a forecast: one line per step)."""
+    """Predict on raw inputs: prints one line per input (or per step, for tasks that forecast)."""
     from hftool import api
     from hftool.api import run_config
     from hftool.data import read_inputs
@@ -206,7 +206,7 @@ def predict(
     if file is not None:
         texts += read_inputs(file)
     task = get_task(run_config(model, keyvals).task)
-    if task.writes_output:  # e.g. a forecast's CSV + PNG
+    if task.writes_output:  # the task writes its own files (a forecast's CSV + PNG)
         options["output"] = output
     predictions = api.predict(model, texts, batch_size or 32, keyvals, **options)
     if output is not None and not task.writes_output:
@@ -220,7 +220,7 @@ def predict(
 @app.command()
 @_task_options("generate_options")
 def generate(
-    model: Annotated[str, typer.Argument(help="A causal LM or seq2seq model: a run dir, a local model dir or a hub id.")],
+    model: Annotated[str, typer.Argument(help="A model that generates (a language model): a run dir, a local model dir or a hub id.")],
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt to continue (repeatable).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option(help="More prompts: one per line, or JSONL with a \"prompt\" field.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per returned sequence here.")] = None,
@@ -230,15 +230,15 @@ def generate(
     mixed_precision: Annotated[Optional[str], typer.Option(help="Weights in: auto (bf16 where the GPU/CPU has it natively, else fp32) | no (fp32) | bf16 | fp16 (GPU). Default: the run's train.mixed_precision, else auto.", show_default=False)] = None,
     **options,
 ) -> None:
-    """Continue prompts with a causal LM (or transform them with a seq2seq model); prints the texts (and writes JSONL with --output)."""
+    """Generate from prompts with a model whose task generates (language models continue them, seq2seq models transform them); prints the outputs (and writes JSONL with --output)."""
     from hftool import api
     from hftool.data import read_inputs
     from hftool.tasks import get_task
 
     prompts = list(prompt or []) + (read_inputs(prompts_file, ("prompt", "text")) if prompts_file else [])
     shown = []  # prompt indices already begun on the terminal
-    # A causal LM continues its prompt on the same line; a seq2seq model's text goes below its input.
-    separator = get_task(api.model_task(model) or "causal-lm").generation_separator
+    # A continuation goes on the prompt's line; a new text (a translation) below its input.
+    separator = get_task(api.model_task(model) or api.DEFAULT_GENERATE_TASK).generation_separator
 
     def show(index: int, piece: str) -> None:
         if not shown or shown[-1] != index:

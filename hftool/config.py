@@ -78,8 +78,9 @@ class DataConfig(Section):
     # Fraction of the training data held out (seeded) when no validation data exists, so every
     # run reports eval_* metrics. At least one example is held out.
     validation_split: float = 0.1
-    # Keep only the first N training / evaluation examples (after any hold-out): quick runs and
-    # smoke tests of a recipe on its full data. None keeps them all.
+    # Keep only the first N training / evaluation rows (after any hold-out; a time series keeps
+    # its context rows before the first N evaluation steps): quick runs and smoke tests of a
+    # recipe on its full data. None keeps them all.
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     # File encoding; None reads UTF-8 and falls back to Latin-1 with a warning.

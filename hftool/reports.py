@@ -87,8 +87,8 @@ def _git_commit() -> str | None:
 def plot_curves(log_path: Path, out_path: Path) -> None:
     """Training loss and every eval metric against the optimizer step, one panel each, as SVG.
 
-    Written by hand rather than with matplotlib: importing and laying out a figure took 2.5 s,
-    7% of a one-minute bert-cls run, for four lines of a few dozen points."""
+    Written by hand rather than with matplotlib: importing matplotlib and laying out a figure
+    costs seconds, a noticeable share of a one-minute run, for a few lines of a few dozen points."""
     if not log_path.is_file():
         return
     records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]

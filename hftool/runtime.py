@@ -8,8 +8,8 @@ import torch
 
 def resolve_mixed_precision(setting: str) -> str:
     """`auto` -> bf16 where it is native: a CUDA GPU that supports it, or a CPU with avx512_bf16 or
-    AMX (on TREC-6 MiniLM such a CPU trained about 1.4x faster than fp32 at the same accuracy; CPUs
-    without them emulate bf16 and get slower). Other settings pass through."""
+    AMX (faster at the same accuracy: benchmarks/README.md; CPUs without them emulate bf16 and get
+    slower). Other settings pass through."""
     if setting != "auto":
         return setting
     if torch.cuda.is_available():
@@ -35,8 +35,7 @@ def inference_dtype(setting: str) -> torch.dtype:
     """The dtype `hftool generate` casts a model's weights to: the run's precision
     (inference_precision), fp32 for `no`. Generation runs its weights in bf16 rather than under
     autocast, as inference usually does: autocast would cast every weight again at every new
-    token. On this project's CPU that made greedy decoding of a GPT-2-small-sized model 2.1x
-    faster than fp32 (autocast: 1.35x), with half the weight memory."""
+    token, and the cast weights take half the memory (figures: benchmarks/README.md)."""
     return {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[inference_precision(setting)]
 
 

@@ -153,13 +153,13 @@ class Trainer:
         collate = self.task.collate(self.parts)
         lengths = (self.train_features["length"] if "length" in self.train_features.column_names
                    else [1] * len(self.train_features))
-        from hftool.data.batching import LengthGroupedBatches
+        from hftool.data.batching import EpochKeys, LengthGroupedBatches, SeededLoading
 
         processes = self.accelerator.num_processes
-        self.sampler = LengthGroupedBatches(lengths, t.batch_size * processes, t.seed, t.group_by_length)
+        self.sampler = EpochKeys(LengthGroupedBatches(lengths, t.batch_size * processes, t.seed, t.group_by_length))
         # Own generators: a DataLoader without one draws its base seed from the global RNG at
         # every iter(), which would shift dropout masks between a resumed and an unbroken run.
-        train_loader = DataLoader(self.train_features, batch_sampler=self.sampler, collate_fn=collate,
+        train_loader = DataLoader(SeededLoading(self.train_features, t.seed), batch_sampler=self.sampler, collate_fn=collate,
                                   num_workers=cfg.data.num_workers, generator=torch.Generator(),
                                   pin_memory=torch.cuda.is_available())
         loader = eval_loader(self.eval_features, collate, (t.eval_batch_size or 2 * t.batch_size) * processes,
@@ -500,9 +500,8 @@ def bounded_kernel_caches(enabled: bool):
 
     On CPU, oneDNN runs bf16 matmuls and some fp32 ops. It keeps the kernels it builds, one per
     input shape, in two caches of 1024 entries each. Dynamic padding brings new shapes nearly
-    every batch, so the caches grow for the whole run: by the end of a 2000-row bert-cls epoch
-    in bf16, peak memory was 130 MiB higher. 32 entries hold one step's shapes, and rebuilding
-    evicted kernels cost no time we could measure (benchmarks/README.md). Images keep the
+    every batch, so the caches grow for the whole run. 32 entries hold one step's shapes, and
+    rebuilding evicted kernels costs little (figures: benchmarks/README.md). Images keep the
     defaults: a CNN needs more kernels per step than 32, and its shapes do not change.
 
     The libraries read these variables once, at first use, so the cap holds for the rest of the

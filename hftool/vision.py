@@ -44,9 +44,9 @@ class Geometry:
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Run per-image tensor ops on one thread. On one small image, waking torch's other threads
-    costs more than it saves: with 2 threads on a busy 2-core machine a crop + to_dtype took
-    ~20 ms instead of ~1. DataLoader workers are single-threaded already; this covers
-    num_workers=0 and predict, where the transforms run in the main process."""
+    costs more than it saves, many times over on a busy machine (benchmarks/README.md). DataLoader
+    workers are single-threaded already; this covers num_workers=0 and predict, where the
+    transforms run in the main process."""
     import torch
 
     threads = torch.get_num_threads()

@@ -10,7 +10,6 @@ from hftool.config import DataConfig
 from hftool.data import load_eval_split, load_source, load_splits
 from hftool.errors import HftoolError
 from hftool.tasks.base import Reading
-from hftool.tasks.base import Reading
 
 ROWS = [{"text": "a good film", "label": "pos"}, {"text": "a dull film", "label": "neg"},
         {"text": "great, really", "label": "pos"}]

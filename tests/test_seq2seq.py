@@ -336,30 +336,6 @@ def test_a_local_bart_dir_fine_tunes_and_generates_after_its_eos_start(trained_r
     assert text and result.out == f"{source}\n{text}\n"
 
 
-def test_two_process_evaluation_generates_and_scores_what_one_does(trained_run, tmp_path):
-    """torchrun, 2 gloo processes: generated ids of different widths are padded, gathered, deduplicated."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    run, folder, _ = trained_run
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    scores = []
-    for name, launcher in (("one", [sys.executable]),
-                           ("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"])):
-        out = tmp_path / f"{name}.json"  # 24 rows in batches of 5: the processes get uneven shares
-        result = subprocess.run([*launcher, "-m", "hftool", "evaluate", str(run), "--batch-size", "5", "-o", str(out)],
-                                cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        scores.append(json.loads(out.read_text()))
-    one, two = scores
-    assert one.keys() == two.keys()
-    for key, value in one.items():
-        assert two[key] == pytest.approx(value, abs=1e-6), key
-
-
 def untrained_scores(run: Path, rows: int) -> dict[str, float]:
     """The scores of the run's tiny model with fresh random weights (the run's tokenizer) on the
     run's first validation rows."""

@@ -34,7 +34,9 @@ def load_splits(data: DataConfig, reading: Reading, seed: int, token: str | None
     data.max_eval_samples then keep the first rows of each.
     """
     splits, names = _splits(data, reading, seed, token)
-    for split, limit in (("train", data.max_train_samples), ("validation", data.max_eval_samples)):
+    # Validation's first reading.history rows are context its first examples read (time series).
+    for split, limit in (("train", data.max_train_samples),
+                         ("validation", data.max_eval_samples and data.max_eval_samples + reading.history)):
         if limit is not None and limit < len(splits[split]):
             splits[split] = splits[split].select(range(limit))
             names[split] = f"{names[split]} (first {limit} rows)"

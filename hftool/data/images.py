@@ -2,9 +2,8 @@
 datasets, the image column of any source, header checks and decoding any image mode to RGB, with
 one rule for unreadable images in every image task.
 
-Decoding uses torchvision's native decoders (JPEG, PNG incl. 16-bit and palette, GIF, WebP)
-straight to a uint8 CHW tensor, and falls back to Pillow for the rest (BMP, TIFF, ...).
-Every mode (palette, grey, grey+alpha, RGBA, CMYK, 16-bit) comes out as 8-bit RGB.
+Pillow decodes every format to a uint8 CHW tensor. Every mode (palette, grey, grey+alpha, RGBA,
+CMYK, 16-bit) comes out as 8-bit RGB, EXIF orientation applied.
 """
 
 from __future__ import annotations
@@ -135,27 +134,18 @@ def check_header(path: str) -> str | None:
 def decode(entry: dict | str | bytes):
     """An image (a path, raw bytes, or a datasets Image dict {bytes, path}) -> uint8 RGB CHW tensor.
 
+    Pillow decodes every format (torchvision's own decoders are deprecated in favour of
+    torchcodec, and warn at every call); this is the only place images are decoded.
+
     Raises:
         ValueError: the data is not a decodable image (the message says why).
     """
-    import torch
-    from torchvision.io import ImageReadMode, decode_image
-
     if isinstance(entry, dict):
         entry = entry.get("bytes") or entry.get("path")
     data = Path(entry).read_bytes() if isinstance(entry, str) else entry
     if not data:
         raise ValueError("empty file")
-    try:
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                             apply_exif_orientation=True)
-    except RuntimeError:  # a format torchvision does not decode natively, or damaged data
-        image = _decode_pil(data)
-    if image.dtype != torch.uint8:  # 16-bit PNG
-        from torchvision.transforms.v2.functional import to_dtype
-
-        image = to_dtype(image, torch.uint8, scale=True)
-    return image
+    return _decode_pil(data)
 
 
 def _decode_pil(data: bytes):

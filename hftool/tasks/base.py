@@ -20,6 +20,7 @@ Declarations (class attributes):
     generate_options     Options `hftool generate` takes for this task; empty: no generation
     generation_separator between a prompt and its generated text on the terminal
     inputs_optional      `predict RUN` with no inputs is meaningful (a forecast from the run's data)
+    exact_eval_loss      eval_loss does not depend on batching or process count (False: a batch mean)
     writes_output        predict writes --output itself (a forecast's CSV and PNG), not the CLI
 
 Hooks, in the order a run calls them (`parts` is what `build` returned):
@@ -162,6 +163,9 @@ class Task:
     inputs_optional: bool = False
     writes_output: bool = False  # predict writes --output itself (a forecast's CSV + PNG), not the CLI's JSONL
     generation_separator: str = ""  # between a prompt and its generated text on the terminal
+    # eval_loss is exact whatever the batching (per-example losses); False where the model's loss
+    # is normalised over a batch and cannot be split by example (DETR's, over the batch's boxes).
+    exact_eval_loss: bool = True
 
     def model_inputs(self, batch: dict) -> dict:
         """The batch without meta_keys: what the model is called with."""

@@ -174,7 +174,10 @@ class CausalLM(Task):
         logits, labels = outputs.logits[:, :-1].float(), batch["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
         scored = labels != -100
-        return {"loss_sum": (losses * scored).sum(1).double(), "tokens": scored.sum(1)}
+        loss_sum, tokens = (losses * scored).sum(1).double(), scored.sum(1)
+        # eval_loss itself is the metric's token-weighted mean; "loss" is each block's own mean
+        # for its record (the model's loss would be the batch's).
+        return {"loss_sum": loss_sum, "tokens": tokens, "loss": loss_sum / tokens.clamp(min=1)}
 
     # ---------------------------------------------------------------------------- inference
     def predict(self, parts, cfg, inputs, batch_size):

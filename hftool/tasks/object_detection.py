@@ -217,6 +217,9 @@ class ObjectDetection(Task):
     default_metric = "map"
     pipeline_task = "object-detection"
     meta_keys = ("index", "orig_size")
+    # DETR's loss is normalised by the boxes of the whole batch (and of every process): eval_loss is
+    # the mean of batch losses, so it moves with the batch size; mAP does not.
+    exact_eval_loss = False
     predict_options = (
         Option("threshold", float, "Object detection: lowest score of a box shown (default 0.5)."),
         Option("draw", Path, "Object detection: write PNGs with the boxes drawn into this folder."),

@@ -303,10 +303,8 @@ def tiny_mbart_config(tokenizer, overrides: dict):
 
     Why mBART: learned absolute positions give word order from the first steps, and its pre-norm
     layers get past the early plateau where the decoder models the target language without
-    reading the source. On the embedded toy translation (8 epochs, seeds 0/1/2/42) it passed
-    BLEU 90 by the fifth epoch and ended at 99.8-100 every time; BART of the same size
-    (post-norm) stayed on the plateau for one seed of three, and T5 of the same size (relative
-    position biases only) stalled near BLEU 40, swapping subject and object. Dropout is off: runs that short do not overfit.
+    reading the source; BART and T5 of the same size stalled on it (benchmarks/README.md).
+    Dropout is off: runs that short do not overfit.
     """
     from transformers import MBartConfig
 
