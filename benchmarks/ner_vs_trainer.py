@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, SHARED, minilm_path, need  # noqa: E402
+from peer_ner import read_conll  # noqa: E402
 from run import PY, timed  # noqa: E402
 from sweep import Results, run_sweep, seed_range, summary  # noqa: E402
 
@@ -39,7 +40,7 @@ HFTOOL = {"hftool": (), "hftool-ungrouped": ("train.group_by_length=false",)}
 def sides(names: list[str]) -> dict:
     data = need(SHARED / "ner" / "wnut17")
     train, test = data / "wnut17train.conll", data / "emerging.test.annotated"
-    sentences = sum(1 for block in train.read_text(encoding="utf-8").split("\n\n") if block.strip("\t\n "))
+    sentences = len(read_conll(str(train))["tokens"])
     steps = math.ceil(sentences / BATCH)  # one epoch; both tools take the same number of steps
     model = str(minilm_path())
     common = ["--epochs", "1", "--batch-size", str(BATCH), "--lr", "1e-4"]
