@@ -187,6 +187,48 @@ def test_windows_are_stitched_back_so_a_cut_entity_counts_once():
     assert result["PER_support"] == 1 and result["PER_f1"] == 1.0 and result["LOC_recall"] == 0.0
 
 
+def test_entity_scores_equal_seqeval_on_iob2_edge_cases():
+    """hftool's entity scores are seqeval's on the same tags, so a comparison with a Trainer
+    script that calls seqeval (benchmarks/ner_vs_trainer.py) compares training, not scoring."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    from hftool.metrics import Seqeval
+
+    labels = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    truth = [
+        ["B-PER", "I-PER", "B-PER", "O", "B-LOC"],  # adjacent entities of one type; an entity at the end
+        ["O", "B-ORG", "I-ORG", "I-ORG"],           # an entity that ends the sentence
+        ["B-LOC"],                                  # a one-word sentence
+        ["O", "O", "O"],                            # no entity
+        ["B-PER", "O", "B-ORG", "I-ORG", "O", "B-LOC", "I-LOC"],
+    ]
+    guess = [
+        ["B-PER", "I-PER", "I-PER", "O", "I-LOC"],  # the two people merged; I- without B- starts an entity
+        ["O", "B-ORG", "I-ORG", "O"],               # cut short
+        ["I-LOC"],                                  # I- without B- on the only word
+        ["O", "I-PER", "O"],                        # a spurious entity from a lone I-
+        ["B-PER", "O", "B-ORG", "I-PER", "O", "B-LOC", "I-LOC"],  # a change of type inside an entity
+    ]
+    metric = Seqeval(labels)
+    for start in (0, 3):  # two batches, one row per sentence, padded like a collated batch
+        width = max(len(t) for t in truth[start:start + 3]) + 2
+        rows = range(start, min(start + 3, len(truth)))
+
+        def ids(tags, width=width):
+            return [-100] + [labels.index(t) for t in tags] + [-100] * (width - 1 - len(tags))
+
+        metric.add_batch(predictions=[ids(guess[i]) for i in rows], references=[ids(truth[i]) for i in rows],
+                         word_ids=[[-100] + list(range(len(truth[i]))) + [-100] * (width - 1 - len(truth[i]))
+                                   for i in rows], example_ids=list(rows))
+    result = metric.compute()
+    assert result["f1"] == pytest.approx(f1_score(truth, guess))
+    assert result["precision"] == pytest.approx(precision_score(truth, guess))
+    assert result["recall"] == pytest.approx(recall_score(truth, guess))
+    per_type = f1_score(truth, guess, average=None)  # one score per type, types in name order
+    assert [result[f"{kind}_f1"] for kind in ("LOC", "ORG", "PER")] == pytest.approx(list(per_type))
+    assert 0 < result["f1"] < 1
+
+
 # ----------------------------------------------------------------- train, evaluate, predict
 
 
