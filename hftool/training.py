@@ -129,6 +129,8 @@ class Trainer:
             self.parts = parts = task.build(cfg, labels, train_rows, run_dir=self.run_dir if self.resume else None)
             self.train_features = task.train_features(parts, cfg, train_rows)
             self.eval_features = task.eval_features(parts, cfg, self.eval_rows)
+        if t.micro_batch_size == "auto":
+            self._plan_micro_batch()
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             task.save(parts, self.run_dir)  # the tokenizer first: a resumed run reuses it
@@ -143,6 +145,21 @@ class Trainer:
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
         if self.resume:
             self._load_latest_checkpoint()
+
+    def _plan_micro_batch(self) -> None:
+        """train.micro_batch_size=auto: a resumed run takes the split its checkpoint was written
+        with; a new one measures (hftool/planner.py). Either way the global batch is kept."""
+        t = self.cfg.train
+        checkpoints = list_checkpoints(self.run_dir) if self.resume else []
+        if checkpoints:
+            saved = json.loads((checkpoints[-1] / STATE_FILE).read_text())
+            if saved["batch_size"] * saved["gradient_accumulation_steps"] == t.batch_size * t.gradient_accumulation_steps:
+                t.batch_size, t.gradient_accumulation_steps = saved["batch_size"], saved["gradient_accumulation_steps"]
+                self.accelerator.gradient_accumulation_steps = t.gradient_accumulation_steps
+                return
+        from hftool.planner import plan
+
+        plan(self)
 
     def _build_loaders(self) -> None:
         from torch.utils.data import DataLoader
@@ -461,7 +478,8 @@ class Trainer:
             f"  examples: {len(self.train_features)} train, {len(self.eval_features)} eval",
             f"  epochs: {self.num_epochs} ({self.steps_per_epoch} optimizer steps each)",
             f"  batch: {t.batch_size} per device x {t.gradient_accumulation_steps} accumulation x "
-            f"{acc.num_processes} processes = {effective} effective",
+            f"{acc.num_processes} processes = {effective} effective"
+            + (" (train.micro_batch_size=auto)" if t.micro_batch_size == "auto" else ""),
             f"  optimizer steps: {self.total_steps}; best checkpoint by eval_{self.metric_name} "
             f"({'higher' if self.greater_is_better else 'lower'} is better)",
             f"  precision: {'fp32' if self.mixed_precision == 'no' else self.mixed_precision + ' autocast'}"

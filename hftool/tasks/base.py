@@ -26,6 +26,7 @@ Declarations (class attributes):
 Hooks, in the order a run calls them (`parts` is what `build` returned):
 
     reading(cfg) -> Reading                      how the data layer reads this task's sources
+    model_specs(cfg) -> [str]                    the model specs a run loads (hftool doctor)
     prepare(cfg, ds, source, labels, require_labels) -> (rows, labels)
                                                  raw rows -> canonical columns, validated; labels
                                                  (class names) found in the training data
@@ -174,6 +175,10 @@ class Task:
     # ------------------------------------------------------------------------------ data
     def reading(self, cfg) -> Reading:
         return Reading()
+
+    def model_specs(self, cfg) -> list[str]:
+        """The model specs a run loads (`hftool doctor` checks each resolves offline)."""
+        return [cfg.model.name]
 
     def prepare(self, cfg, ds, source: str, labels: list[str] | None = None, require_labels: bool = True):
         raise NotImplementedError

@@ -64,6 +64,10 @@ class ImageCaptioning(Task):
         Option("attention_map", Path, "Captioning: draw where the decoder looks for each word into this PNG."),
     )
 
+    def model_specs(self, cfg):
+        m = cfg.model
+        return [spec for spec in (m.encoder, m.decoder) if spec] if m.encoder or m.decoder else [m.name]
+
     # ------------------------------------------------------------------------------ data
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns image (datasets Image, not decoded) and captions (list of str).
