@@ -158,6 +158,9 @@ class TrainConfig(Section):
     logging_steps: int = 10
     # none | tensorboard | wandb | mlflow (through Accelerate's trackers).
     tracking: str = "none"
+    # Where the tracker writes (TensorBoard events, W&B's local files, MLflow artifacts); None:
+    # RUN/logs/<tracker>, beside the model rather than among its files.
+    logging_dir: str | None = None
     # torch.compile the model (worth it on GPUs for long runs; compile time dominates short ones).
     compile: bool = False
 

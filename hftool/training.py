@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from hftool import logs
 from hftool.config import RunConfig, to_dict, to_yaml
 from hftool.errors import HftoolError
-from hftool.outputs import write_json, write_jsonl
+from hftool.outputs import honour_umask, write_json, write_jsonl
 from hftool.runtime import make_accelerator, resolve_mixed_precision
 
 CHECKPOINT = re.compile(r"^step-(\d+)$")
@@ -89,7 +89,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        from accelerate.utils import DataLoaderConfiguration, set_seed
+        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
         from hftool.data import load_splits
         from hftool.tasks import get_task
@@ -103,11 +103,15 @@ class Trainer:
         elif tracking is not None:
             _require(tracking, tracking, f"tracking={tracking}")
         self.mixed_precision = resolve_mixed_precision(t.mixed_precision)
+        # Logs live beside the model, never among its files: RUN/logs/<tracker> or train.logging_dir.
+        self.logging_dir = (Path(t.logging_dir) if t.logging_dir else self.run_dir / "logs" / tracking) if tracking else None
         self.accelerator = acc = make_accelerator(
             mixed_precision=self.mixed_precision,
             gradient_accumulation_steps=t.gradient_accumulation_steps,
             log_with=tracking,
-            project_dir=str(self.run_dir),
+            # TensorBoard writes into logging_dir/<project name>: give it the folder as those two parts.
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir),
+                                                logging_dir=str(self.logging_dir.parent) if tracking else None),
             # The sampler yields global batches that Accelerate slices across processes, so N
             # processes see exactly the batches one process would (same data order, same result).
             dataloader_config=DataLoaderConfiguration(split_batches=True),
@@ -141,7 +145,12 @@ class Trainer:
         self.state.gradient_accumulation_steps = t.gradient_accumulation_steps
         self.state.batch_size = t.batch_size
         if tracking:
-            acc.init_trackers("hftool", config=_flat_scalars(to_dict(cfg)))
+            if acc.is_main_process:
+                self.logging_dir.mkdir(parents=True, exist_ok=True)
+            project = self.logging_dir.name if tracking == "tensorboard" else "hftool"  # W&B project, MLflow experiment
+            acc.init_trackers(project, config=_flat_scalars(to_dict(cfg)),
+                              init_kwargs={"wandb": {"dir": str(self.logging_dir)},
+                                           "mlflow": {"logging_dir": str(self.logging_dir)}})
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
         if self.resume:
             self._load_latest_checkpoint()
@@ -395,6 +404,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             write_json(tmp / STATE_FILE, state.__dict__)
+            honour_umask(tmp)
             _fsync_dir(tmp)
             os.replace(tmp, final)
             _fsync_dir(root)
@@ -457,6 +467,7 @@ class Trainer:
             model = acc.unwrap_model(self.model)
             model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
             self.task.save(self.parts, self.run_dir, model=model, state_dict=state_dict)
+            honour_umask(self.run_dir)
             write_json(self.run_dir / "metrics.json", metrics)
             from hftool.evaluation import eval_order
 
@@ -493,8 +504,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             with open(self.run_dir / LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-        scalars = {f"{'train/' if kind == 'train' else ''}{k}": v for k, v in values.items()
-                   if isinstance(v, (int, float))}
+        # Trackers group by prefix: train/loss, train/lr, ... and eval/loss, eval/accuracy, ...
+        scalars = {f"{kind}/{k.removeprefix('eval_')}": v for k, v in values.items() if isinstance(v, (int, float))}
         self.accelerator.log(scalars, step=self.state.global_step)
 
     def _truncate_log(self, step: int) -> None:
