@@ -29,8 +29,9 @@ def run(budget: float, batch_size: int, steps: int) -> tuple[str, float]:
     done = subprocess.run(command, capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", **os.environ})
     chosen = re.search(r"micro_batch_size=auto: (\d+) per process x (\d+) accumulation", done.stderr)
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
-    if done.returncode != 0 or not chosen or not peak:
-        return done.stderr.strip().splitlines()[-1], float(peak.group(1)) / 2**20 if peak else float("nan")
+    refused = next((line for line in done.stderr.splitlines() if line.startswith("error: ")), None)
+    if refused or not chosen or not peak:
+        return f"refused: {refused or done.stderr.strip().splitlines()[-1]}", float("nan")
     return f"{chosen.group(1)} x {chosen.group(2)}", int(peak.group(1)) / 2**20
 
 
@@ -43,7 +44,8 @@ def main() -> None:
     print("| train.memory_budget | micro-batch x accumulation | peak RSS | within budget |\n|---|---|---|---|")
     for budget in (float(b) for b in args.budgets.split(",")):
         chosen, peak = run(budget, args.batch_size, args.steps)
-        print(f"| {budget:.1f} GiB | {chosen} | {peak:.2f} GiB | {'yes' if peak <= budget else 'NO'} |", flush=True)
+        within = "-" if peak != peak else "yes" if peak <= budget else "NO"  # nan: the run was refused
+        print(f"| {budget:.1f} GiB | {chosen} | {peak:.2f} GiB | {within} |", flush=True)
 
 
 if __name__ == "__main__":

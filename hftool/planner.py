@@ -96,8 +96,7 @@ def plan(trainer) -> int:
             budget = int((t.memory_budget or 0) * 2**30) or int(BUDGET_SHARE * available_memory())
             # Memory the run adds after the probe: AdamW's two fp32 moments per trainable weight,
             # and a checkpoint's copy of weights and moments while it is saved or loaded back
-            # (the best one, at the end). Measured on MiniLM, leaving these out let the run peak
-            # 0.2 GiB over the budget.
+            # (the best one, at the end). Left out, runs peaked over the budget (benchmarks/README.md).
             trainable = 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
             chosen = _plan_cpu(step, candidates(per_process), budget, reserve=5 * trainable)
             where = f"within train.memory_budget {budget / 2**30:.1f} GiB"
