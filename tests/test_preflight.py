@@ -180,7 +180,7 @@ def test_auto_micro_batch_trains_exactly_as_the_same_global_batch_set_by_hand(cl
 
     from hftool import planner
 
-    monkeypatch.setattr(planner, "_plan_cpu", lambda step, sizes, budget: 4)  # as if 16 and 8 did not fit
+    monkeypatch.setattr(planner, "_plan_cpu", lambda step, sizes, budget, reserve: 4)  # as if 16 and 8 did not fit
     common = ("finetune", "bert-cls", "--max-steps", "4", "data.max_train_samples=64", "data.max_eval_samples=32",
               "train.logging_steps=1")
     auto = cli(*common, "-o", tmp_path / "auto", "--batch-size", "16", "train.micro_batch_size=auto")
