@@ -286,7 +286,7 @@ def _decode_folder(folder: Path, positions: list[float], short, interpolation: s
     for index in sorted({min(round(p), len(files) - 1) for p in positions}):
         image = images.decode(str(files[index])).permute(1, 2, 0).numpy()
         width, height = _scaled(image.shape[1], image.shape[0], short)
-        decoded[index] = np.asarray(Image.fromarray(image).resize((width, height), resample)) if (
+        decoded[index] = np.array(Image.fromarray(image).resize((width, height), resample)) if (
             (width, height) != (image.shape[1], image.shape[0])) else image
     return [decoded[min(round(p), len(files) - 1)] for p in positions]
 
