@@ -166,6 +166,7 @@ def probe(entry) -> Probe:
         seconds = (float(stream.duration * stream.time_base) if stream.duration else
                    container.duration / 1e6 if container.duration else 0.0)
         rate = float(stream.average_rate or stream.guessed_rate or 0)
+        # Neither a duration nor a rate (raw streams): FFmpeg's own default of 25 fps.
         return Probe(frames, frames / seconds if seconds > 0 else rate or 25.0)
 
 
