@@ -234,11 +234,25 @@ def one_line_error(result, *fragments: str) -> str:
     return last
 
 
-@pytest.mark.parametrize("content, reason", [(b"this is not a video\n" * 20, "not a video FFmpeg can read"),
-                                             (b"", "empty file")])
-def test_a_file_that_is_not_a_video_stops_naming_it_or_is_skipped(clip_folder, tmp_path, cli, content, reason):
+def no_frames(path: Path) -> None:
+    """An MP4 whose video track got no frame (FFmpeg then lists no video stream)."""
+    import av
+
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = SIDE, SIDE, "yuv420p"
+        out.start_encoding()
+        out.mux(stream.encode())
+
+
+@pytest.mark.parametrize("kind, reason", [("text", "not a video FFmpeg can read"), ("empty", "empty file"),
+                                          ("no frames", "no video stream")])
+def test_a_file_that_is_not_a_video_stops_naming_it_or_is_skipped(clip_folder, tmp_path, cli, kind, reason):
     bad = clip_folder / "left" / "bad.mp4"
-    bad.write_bytes(content)
+    if kind == "no frames":
+        no_frames(bad)
+    else:
+        bad.write_bytes(b"this is not a video\n" * 20 if kind == "text" else b"")
     one_line_error(cli(*finetune_args(clip_folder, tmp_path / "run")), str(bad), reason, "data.skip_bad_videos=true")
     result = cli(*finetune_args(clip_folder, tmp_path / "run", "data.skip_bad_videos=true"))
     assert result.code == 0, result.err

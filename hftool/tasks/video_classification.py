@@ -205,7 +205,9 @@ class VideoClassification(Task):
     def card_usage(self):
         return ("```python\nfrom transformers import pipeline\n"
                 "pipe = pipeline(\"video-classification\", model=\"path/to/this/folder\")\n"
-                "pipe(\"clip.mp4\")\n```\n\nA `timm:<name>` run is hftool's frame model: `import hftool.video` first "
+                "pipe(\"clip.mp4\")  # or the frames: a (frames, height, width, 3) uint8 array\n```\n\n"
+                "transformers 5.x decodes a path with torchcodec (which needs FFmpeg's libraries); without it, "
+                "pass the frames. A `timm:<name>` run is hftool's frame model: `import hftool.video` first "
                 "registers it with transformers.\n")
 
     # ------------------------------------------------------------------------- inference
