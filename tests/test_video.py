@@ -157,14 +157,13 @@ def test_a_short_clip_loops_or_pads_and_is_never_dropped(tmp_path, short, expect
     assert grey_levels((pixels * 0.5 + 0.5) * 255) == expected
 
 
-def test_evaluation_clips_are_evenly_spaced_and_training_clips_random_but_seeded():
+def test_evaluation_clips_are_evenly_spaced_and_clip_seconds_sets_the_stride():
     assert videos.eval_starts(41, 8, 2.0, 1) == [13.0]  # room 26: the middle
     assert videos.eval_starts(41, 8, 2.0, 2) == [6.5, 19.5]
-    from hftool import video, vision
+    from hftool import video
 
-    geometry = vision.Geometry(SIDE, (SIDE, SIDE), (0.5,) * 3, (0.5,) * 3, "bilinear")
-    sampling = video.Sampling(4, 2.0, None, "loop")
-    assert sampling.stride(25.0) == 2.0 and video.Sampling(4, 2.0, 2.0, "loop").stride(30.0) == 15.0
+    assert video.Sampling(4, 2.0, None, "loop").stride(25.0) == 2.0  # frame_stride, whatever the rate
+    assert video.Sampling(4, 2.0, 2.0, "loop").stride(30.0) == 15.0  # clip_seconds: 2 s of 30 fps over 4 frames
 
 
 # ------------------------------------------------------------------------------------- layouts

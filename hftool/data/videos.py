@@ -16,7 +16,6 @@ spaced in time; a frame folder's is its file number round(p).
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
