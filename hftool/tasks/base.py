@@ -101,6 +101,7 @@ class Reading:
     langs: tuple[str | None, str | None] = (None, None)  # parallel `{split}.{lang}` folders
     holdout: str = "random"  # random rows (seeded), or `tail`: the end of the data in file order
     history: int = 0  # with holdout=tail: rows before the held-out ones that validation reads
+    videos: bool = False  # a folder of class folders holds videos (clips or frame folders), not images
 
 
 @dataclass
