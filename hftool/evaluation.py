@@ -28,32 +28,34 @@ def eval_loader(features, collate: Callable, batch_size: int, num_workers: int =
                       num_workers=num_workers, generator=torch.Generator())
 
 
-def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval",
-                   records: list | None = None, order=None, stats=None) -> dict[str, float]:
+def evaluate_model(accelerator, model, loader, task, parts, rows, prefix: str = "eval",
+                   batches: list | None = None, stats=None, order=None) -> dict[str, float]:
     """Loss and the task's metrics over `loader`, exact across processes.
 
     Args:
-        records: If a list, it receives one JSON-able dict per example (task.prediction_records),
-            in dataset order: what `eval.save_predictions` writes.
-        order: eval_order of the loader's features, mapping gathered rows back to dataset rows.
-        stats: A task.resampler(parts) to feed each gathered batch to (per-example statistics for
-            bootstrap intervals); finished here.
+        rows: The prepared evaluation rows the loader's features were made from (the metric's
+            ground truth, for tasks that score against more than the batch carries).
+        batches: If a list, it receives every batch's gathered outputs as numpy arrays (with the
+            per-example `loss`), for task.prediction_records: per-example results.
+        stats: A task.resampler(parts, rows) to feed each gathered batch to (per-example
+            statistics for bootstrap intervals, a batch at a time); finished here.
+        order: eval_order of the loader's features, mapping gathered rows back to dataset rows
+            (for `stats`).
 
     Returns:
         Flat `{f"{prefix}_{name}": value}`, e.g. eval_loss, eval_accuracy.
     """
-    metric = task.metric(parts)
+    metric = task.metric(parts, rows)
     was_training = model.training
     model.eval()
     loss_sum, count, seen = 0.0, 0, 0
-    batches: list[dict] = []
     progress = tqdm(loader, desc="Evaluating", leave=False, disable=not accelerator.is_local_main_process)
-    keeping = records is not None or stats is not None
+    keeping = batches is not None or stats is not None
     for number, batch in enumerate(progress):
         if keeping and number % 16 == 15:
             release_freed_memory()
         with torch.no_grad():
-            outputs = model(**task.model_inputs(batch))
+            outputs = task.eval_forward(parts, model, batch)
         values = task.eval_outputs(parts, outputs, batch)
         # Generative tasks score what the model writes, not only the teacher-forced loss.
         values.update(task.eval_generate(parts, accelerator.unwrap_model(model), batch))
@@ -69,14 +71,12 @@ def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval"
         arrays = {k: v.cpu().numpy() for k, v in gathered.items()}
         metric.add_batch(**arrays)
         if stats is not None:
-            rows = len(next(iter(arrays.values()))) if arrays else len(losses)
+            size = len(next(iter(arrays.values()))) if arrays else len(losses)
             stats.add_batch(arrays if losses is None else {**arrays, "loss": losses},
-                            np.arange(seen, seen + rows) if order is None else order[seen:seen + rows])
-            seen += rows
-        if records is not None:
+                            np.arange(seen, seen + size) if order is None else order[seen:seen + size])
+            seen += size
+        if batches is not None:
             batches.append(arrays if losses is None else {**arrays, "loss": losses})
-    if records is not None:
-        records += task.prediction_records(parts, batches, order)
     if stats is not None:
         stats.finish()
     if was_training:

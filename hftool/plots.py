@@ -1,8 +1,9 @@
 """Small SVG line plots: a run's curves.svg and the HTML report's plots.
 
-Written by hand rather than with matplotlib: importing and laying out a figure took 2.5 s, 7% of
-a one-minute bert-cls run, for a few lines of a few dozen points. What a reader needs is here:
-ticks at round numbers with gridlines, a legend, and shaded interval bands.
+Written by hand rather than with matplotlib: importing matplotlib and laying out a figure costs
+seconds, a noticeable share of a one-minute run (benchmarks/README.md), for a few lines of a few
+dozen points. What a reader needs is here: ticks at round numbers with gridlines, a legend, and
+shaded interval bands.
 """
 
 from __future__ import annotations

@@ -326,8 +326,8 @@ def plan(suite: Suite, out: Path, cli_overrides: list[str] | None = None) -> Pla
                 raise HftoolError(f"{where}: {err}") from None
             if dataset.name not in rows:
                 try:
-                    rows[dataset.name] = load_eval_split(dataset.path, dataset.split, cfg.data.encoding, cfg.model.token,
-                                                         cfg.data.txt_unit, (cfg.data.source_lang, cfg.data.target_lang))
+                    rows[dataset.name] = load_eval_split(dataset.path, dataset.split, cfg.data.encoding,
+                                                         get_task(task).reading(cfg), cfg.model.token)
                 except HftoolError as err:
                     raise HftoolError(f"{where}: {err}") from None
             signature = (dataset.name, task, json.dumps(_data_settings(cfg), sort_keys=True, default=str))
@@ -472,7 +472,7 @@ def uncached(plan_: Plan) -> list[Pair]:
 
 def _load(pair: Pair):
     from hftool.tasks import get_task
-    from hftool.training import inference_accelerator
+    from hftool.runtime import inference_accelerator
 
     task = get_task(pair.task)
     parts = task.build(pair.cfg, None, model_path=str(pair.model.run))
@@ -505,9 +505,12 @@ def _score(pair: Pair, plan_: Plan, task, parts, accelerator, network, batch_siz
     order = eval_order(features)
     size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     loader = accelerator.prepare(eval_loader(features, task.collate(parts), size, cfg.data.num_workers))
-    collected = task.resampler(parts) if main else None
-    records = [] if main else None
-    metrics = evaluate_model(accelerator, network, loader, task, parts, records=records, order=order, stats=collected)
+    collected = task.resampler(parts, prepared) if main else None
+    batches = [] if main else None
+    metrics = evaluate_model(accelerator, network, loader, task, parts, prepared, batches=batches, stats=collected,
+                             order=order)
+    records = task.prediction_records(parts, batches, order, prepared) if main else []
+    del batches
     if not main:
         return {}
     draws = cfg.eval.bootstrap
@@ -548,7 +551,7 @@ def _write_pair(target: Path, result: dict, collected, replicates: dict, records
     """A pair's cache folder, written whole: a temporary folder, then one rename."""
     import numpy as np
 
-    from hftool.training import write_jsonl
+    from hftool.outputs import write_jsonl
 
     tmp = target.with_name(f".tmp-{target.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -624,7 +627,7 @@ def finish(plan_: Plan, evaluated: int) -> Outcome:
                 row["vs_baseline"][name] = {"diff": c.diff, "low": c.low, "high": c.high, "p": c.p,
                                             "significant": bool(c.significant(suite.alpha))}
     failures, checked = check_gates(suite, plan_.pairs, rows)
-    from hftool.training import write_jsonl
+    from hftool.outputs import write_jsonl
 
     _atomic(out / "results.jsonl", lambda path: write_jsonl(path, [_public(r) for r in rows]))
     board = leaderboard(rows, suite)
@@ -643,7 +646,7 @@ def _stored_images(plan_: Plan):
     the report; None where the data names images by path (the records hold the path)."""
     import datasets
 
-    from hftool.tasks.image_classification import IMAGE_COLUMNS
+    from hftool.data.images import IMAGE_COLUMNS
 
     stored = {}  # dataset -> (rows with undecoded images, column): read one row at a time
     for pair in plan_.pairs:

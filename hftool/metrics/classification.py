@@ -33,12 +33,15 @@ class PrecisionRecallF1(evaluate.Metric):
     from pooled counts (equals accuracy for single-label data); weighted: mean weighted by each
     class's support. Classes are those seen in references or predictions, or `num_classes` when
     given; a class with no predicted (or no true) example scores 0 precision (recall), as
-    scikit-learn does with zero_division=0.
+    scikit-learn does with zero_division=0. With `labels` (class names, index = class id) each
+    class's own precision, recall and F1 come too, as `<label>_precision`, `<label>_recall`,
+    `<label>_f1`.
     """
 
-    def __init__(self, num_classes: int | None = None, **kwargs):
+    def __init__(self, num_classes: int | None = None, labels: list[str] | None = None, **kwargs):
         super().__init__(keep_in_memory=True, **kwargs)
         self.num_classes = num_classes
+        self.labels = labels
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -51,12 +54,13 @@ class PrecisionRecallF1(evaluate.Metric):
         seen = np.union1d(predictions, references)
         k = max(self.num_classes or 0, int(seen.max()) + 1 if len(seen) else 1)
         confusion = np.bincount(references * k + predictions, minlength=k * k).reshape(k, k)
-        return scores_from_confusion(confusion, np.arange(k) if self.num_classes else seen)
+        return scores_from_confusion(confusion, np.arange(k) if self.num_classes else seen, self.labels)
 
 
-def scores_from_confusion(confusion: np.ndarray, classes: np.ndarray) -> dict[str, float]:
+def scores_from_confusion(confusion: np.ndarray, classes: np.ndarray, labels: list[str] | None = None) -> dict[str, float]:
     """precision/recall/f1 _macro, _weighted and _micro over `classes` from a (possibly weighted)
-    confusion matrix, rows: references. Shared with the bootstrap (hftool.metrics.resampling)."""
+    confusion matrix, rows: references, and each named class's own (`<label>_f1`, ...). Shared
+    with the bootstrap (hftool.metrics.resampling)."""
     precision, recall, f1, support = per_class(confusion)
     true_pos = np.diag(confusion).astype(float)
     result = {}
@@ -67,6 +71,10 @@ def scores_from_confusion(confusion: np.ndarray, classes: np.ndarray) -> dict[st
     pooled_tp, pooled = true_pos[classes].sum(), support[classes].sum()
     micro = float(pooled_tp / pooled) if pooled else 0.0  # single-label: micro P = R = F1
     result.update(precision_micro=micro, recall_micro=micro, f1_micro=micro)
+    k = len(confusion)
+    for i, label in enumerate(labels or []):
+        for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+            result[f"{label}_{name}"] = float(values[i]) if i < k else 0.0
     return result
 
 
@@ -104,27 +112,3 @@ class TopKAccuracy(evaluate.Metric):
     def _compute(self, top_k, references) -> dict[str, float]:
         hits = [ref in row[: self.k] for row, ref in zip(top_k, references)]
         return {f"top{self.k}_accuracy": float(np.mean(hits)) if hits else 0.0}
-
-
-class ConfusionMatrix(evaluate.Metric):
-    """Counts of (reference, prediction) pairs, kept in `.matrix` (rows: references).
-
-    compute() returns no numbers (metrics.json stays flat scalars); the matrix is for plots.
-    """
-
-    def __init__(self, num_classes: int, **kwargs):
-        super().__init__(keep_in_memory=True, **kwargs)
-        self.num_classes = num_classes
-        self.matrix: np.ndarray | None = None
-
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description="Confusion matrix (rows: reference class, columns: predicted class).",
-            citation="", inputs_description="predictions, references: class ids", features=_FEATURES,
-        )
-
-    def _compute(self, predictions, references) -> dict[str, float]:
-        k = self.num_classes
-        pairs = np.asarray(references, dtype=np.int64) * k + np.asarray(predictions, dtype=np.int64)
-        self.matrix = np.bincount(pairs, minlength=k * k).reshape(k, k)
-        return {}

@@ -139,8 +139,8 @@ class ClassStats(ExampleStats):
 
     kind = "classification"
 
-    def __init__(self, labels: list[str], top_k: int | None = None):
-        super().__init__(labels=list(labels), top_k=top_k)
+    def __init__(self, labels: list[str], top_k: int | None = None, per_label: bool = False):
+        super().__init__(labels=list(labels), top_k=top_k, per_label=per_label)
         self.labels = list(labels)
 
     def rows(self, values, ids):
@@ -163,7 +163,8 @@ class ClassStats(ExampleStats):
         out = {"accuracy": float(correct / total) if total else 0.0}
         if "top_hit" in self.columns:
             out[f"top{self.meta['top_k']}_accuracy"] = float(w @ self.columns["top_hit"] / total) if total else 0.0
-        return out | scores_from_confusion(self.confusion(w), np.arange(len(self.labels)))
+        named = self.labels if self.meta.get("per_label") else None  # as the task's metric has them
+        return out | scores_from_confusion(self.confusion(w), np.arange(len(self.labels)), named)
 
     def scores(self):
         # Right or wrong first; the loss orders examples both models get right (or wrong).
@@ -446,7 +447,7 @@ class CaptionStats(ExampleStats):
         self.references, self.tokenizer = references or [], tokenizer
 
     def rows(self, values, ids):
-        from hftool.tasks.image_captioning import caption_text
+        from hftool.metrics.captioning import caption_text
 
         return {"id": values["index"].astype(np.int64),
                 "caption": np.asarray([caption_text(self.tokenizer, ids) for ids in values["generated"]], dtype=str)}
