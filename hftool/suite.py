@@ -646,11 +646,13 @@ def _stored_images(plan_: Plan):
     the report; None where the data names images by path (the records hold the path)."""
     import datasets
 
-    from hftool.data.images import IMAGE_COLUMNS
+    from hftool.data.images import IMAGE_COLUMNS, ImageData
 
     stored = {}  # dataset -> (rows with undecoded images, column): read one row at a time
     for pair in plan_.pairs:
         data, _ = plan_.rows[pair.dataset.name]
+        if not isinstance(pair.cfg.data, ImageData):
+            continue
         column = next((c for c in (pair.cfg.data.image_column, *IMAGE_COLUMNS) if c and c in data.column_names), None)
         if column and isinstance(data.features[column], datasets.Image):
             stored[pair.dataset.name] = (data.cast_column(column, datasets.Image(decode=False)), column)

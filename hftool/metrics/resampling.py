@@ -547,3 +547,42 @@ class PerplexityStats(ExampleStats):
 
     def scores(self):
         return -self.columns["loss_sum"] / np.maximum(self.columns["tokens"], 1)
+
+
+# ------------------------------------------------------------------------------------ forecasting
+class ForecastStats(ExampleStats):
+    """Forecasting: per window, the sums behind MAE, RMSE, MAPE and sMAPE over its series, of the
+    model and of the naive and seasonal-naive forecasts (hftool.metrics.forecasting.errors)."""
+
+    kind = "forecast"
+    SIDES = (("", "predictions"), ("naive_", "naive"), ("seasonal_naive_", "seasonal"))
+
+    def rows(self, values, ids):
+        truth = np.asarray(values["references"], dtype=np.float64)
+        nonzero = truth != 0
+        out = {"values": truth.shape[1] * np.ones(len(truth)), "nonzero": nonzero.sum(1).astype(np.float64)}
+        for prefix, key in self.SIDES:
+            guess = np.asarray(values[key], dtype=np.float64)
+            error, scale = guess - truth, np.abs(truth) + np.abs(guess)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[f"{prefix}abs"] = np.abs(error).sum(1)
+                out[f"{prefix}squared"] = (error ** 2).sum(1)
+                out[f"{prefix}ape"] = np.where(nonzero, np.abs(error / np.where(nonzero, truth, 1)), 0.0).sum(1)
+                out[f"{prefix}sape"] = np.where(scale > 0, 2 * np.abs(error) / np.where(scale > 0, scale, 1), 0.0).sum(1)
+        return out
+
+    def metrics(self, w):
+        count, nonzero = w @ self.columns["values"], w @ self.columns["nonzero"]
+        out = {}
+        for prefix, _ in self.SIDES:
+            if not count:
+                out.update({f"{prefix}{k}": math.nan for k in ("mae", "rmse", "mape", "smape")})
+                continue
+            out[f"{prefix}mae"] = float(w @ self.columns[f"{prefix}abs"] / count)
+            out[f"{prefix}rmse"] = float(math.sqrt(w @ self.columns[f"{prefix}squared"] / count))
+            out[f"{prefix}mape"] = float(w @ self.columns[f"{prefix}ape"] / nonzero * 100) if nonzero else math.nan
+            out[f"{prefix}smape"] = float(w @ self.columns[f"{prefix}sape"] / count * 100)
+        return out
+
+    def scores(self):
+        return -self.columns["abs"] / np.maximum(self.columns["values"], 1)
