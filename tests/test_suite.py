@@ -255,6 +255,30 @@ def test_readme_detector_suite(cli, monkeypatch, tmp_path):
     check_report_in_browser(tmp_path / "runs" / "suite-detr" / "report.html", tmp_path / "profile", images=16)
 
 
+def test_ner_suite_shows_each_sentence_with_its_entities(cli, monkeypatch, tmp_path):
+    """A token classifier's pairs get entity-F1 intervals, and the report's gallery shows each
+    sentence's words with its true entities highlighted and named."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    from hftool.data import load_source
+
+    monkeypatch.chdir(tmp_path)
+    api.finetune(load_config("bert-ner", overrides=[f"output_dir={tmp_path / 'runs' / 'ner'}", "train.max_steps=4",
+                                                    "data.max_train_samples=32", "data.max_eval_samples=8"]))
+    dev = load_source("sample:ner")["train"].select(range(12))
+    dev.to_json("dev.jsonl")
+    Path("suite-ner.yaml").write_text("models: [runs/ner]\ndatasets:\n  dev: {path: dev.jsonl}\n")
+    result = cli("eval-suite", "suite-ner.yaml", "-o", "runs/suite-ner", "eval.bootstrap=100")
+    assert result.code == 0, result.err
+    row = rows_of(tmp_path / "runs" / "suite-ner")[0]
+    low, high = row["intervals"]["eval_f1"]
+    assert row["n"] == 12 and low <= row["metrics"]["eval_f1"] <= high
+    gallery = (tmp_path / "runs" / "suite-ner" / "report.html").read_text().split('<section id="gallery">')[1]
+    for example in dev.select(range(8)):  # the gallery's first 8 sentences
+        for kind, start, end in get_entities(example["tags"]):
+            assert f'{" ".join(example["tokens"][start:end + 1])}<span class="tag">{kind}</span>' in gallery
+
+
 def open_in_browser(page: Path, profile: Path):
     """Headless Debian chromium through Selenium, with its console and network logs; skips where
     chromium is not installed (CI installs it)."""
