@@ -173,9 +173,11 @@ def write_report(report: Report, summaries: dict, folder: Path) -> None:
     for ax, name in zip(axes[:, 0], panels):
         present = {split: s.values[name] for split, s in summaries.items() if s.values.get(name)}
         low, high = min(min(v) for v in present.values()), max(max(v) for v in present.values())
-        bins = 40 if high > low else 1
-        for split, values in present.items():  # densities: splits of different sizes compare
-            ax.hist(values, bins=bins, range=(low, high + (high == low)), alpha=0.55, density=True,
+        whole = all(float(v).is_integer() for values in present.values() for v in values)
+        # Counts (words, boxes) get a bin each, so no bin is empty by rounding alone.
+        bins = [b - 0.5 for b in range(int(low), int(high) + 2)] if whole and high - low <= 60 else 40
+        for split, values in present.items():  # shares of each split's rows: splits of different sizes compare
+            ax.hist(values, bins=bins, range=(low, high + (high == low)), alpha=0.55, weights=[1 / len(values)] * len(values),
                     label=f"{split} ({len(values)})", color=colours.get(split))
         ax.set_title(name)
         ax.set_ylabel("share of rows")

@@ -123,6 +123,18 @@ def test_ner_every_planted_problem(cli, tmp_path):
     assert report["summary"]["splits"]["train"]["classes"] == {"PER": 5, "LOC": 2}
 
 
+def test_conll_findings_name_lines(cli, tmp_path):
+    train = tmp_path / "train.conll"
+    train.write_text("John\tB-PER\nlives\tO\n\nin\tO\nNew\tI-LOC\nYork\tI-LOC\n\nBob\tB-PER\nx\tX-FOO\n\n"
+                     "John\tB-PER\nlives\tO\n\nAnn\tB-PER\nsings\tO\n", encoding="utf-8")
+    code, report = validate(cli, "bert-ner", "--data", train, "--eval-data", train)
+    assert code == 2
+    # line 5: I-LOC opens an entity; line 9: a tag outside the scheme; line 11: lines 1-2 again
+    assert {("i_without_b", 5), ("tag_outside_scheme", 9)} <= found(report, "errors") | found(report, "warnings")
+    duplicate = next(f for f in report["warnings"] if f["check"] == "duplicate_row" and f["file"] == str(train))
+    assert duplicate["row"] == 11 and "line 11: the same sentence as line 1" in duplicate["message"]
+
+
 def test_image_classification_every_planted_problem(cli, tmp_path, images):
     train = write_csv(tmp_path / "train.csv", ["image", "label"], [
         [images["red"], "red"],        # 1

@@ -51,19 +51,19 @@ CHECKS.update({check.name: check for check in (
     Check("empty_text", "warning", "{source} row {row}: column '{column}' is empty; write the text or remove the row"),
     Check("missing_label", "error", "{source} row {row}: no label in column '{column}'; give every row a label"),
     Check("unseen_label", "error",
-          "{source} row {row}: {what} {label!r} in column '{column}' is not in the training data; "
+          "{source} {at}: {what} {label!r} in column '{column}' is not in the training data; "
           "fix the row or add the class to the training data"),
-    Check("duplicate_row", "warning", "{source} row {row}: the same {what} as row {first}; remove one of them"),
+    Check("duplicate_row", "warning", "{source} {at}: the same {what} as {first_at}; remove one of them"),
     Check("conflicting_labels", "warning",
-          "{source} row {row}: the same text as row {first}, labelled {label!r} there {first_label!r}; "
+          "{source} {at}: the same text as {first_at}, labelled {label!r} there {first_label!r}; "
           "keep the right label"),
     Check("tag_outside_scheme", "error",
-          "{source} row {row}, word {word}: tag {tag!r} is not O or B-/I-/E-/S-<type>; fix the tag"),
+          "{source} {at}, word {word}: tag {tag!r} is not O or B-/I-/E-/S-<type>; fix the tag"),
     Check("i_without_b", "warning",
-          "{source} row {row}, word {word}: {tag!r} follows {previous!r}, so no B- opens the entity; "
+          "{source} {at}, word {word}: {tag!r} follows {previous!r}, so no B- opens the entity; "
           "begin it with B-{kind}"),
     Check("tag_count_mismatch", "error",
-          "{source} row {row}: {tokens} tokens but {tags} tags in column '{column}'; give every token one tag"),
+          "{source} {at}: {tokens} tokens but {tags} tags in column '{column}'; give every token one tag"),
     Check("unreadable_file", "error", "{source} row {row}: {path}: {reason}; fix the path or remove the row"),
     Check("empty_file", "error", "{source} row {row}: {path} is empty (0 bytes); replace the file or remove the row"),
     Check("unusual_mode", "warning",

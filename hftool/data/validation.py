@@ -62,7 +62,8 @@ def class_labels(values: list, source: str, column: str, findings: Findings, lab
         key = str(value)
         counts[key] += 1
         if labels is not None and key not in labels:
-            findings.add("unseen_label", source=source, row=row, column=column, label=value, what="label")
+            findings.add("unseen_label", source=source, row=row, at=f"row {row}", column=column, label=value,
+                         what="label")
     if len(kinds) > 1:
         (kind_a, (row_a, value_a)), (kind_b, (row_b, value_b)) = sorted(kinds.items(), key=lambda kv: kv[1][0])[:2]
         findings.add("mixed_label_types", source=source, column=column, row_a=row_a, value_a=value_a,
@@ -102,9 +103,14 @@ def labelled(ds, source: str, configured: str | None, findings: Findings, labels
     return values
 
 
-def duplicates(keys: list[str], source: str, findings: Findings, what: str, labels: list | None = None) -> int:
+def duplicates(keys: list[str], source: str, findings: Findings, what: str, labels: list | None = None,
+               lines: list[int] | None = None) -> int:
     """Rows repeating an earlier row's content; with `labels`, a repeat with another label is a
-    conflict instead (the same text taught two answers). Returns how many rows repeat."""
+    conflict instead (the same text taught two answers). Returns how many rows repeat.
+
+    Args:
+        lines: each row's first line in its file (CoNLL): findings name lines, not rows.
+    """
     first: dict[str, int] = {}
     repeats = 0
     for row, key in enumerate(keys, 1):
@@ -115,12 +121,23 @@ def duplicates(keys: list[str], source: str, findings: Findings, what: str, labe
             continue
         repeats += 1
         earlier = first[key]
+        number, at, first_at = place(row, lines), where(row, lines), where(earlier, lines)
         if labels is not None and str(labels[row - 1]) != str(labels[earlier - 1]):
-            findings.add("conflicting_labels", source=source, row=row, first=earlier, label=labels[row - 1],
-                         first_label=labels[earlier - 1])
+            findings.add("conflicting_labels", source=source, row=number, at=at, first_at=first_at,
+                         label=labels[row - 1], first_label=labels[earlier - 1])
         else:
-            findings.add("duplicate_row", source=source, row=row, first=earlier, what=what)
+            findings.add("duplicate_row", source=source, row=number, at=at, first_at=first_at, what=what)
     return repeats
+
+
+def place(row: int, lines: list[int] | None) -> int:
+    """A row's number in the report: its line in the file where rows have lines (CoNLL)."""
+    return lines[row - 1] if lines else row
+
+
+def where(row: int, lines: list[int] | None) -> str:
+    """A row as messages name it: `line 57` (CoNLL) or `row 3`."""
+    return f"line {lines[row - 1]}" if lines else f"row {row}"
 
 
 def leakage(train: list[str], validation: list[str], source: str, findings: Findings) -> int:
@@ -135,9 +152,9 @@ def leakage(train: list[str], validation: list[str], source: str, findings: Find
     return len(copies)
 
 
-# Pillow modes that convert to RGB without surprises; others (CMYK, 16-bit, palettes with
-# transparency, 1-bit) change colours or lose information in training's RGB conversion.
-PLAIN_MODES = ("RGB", "L", "RGBA", "P")
+# Pillow modes that convert to RGB without surprises; the others (CMYK, 16-bit, 1-bit, palettes,
+# transparency) change colours or lose information in training's RGB conversion.
+PLAIN_MODES = ("RGB", "L")
 
 
 def image_entries(ds, column: str) -> list[dict]:

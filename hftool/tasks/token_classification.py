@@ -182,7 +182,15 @@ class TokenClassification(Task):
         summary = validation.Summary(rows=len(ds))
         summary.values["sentence length (words)"] = [len(words or []) for words in sentences]
         summary.keys = [validation.fingerprint(words) for words in sentences]
-        summary.counts["repeated sentences"] = validation.duplicates(summary.keys, source, findings, "sentence")
+        lines = ds["line"] if "line" in ds.column_names else None  # CoNLL: findings name the file's lines
+
+        def at(row: int, word: int = 1) -> dict:
+            """Where word `word` of row `row` is: its line in a CoNLL file, else the row."""
+            return ({"row": lines[row - 1] + word - 1, "at": f"line {lines[row - 1] + word - 1}"} if lines
+                    else {"row": row, "at": f"row {row}"})
+
+        summary.counts["repeated sentences"] = validation.duplicates(summary.keys, source, findings, "sentence",
+                                                                     lines=lines)
         if not any(c in ds.column_names for c in (data.label_column, *TAG_COLUMNS) if c):
             return summary
         tag_column = find_column(ds, source, data.label_column, TAG_COLUMNS, "tags", "label_column")
@@ -193,19 +201,20 @@ class TokenClassification(Task):
         orphans, types = [], {}
         for row, (words, tags) in enumerate(zip(sentences, rows), 1):
             if len(tags) != len(words or []):
-                findings.add("tag_count_mismatch", source=source, row=row, tokens=len(words or []), tags=len(tags),
+                findings.add("tag_count_mismatch", source=source, **at(row), tokens=len(words or []), tags=len(tags),
                              column=tag_column)
             previous = "O"
             for word, tag in enumerate(tags, 1):
                 if not TAG.match(tag):
-                    findings.add("tag_outside_scheme", source=source, row=row, word=word, tag=tag, column=tag_column)
+                    findings.add("tag_outside_scheme", source=source, **at(row, word), word=word, tag=tag,
+                                 column=tag_column)
                     previous = "O"
                     continue
                 kind = tag[2:]
                 if tag != "O" and (tag[0] in "BS" or previous[2:] != kind or previous[0] in "ES"):  # an entity starts
                     types[kind] = types.get(kind, 0) + 1
                     if labels is not None and kind not in labels:
-                        findings.add("unseen_label", source=source, row=row, column=tag_column, label=kind,
+                        findings.add("unseen_label", source=source, **at(row, word), column=tag_column, label=kind,
                                      what="entity type")
                     if tag[0] == "I":
                         orphans.append((row, word, tag, previous, kind))
@@ -214,8 +223,8 @@ class TokenClassification(Task):
         # IOB2 data, where most open with B-, has its I- openings reported.
         if orphans and len(orphans) * 2 < sum(types.values()):
             for row, word, tag, previous, kind in orphans:
-                findings.add("i_without_b", source=source, row=row, word=word, tag=tag, previous=previous, kind=kind,
-                             column=tag_column)
+                findings.add("i_without_b", source=source, **at(row, word), word=word, tag=tag, previous=previous,
+                             kind=kind, column=tag_column)
         summary.counts["entities opened by I-"] = len(orphans)
         summary.classes = dict(sorted(types.items(), key=lambda kv: -kv[1]))
         return summary
