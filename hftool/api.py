@@ -7,6 +7,7 @@
     api.evaluate(run_dir)                        # re-scores the run's own validation data
     api.predict(run_dir, ["a wonderful film"])   # [{'text': ..., 'label': ..., 'score': ...}]
     api.generate("runs/gpt2", ["Once upon a time"])  # [{'prompt': ..., 'generated_text': ...}]
+    api.export("runs/bert-cls", "exports/bert-cls")  # ONNX + parity check; predict/evaluate then run it
 """
 
 from __future__ import annotations
@@ -205,6 +206,15 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
 
     parts.model = inference_accelerator(cfg.train.mixed_precision).prepare(parts.model)  # on the device
     return task.predict(parts, cfg, list(inputs), batch_size, **options)
+
+
+def export(model: str | Path, output: str | Path, fmt: str = "onnx", overwrite: bool = False, atol: float = 1e-4,
+           examples: int = 16, batch_size: int = 8, quantize: str | None = None) -> dict:
+    """Export a run dir to ONNX and check it against the run on its validation examples; see
+    hftool.export.export. Returns the export.json written beside the graphs."""
+    from hftool.export import export as export_run
+
+    return export_run(model, output, fmt, overwrite, atol, examples, batch_size, quantize)
 
 
 def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_precision: str | None = None,
