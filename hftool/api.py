@@ -248,9 +248,13 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
                           "(a gpt2 run, or any model with a ...ForCausalLM/LMHeadModel architecture) or a seq2seq one")
     cfg = run_config(model, None if mixed_precision is None else [f"train.mixed_precision={mixed_precision}"], task=name)
     parts = task.build(cfg, None, model_path=model)
+    from hftool.export import OnnxModel
     from hftool.models import cast_for_inference
     from hftool.runtime import inference_dtype
 
+    if isinstance(parts.model, OnnxModel):
+        logs.info("generating with onnxruntime (the export's fp32 graphs)")
+        return task.generate(parts, cfg, prompts, on_text, options=options, **flags)
     device, dtype = "cuda" if torch.cuda.is_available() else "cpu", inference_dtype(cfg.train.mixed_precision)
     cast_for_inference(parts.model, dtype, device)
     precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

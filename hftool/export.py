@@ -356,8 +356,8 @@ class OnnxModel(torch.nn.Module):
         g.update(**settings)
         if (g.num_beams or 1) > 1:
             raise HftoolError(f"beam search (num_beams={g.num_beams}) does not run on an ONNX export, which decodes "
-                              "greedily or samples; pass --num-beams 1 (or model.generation_config.num_beams=1), or "
-                              "use the PyTorch run")
+                              "greedily or samples; pass --num-beams 1 to hftool generate, set \"num_beams\": 1 in the "
+                              "export's generation_config.json, or use the PyTorch run")
         defaults = GenerationConfig()
         unsupported = [name for name in UNSUPPORTED if getattr(g, name, None) != getattr(defaults, name, None)]
         if unsupported:
