@@ -64,6 +64,9 @@ def finetune(cfg: RunConfig, recipe: str = "", resume: bool = False, overwrite: 
     """Train, evaluate and save a run. Returns (run_dir, metrics as in metrics.json)."""
     from hftool.training import Trainer
 
+    if (Path(cfg.model.name).expanduser() / "export.json").is_file():
+        raise HftoolError(f"{cfg.model.name} is an ONNX export (hftool export): it predicts and evaluates, but trains from "
+                          "the run dir it was exported from (its export.json names it)")
     run_dir = prepare_run_dir(cfg, recipe or cfg.task, resume, overwrite)
     trainer = Trainer(cfg, run_dir, recipe=recipe, resume=resume, command=command)
     trainer.setup()

@@ -327,7 +327,8 @@ class OnnxModel(torch.nn.Module):
             ids = torch.cat([ids, chosen[:, None]], dim=1)
             if streamer is not None:
                 streamer.put(chosen.cpu())
-            finished |= torch.isin(chosen, torch.tensor(eos, dtype=torch.long)) if eos else finished
+            if eos:
+                finished |= torch.isin(chosen, torch.tensor(eos, dtype=torch.long))
             past = {name.replace("present", "past_key_values"): value for name, value in out.items()}
             if "encoder" in self.sessions:
                 feed = {"decoder_input_ids": chosen[:, None], **past}
@@ -429,6 +430,45 @@ def export(run: str | Path, output: str | Path, fmt: str = "onnx", overwrite: bo
         ParityError: An output differs by more than `atol` (or a generated token differs); the
             files are kept in `output` for inspection.
     """
+    run, output = Path(run).expanduser(), Path(output).expanduser()
+    cfg, task = _checked_request(run, output, fmt, overwrite, atol, examples, batch_size, quantize)
+    parts = task.build(cfg, None, model_path=str(run))
+    parts.model = parts.model.float().eval()
+    features = task.features(parts, cfg, _validation_rows(task, cfg, parts, limit=examples))
+    features = features.select(range(min(examples, len(features))))
+    collate = task.collate(parts)
+    batches = [collate([features[i] for i in range(start, min(start + batch_size, len(features)))])
+               for start in range(0, len(features), batch_size)]
+    example = collate([features[i % len(features)] for i in range(2)])  # batch 2: torch.export fixes size 1
+
+    # Written in a staging folder renamed into place at the end: a failed export leaves nothing.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        manifest = _export_into(staging, run, task, cfg, parts, example, batches, atol)
+        if manifest["parity"]["passed"] and quantize:
+            manifest["quantization"] = _quantize(task, cfg, parts, staging, manifest, batch_size)
+        from hftool.outputs import write_json
+
+        write_json(staging / MANIFEST, manifest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if output.exists():
+        shutil.rmtree(output)  # _checked_request allowed it: --overwrite of an earlier export
+    os.replace(staging, output)
+    if not manifest["parity"]["passed"]:
+        raise ParityError(f"parity check failed: {manifest['parity']['failed']}, above --atol {atol:g}; the export is "
+                          f"kept in {output} for inspection ({MANIFEST} has the figures)")
+    logs.info(f"exported {cfg.task} to {output}: {', '.join(manifest['graphs'].values())}")
+    return manifest
+
+
+def _checked_request(run: Path, output: Path, fmt: str, overwrite: bool, atol: float, examples: int, batch_size: int,
+                     quantize: str | None):
+    """Every reason to refuse the export, before anything is loaded. Returns (the run's config in fp32, its task)."""
     from hftool.api import run_config
     from hftool.tasks import get_task
     from hftool.tasks.base import Task
@@ -442,7 +482,6 @@ def export(run: str | Path, output: str | Path, fmt: str = "onnx", overwrite: bo
         raise HftoolError(f"unknown --quantize {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
     if atol <= 0 or examples < 1 or batch_size < 1:
         raise HftoolError("--atol must be positive and --examples and --batch-size at least 1")
-    run, output = Path(run).expanduser(), Path(output).expanduser()
     if not (run / "config.yaml").is_file():
         raise HftoolError(f"{run} is not an hftool run dir (no config.yaml); the parity check needs the run's "
                           "validation data: pass the folder `hftool finetune` wrote")
@@ -456,58 +495,28 @@ def export(run: str | Path, output: str | Path, fmt: str = "onnx", overwrite: bo
         raise HftoolError(f"{run} has no model weights ({WEIGHTS[0]}): the run did not finish; finish it with "
                           "`hftool finetune ... --resume -o RUN` or export another run")
     _check_output(output, run, overwrite)
+    return cfg, task
 
-    parts = task.build(cfg, None, model_path=str(run))
-    parts.model = parts.model.float().eval()
-    rows = _validation_rows(task, cfg, parts, limit=examples)
-    features = task.features(parts, cfg, rows)
-    features = features.select(range(min(examples, len(features))))
-    collate = task.collate(parts)
-    batches = [collate([features[i] for i in range(start, min(start + batch_size, len(features)))])
-               for start in range(0, len(features), batch_size)]
-    example = collate([features[i % len(features)] for i in range(2)])  # batch 2: torch.export fixes size 1
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        graphs = task.onnx_graphs(parts, cfg, example)
-        signatures = {}
-        for graph in graphs:
-            logs.info(f"exporting {graph.name}.onnx with torch.onnx.export (dynamo)")
-            _export_graph(graph, staging / f"{graph.name}.onnx")
-            signatures[graph.name] = _signature(staging / f"{graph.name}.onnx")
-        _write_beside(task, parts, run, staging)
-        manifest = {"format": "onnx", "task": cfg.task, "run": str(run.resolve()),
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
-                    "graphs": {g.name: f"{g.name}.onnx" for g in graphs}, "signatures": signatures,
-                    "labels": parts.labels}
-        sessions = {g.name: session(staging / f"{g.name}.onnx") for g in graphs}
-        onnx_model = OnnxModel(sessions, parts.model.config, getattr(parts.model, "generation_config", None))
-        if "decoder" in sessions:
-            parity = _generation_parity(task, parts, onnx_model, batches, atol)
-        else:
-            parity = _tensor_parity(task, parts, graphs[0], onnx_model, batches, atol)
-        manifest["parity"] = parity
-        _print_parity(parity)
-        if parity["passed"] and quantize:
-            manifest["quantization"] = _quantize(task, cfg, parts, onnx_model, staging, manifest, batch_size)
-        from hftool.outputs import write_json
-
-        write_json(staging / MANIFEST, manifest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if output.exists():
-        shutil.rmtree(output)  # _check_output allowed it: --overwrite of an earlier export
-    os.replace(staging, output)
-    if not parity["passed"]:
-        worst = parity["failed"]
-        raise ParityError(f"parity check failed: {worst}, above --atol {atol:g}; the export is kept in {output} for "
-                          f"inspection ({MANIFEST} has the figures)")
-    logs.info(f"exported {cfg.task} to {output}: {', '.join(manifest['graphs'].values())}")
-    return manifest
+def _export_into(folder: Path, run: Path, task, cfg, parts, example: dict, batches: list[dict], atol: float) -> dict:
+    """The task's graphs and what they need beside them into `folder`, checked; returns the manifest."""
+    graphs = task.onnx_graphs(parts, cfg, example)
+    for graph in graphs:
+        logs.info(f"exporting {graph.name}.onnx with torch.onnx.export (dynamo)")
+        _export_graph(graph, folder / f"{graph.name}.onnx")
+    _write_beside(task, parts, run, folder)
+    sessions = {g.name: session(folder / f"{g.name}.onnx") for g in graphs}
+    onnx_model = OnnxModel(sessions, parts.model.config, getattr(parts.model, "generation_config", None))
+    if "decoder" in sessions:
+        parity = _generation_parity(task, parts, onnx_model, batches, atol)
+    else:
+        parity = _tensor_parity(task, parts, graphs[0], onnx_model, batches, atol)
+    _print_parity(parity)
+    return {"format": "onnx", "task": cfg.task, "run": str(run.resolve()),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
+            "graphs": {g.name: f"{g.name}.onnx" for g in graphs},
+            "signatures": {g.name: _signature(folder / f"{g.name}.onnx") for g in graphs},
+            "labels": parts.labels, "parity": parity}
 
 
 def _check_output(output: Path, run: Path, overwrite: bool) -> None:
@@ -648,21 +657,17 @@ def _verdict(rows: list[dict], examples: int, atol: float) -> dict:
 
 
 def _merge(rows: list[dict]) -> list[dict]:
-    """Per-batch differences -> one row per output (the worst of each)."""
+    """Per-batch differences -> one row per output: the worst differences, the counts summed."""
     merged: dict[str, dict] = {}
     for row in rows:
-        seen = merged.setdefault(row["output"], dict(row))
-        if seen is row:
+        seen = merged.get(row["output"])
+        if seen is None or "shape" in row:  # a shape mismatch says more than any number
+            merged[row["output"]] = dict(row)
             continue
         seen["passed"] = seen["passed"] and row["passed"]
-        for key in ("max_abs", "max_rel"):
+        for key, combine in (("max_abs", max), ("max_rel", max), ("differing", sum), ("of", sum)):
             if key in row and key in seen:
-                seen[key] = max(seen[key], row[key])
-        for key in ("differing", "of"):
-            if key in row and key in seen:
-                seen[key] += row[key]
-        if "shape" in row:
-            seen["shape"] = row["shape"]
+                seen[key] = combine((seen[key], row[key]))
     return list(merged.values())
 
 
@@ -718,7 +723,7 @@ def _print_parity(parity: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ quantisation
-def _quantize(task, cfg, parts, onnx_model: OnnxModel, staging: Path, manifest: dict, batch_size: int) -> dict:
+def _quantize(task, cfg, parts, staging: Path, manifest: dict, batch_size: int) -> dict:
     """model.int8.onnx (onnxruntime dynamic quantisation: int8 weights, activations quantized per
     batch at run time), which predict then runs; and the run's validation metrics in PyTorch,
     fp32 ONNX and int8 ONNX, so the accuracy it costs is known, not only the size it saves."""
@@ -727,9 +732,9 @@ def _quantize(task, cfg, parts, onnx_model: OnnxModel, staging: Path, manifest: 
     source, target = staging / "model.onnx", staging / "model.int8.onnx"
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
     rows = _validation_rows(task, cfg, parts, limit=None)
-    int8 = OnnxModel({"model": session(target)}, parts.model.config)
-    metrics = {side: score(task, cfg, parts, model, rows, batch_size)
-               for side, model in (("pytorch", parts.model), ("onnx", onnx_model), ("onnx_int8", int8))}
+    sides = {"pytorch": parts.model, "onnx": OnnxModel({"model": session(source)}, parts.model.config),
+             "onnx_int8": OnnxModel({"model": session(target)}, parts.model.config)}
+    metrics = {side: score(task, cfg, parts, model, rows, batch_size) for side, model in sides.items()}
     manifest["graphs"]["model"] = target.name
     report = {"method": "dynamic-int8", "file": target.name, "fp32_file": source.name,
               "size_mb": {"fp32": round(source.stat().st_size / 2**20, 2), "int8": round(target.stat().st_size / 2**20, 2)},
@@ -746,10 +751,5 @@ def score(task, cfg, parts, model, rows, batch_size: int) -> dict[str, float]:
     from hftool.evaluation import eval_loader, evaluate_model
     from hftool.runtime import inference_accelerator
 
-    accelerator = inference_accelerator("no")
     loader = eval_loader(task.eval_features(parts, cfg, rows), task.collate(parts), batch_size, cfg.data.num_workers)
-    original, parts.model = parts.model, model  # tasks read the model's config from parts
-    try:
-        return evaluate_model(accelerator, model, loader, task, parts, rows)
-    finally:
-        parts.model = original
+    return evaluate_model(inference_accelerator("no"), model, loader, task, parts, rows)
