@@ -220,7 +220,11 @@ def _providers() -> list[str]:
 def session(path: Path):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=_providers())
+    options = ort.SessionOptions()
+    # PyTorch's thread count (the physical cores): onnxruntime's own default also took the second
+    # hyperthread of a core here and ran 1.7x slower than with one thread (benchmarks/README.md).
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=_providers())
 
 
 def _numpy(value) -> np.ndarray:
