@@ -154,10 +154,12 @@ def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line")
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         loaded = datasets.load_from_disk(str(path))
         return _normalise_splits(loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded))
-    from hftool.data.detection import is_voc, read_voc
+    from hftool.data.detection import is_voc, is_yolo, read_voc, read_yolo
 
     if is_voc(path):  # Pascal VOC: Annotations/*.xml beside JPEGImages/
         return read_voc(path)
+    if is_yolo(path):  # Ultralytics: images/ and labels/, names in data.yaml or classes.txt
+        return read_yolo(path)
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FOLDER_EXTENSIONS)
     if not files and is_image_folder(path):
         return read_image_folder(path)
@@ -205,6 +207,10 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
 
         return load_sample(spec.removeprefix("sample:"))
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):  # an Ultralytics data.yaml
+        from hftool.data.detection import read_yolo
+
+        return read_yolo(path.parent, path)
     if path.is_file():
         return datasets.DatasetDict(train=read_file(path, encoding, txt_unit))
     if path.is_dir():
