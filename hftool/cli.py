@@ -317,6 +317,25 @@ def generate(
 
 
 @app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="A run dir written by `hftool finetune`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the export into.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="onnx | safetensors (merged LoRA weights: needs LoRA support).")] = "onnx",
+    atol: Annotated[float, typer.Option(help="Largest absolute difference from PyTorch the parity check allows.")] = 1e-4,
+    examples: Annotated[int, typer.Option(help="Validation examples of the run the parity check runs on.")] = 16,
+    quantize: Annotated[Optional[str], typer.Option(help="dynamic-int8: also write int8 graphs (text and image classifiers), which predict then runs, and report their validation metrics.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --output.")] = False,
+    batch_size: BatchSize = 8,
+) -> None:
+    """Export a run to ONNX (tokenizer/processor beside it) and check it against PyTorch on the run's validation examples: exit 1 if they differ by more than --atol."""
+    from hftool import api
+
+    manifest = api.export(model, output, fmt, overwrite, atol, examples, batch_size or 8, quantize)
+    typer.echo(json.dumps({k: manifest[k] for k in ("parity", "quantization") if k in manifest}, indent=2))
+    typer.echo(f"export saved to {output}", err=True)
+
+
+@app.command()
 def recipes(name: Annotated[Optional[str], typer.Argument(help="Print this recipe's YAML.")] = None) -> None:
     """List the built-in recipes, or print one."""
     from hftool.config import builtin_recipes, find_recipe, read_yaml

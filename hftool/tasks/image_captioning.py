@@ -169,7 +169,7 @@ class ImageCaptioning(Task):
             model = models.load("model", VisionEncoderDecoderModel, spec, m.token)
             tokenizer = models.load("tokenizer", AutoTokenizer, spec, m.token)
             image_processor = models.load("image processor", AutoImageProcessor, spec, m.token)
-        if getattr(model.encoder, "pooler", None) is not None:
+        if getattr(getattr(model, "encoder", None), "pooler", None) is not None:  # (an ONNX export has no encoder module)
             # The decoder reads the encoder's hidden states, never its pooled output: frozen, as
             # DDP fails on trainable parameters that get no gradient. Kept (not dropped) so the run
             # saves it and reloads without "newly initialized" weights.
@@ -250,6 +250,11 @@ class ImageCaptioning(Task):
         from hftool.generation import GenerationOptions
         from hftool.metrics.captioning import caption_text
 
+        from hftool.export import OnnxModel
+
+        if attention_map and isinstance(parts.model, OnnxModel):
+            raise HftoolError("--attention-map reads the PyTorch decoder's attention weights; draw it with the run dir, "
+                              "not its ONNX export")
         paths = images.input_paths(inputs)
         rows, _ = self.prepare(cfg, datasets.Dataset.from_dict({"image": paths}), "input", require_labels=False)
         transform = self._transform(parts, cfg)
@@ -297,6 +302,13 @@ class ImageCaptioning(Task):
 
     def format_prediction(self, prediction):
         return f"{prediction['caption']}\t{prediction['image']}"
+
+    def onnx_graphs(self, parts, cfg, batch):
+        """encoder.onnx: pixel_values -> encoder_hidden_states; decoder.onnx: caption tokens +
+        encoder_hidden_states + past key/values -> logits + present key/values."""
+        from hftool.export import encoder_decoder_graphs
+
+        return encoder_decoder_graphs(parts.model, {"pixel_values": batch["pixel_values"]}, {"pixel_values": {0: "batch"}})
 
 
 def collate(features: list[dict]) -> dict:

@@ -77,6 +77,7 @@ class ImageClassification(Task):
     default_metric = "accuracy"
     pipeline_task = "image-classification"
     predict_options = (TOP_K_OPTION,)
+    quantizable = True
 
     # ------------------------------------------------------------------------------ data
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
@@ -204,6 +205,12 @@ class ImageClassification(Task):
 
     def format_prediction(self, prediction):
         return with_top_k(f"{prediction['label']}\t{prediction['score']:.4f}\t{prediction['image']}", prediction)
+
+    def onnx_graphs(self, parts, cfg, batch):
+        """model.onnx: pixel_values (batch x 3 x the processor's crop) -> logits; HF and timm models alike."""
+        from hftool.export import model_graph
+
+        return [model_graph(parts.model, batch, {"pixel_values": {0: "batch"}}, ["logits"])]
 
     # ------------------------------------------------------------------------------ save
     def save(self, parts, run_dir, model=None, state_dict=None):

@@ -439,8 +439,18 @@ class ObjectDetection(Task):
         return CocoMeanAP(truth, parts.labels)
 
     def _detections(self, parts, outputs, sizes, threshold: float) -> list[dict]:
-        """The processor's post-processing: per image, scores, class ids and xyxy boxes in pixels of `sizes`."""
+        """The processor's post-processing: per image, scores, class ids and xyxy boxes in pixels of `sizes`.
+        An ONNX export did it in its graph (`scores` are among its outputs): only the threshold is left."""
+        if "scores" in outputs:
+            return [{"scores": s[s > threshold], "labels": c[s > threshold], "boxes": b[s > threshold]}
+                    for s, c, b in zip(outputs["scores"], outputs["labels"], outputs["boxes"])]
         return parts.processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
+
+    def eval_forward(self, parts, model, batch):
+        """An ONNX export (`hftool evaluate EXPORT_DIR`) also takes the images' sizes: its boxes come out in pixels."""
+        from hftool.export import OnnxModel
+
+        return model(**(self.onnx_feed(parts, batch) if isinstance(model, OnnxModel) else self.model_inputs(batch)))
 
     def eval_outputs(self, parts, outputs, batch):
         """Each image's best K boxes (K = MAX_DETECTIONS), fixed-size: padding has score -1."""
@@ -487,11 +497,15 @@ class ObjectDetection(Task):
         model = parts.model.eval()
         device = next(model.parameters()).device
         ids = parts.state.category_ids
+        from hftool.export import OnnxModel
+
         results = []
         for start in range(0, len(features), batch_size):
             batch = collate([features[i] for i in range(start, min(start + batch_size, len(features)))])
+            feed = self.onnx_feed(parts, batch) if isinstance(model, OnnxModel) else {
+                "pixel_values": batch["pixel_values"], "pixel_mask": batch["pixel_mask"]}
             with torch.no_grad():
-                outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
+                outputs = model(**{k: v.to(device) for k, v in feed.items()})
             for offset, found in enumerate(self._detections(parts, outputs, batch["orig_size"], threshold)):
                 order = found["scores"].argsort(descending=True)
                 objects = []
@@ -517,10 +531,45 @@ class ObjectDetection(Task):
                           for o in prediction["objects"])
         return f"{prediction['image']}\t{found or '(no boxes)'}"
 
+    # ---------------------------------------------------------------------------- export
+    def onnx_graphs(self, parts, cfg, batch):
+        """model.onnx: pixel_values + pixel_mask (batch x height x width, padded as the collator pads) and
+        target_sizes (each image's (height, width)) -> scores, labels, boxes: per query, as
+        post_process_object_detection gives them before its threshold, boxes xyxy in pixels."""
+        from hftool.export import Forward, Graph
+
+        kind = type(parts.processor).__name__
+        if not kind.startswith(("Detr", "Yolos")):
+            raise HftoolError(f"ONNX export puts DETR's post-processing (softmax over classes) in the graph; "
+                              f"{kind} post-processes otherwise: not exportable yet")
+        names, outputs = ["pixel_values", "pixel_mask", "target_sizes"], ["scores", "labels", "boxes"]
+        module = Forward(parts.model, names, outputs, post=boxes_in_pixels, model_inputs=names[:2])
+        inputs = self.onnx_feed(parts, batch)
+        axes = {"pixel_values": {0: "batch", 2: "height", 3: "width"}, "pixel_mask": {0: "batch", 1: "height", 2: "width"},
+                "target_sizes": {0: "batch"}}
+        return [Graph("model", module, inputs, outputs, axes)]
+
+    def onnx_feed(self, parts, batch):
+        return {"pixel_values": batch["pixel_values"], "pixel_mask": batch["pixel_mask"], "target_sizes": batch["orig_size"]}
+
     def write_reports(self, parts, run_dir, metrics, records):
         """per_class_ap.tsv: AP@[.5:.95] per class from the final evaluation (-1: no such object there)."""
         lines = ["class\tap"] + [f"{k[len('eval_ap_'):]}\t{v:.4f}" for k, v in metrics.items() if k.startswith("eval_ap_")]
         (Path(run_dir) / REPORT).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def boxes_in_pixels(outputs, inputs: dict) -> tuple:
+    """DETR's post-processing inside the exported graph, as DetrImageProcessor.post_process_object_detection
+    computes it: per query, its most likely class but "no object", that probability, and its box
+    as xyxy in pixels of `target_sizes` (height, width)."""
+    import torch
+
+    scores, labels = outputs.logits.softmax(-1)[..., :-1].max(-1)
+    cx, cy, w, h = outputs.pred_boxes.unbind(-1)
+    boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+    height, width = inputs["target_sizes"].unbind(-1)
+    scale = torch.stack([width, height, width, height], dim=-1).to(boxes.dtype)
+    return scores, labels, boxes * scale[:, None, :]
 
 
 def draw_boxes(prediction: dict, path: Path) -> None:

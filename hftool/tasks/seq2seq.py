@@ -290,6 +290,14 @@ class Seq2Seq(Task):
         results = generate(parts.model, parts.processor, [prefix + p for p in prompts], options, on_text)
         return [{**r, "prompt": r["prompt"][len(prefix):]} for r in results]
 
+    def onnx_graphs(self, parts, cfg, batch):
+        """encoder.onnx: source tokens -> encoder_hidden_states; decoder.onnx: target tokens +
+        encoder_hidden_states + its mask + past key/values -> logits + present key/values."""
+        from hftool.export import encoder_decoder_graphs
+
+        inputs = {name: batch[name] for name in ("input_ids", "attention_mask")}
+        return encoder_decoder_graphs(parts.model, inputs, {name: {0: "batch", 1: "sequence"} for name in inputs})
+
 
 def _is_translation_dict(ds) -> bool:
     """A hub translation dataset: one `translation` column of {lang: text} (wmt, opus_books, ...)."""

@@ -13,6 +13,7 @@ from hftool.tasks.base import Options, Parts, Task, find_column
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question1", "question", "content", "review",
                 "document", "query")
+TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a BERT-like model reads
 PAIR_COLUMNS = {"sentence1": "sentence2", "premise": "hypothesis", "question1": "question2", "text": "text_pair"}
 
 
@@ -39,6 +40,7 @@ class TextClassification(Task):
     default_metric = "accuracy"
     pipeline_task = "text-classification"
     predict_options = (TOP_K_OPTION,)
+    quantizable = True
 
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns text, [text_pair], label (class id); label names come from `ds` when None."""
@@ -164,4 +166,11 @@ class TextClassification(Task):
 
     def format_prediction(self, prediction):
         return with_top_k(f"{prediction['label']}\t{prediction['score']:.4f}\t{prediction['text']}", prediction)
+
+    def onnx_graphs(self, parts, cfg, batch):
+        """model.onnx: the tokenizer's outputs (batch x sequence) -> logits."""
+        from hftool.export import model_graph
+
+        axes = {name: {0: "batch", 1: "sequence"} for name in TOKENIZER_OUTPUTS if name in batch}
+        return [model_graph(parts.model, batch, axes, ["logits"])]
 

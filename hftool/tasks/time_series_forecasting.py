@@ -261,10 +261,12 @@ class TimeSeriesForecasting(Task):
         if len(values) < config.context_length:
             raise HftoolError(f"{spec}: {len(values)} time steps; the model reads windows of {config.context_length}: "
                               "give a longer history")
+        from hftool.forecaster import forecast
+
         model = parts.model.eval()
         device = next(model.parameters()).device
         window = torch.tensor(parts.processor.transform(values[-config.context_length:]), dtype=torch.float32)
-        scaled = model.forecast(window[None].to(device), horizon)[0].double().cpu().numpy()
+        scaled = forecast(model, window[None].to(device), horizon)[0].double().cpu().numpy()
         forecast = parts.processor.inverse(scaled)
         history = pd.DatetimeIndex(rows["date"])
         dates = pd.date_range(history[-1], periods=horizon + 1, freq=data.freq)[1:]
@@ -295,6 +297,13 @@ class TimeSeriesForecasting(Task):
                 "forecast = model.forecast(((history - mean) / std)[None], horizon=7)[0] * std + mean\n"
                 "print(forecast)\n```\n\n"
                 "or `hftool predict . --horizon 30 --output forecast.csv` (dates, values and a plot).\n")
+
+    def onnx_graphs(self, parts, cfg, batch):
+        """model.onnx: one step, past_values (batch x steps x series, scaled) -> predictions (batch x
+        series, scaled); predict feeds each forecast back for the next step, as on the PyTorch model."""
+        from hftool.export import model_graph
+
+        return [model_graph(parts.model, batch, {"past_values": {0: "batch", 1: "steps"}}, ["predictions"])]
 
     def save(self, parts, run_dir, model=None, state_dict=None):
         if model is not None:

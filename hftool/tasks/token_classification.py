@@ -29,6 +29,7 @@ TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner")
 # character on its own, as BERT's pre-tokenizer and CoNLL's tokenisation split punctuation.
 WORD = re.compile(r"\w+|[^\w\s]")
 REPORT = "entity_metrics.tsv"
+TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a BERT-like model reads
 
 
 @dataclass
@@ -422,6 +423,13 @@ class TokenClassification(Task):
         found = "; ".join(f"{e['type']} {json.dumps(e['text'], ensure_ascii=False)} {e['start']}-{e['end']} "
                           f"{e['score']:.4f}" for e in prediction["entities"])
         return f"{prediction['text']}\t{found or '(no entities)'}"
+
+    def onnx_graphs(self, parts, cfg, batch):
+        """model.onnx: the tokenizer's outputs (batch x sequence) -> logits per subword."""
+        from hftool.export import model_graph
+
+        axes = {name: {0: "batch", 1: "sequence"} for name in TOKENIZER_OUTPUTS if name in batch}
+        return [model_graph(parts.model, batch, axes, ["logits"])]
 
     def write_reports(self, parts, run_dir, metrics, records):
         """entity_metrics.tsv: precision, recall, F1 and support per entity type, then overall."""
