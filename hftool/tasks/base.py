@@ -27,6 +27,9 @@ Declarations (class attributes):
 Hooks, in the order a run calls them (`parts` is what `build` returned):
 
     reading(cfg) -> Reading                      how the data layer reads this task's sources
+    validate_rows(cfg, ds, source, findings, labels) -> Summary
+                                                 `hftool validate`: every raw row checked, each
+                                                 problem reported to `findings` with its row
     model_specs(cfg) -> [str]                    the model specs a run loads (hftool doctor)
     prepare(cfg, ds, source, labels, require_labels) -> (rows, labels)
                                                  raw rows -> canonical columns, validated; labels
@@ -187,6 +190,16 @@ class Task:
     # ------------------------------------------------------------------------------ data
     def reading(self, cfg) -> Reading:
         return Reading()
+
+    def validate_rows(self, cfg, ds, source: str, findings, labels: list[str] | None = None):
+        """`hftool validate`: check every raw row of one split, reporting each problem to
+        `findings` (hftool.data.checks.Findings, collecting) with its row, and describe the split
+        (hftool.data.validation.Summary). `labels`: the training split's classes (None when `ds`
+        is the training split). The task's reader (prepare) runs after this hook and reports the
+        first error the hook missed, so the default (count the rows) is safe for any task."""
+        from hftool.data.validation import Summary
+
+        return Summary(rows=len(ds))
 
     def model_specs(self, cfg) -> list[str]:
         """The model specs a run loads (`hftool doctor` checks each resolves offline)."""

@@ -93,6 +93,25 @@ class ImageCaptioning(Task):
             table["captions"] = list(merged.values())
         return datasets.Dataset.from_dict(table).cast_column("image", datasets.Image(decode=False)), None
 
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Missing, empty, unreadable and unusual images; empty captions (each, with its row)."""
+        from hftool.data import validation
+
+        column = find_column(ds, source, cfg.data.image_column, images.IMAGE_COLUMNS, "image", "image_column")
+        summary = validation.Summary(rows=len(ds))
+        summary.keys = validation.images(validation.image_entries(ds, column), source, findings, summary)
+        if cfg.data.caption_column in ds.column_names or any(c in ds.column_names for c in CAPTION_COLUMNS):
+            caption = find_column(ds, source, cfg.data.caption_column, CAPTION_COLUMNS, "caption", "caption_column")
+            lengths = summary.values.setdefault("caption length (words)", [])
+            for row, value in enumerate(ds[caption], 1):
+                texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+                for text in texts:
+                    if isinstance(text, str) and not text.strip():
+                        findings.add("empty_caption", source=source, row=row, column=caption)
+                    elif isinstance(text, str):
+                        lengths.append(len(text.split()))
+        return summary
+
     def _encode(self, parts, cfg, texts: list[str]) -> list[list[int]]:
         """Caption token ids ending in EOS, at most data.max_length tokens."""
         tokenizer = parts.processor

@@ -93,6 +93,18 @@ class ImageClassification(Task):
             rows = rows.add_column("label", ids if kept is None else [ids[i] for i in kept])
         return rows, labels
 
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Missing, empty, unreadable and unusual images; missing/unseen/mixed labels; repeated
+        images (the same bytes), and the same image under two labels."""
+        from hftool.data import validation
+
+        column = find_column(ds, source, cfg.data.image_column, images.IMAGE_COLUMNS, "image", "image_column")
+        summary = validation.Summary(rows=len(ds))
+        summary.keys = validation.images(validation.image_entries(ds, column), source, findings, summary)
+        values = validation.labelled(ds, source, cfg.data.label_column, findings, labels, summary)
+        summary.counts["repeated images"] = validation.duplicates(summary.keys, source, findings, "image", values)
+        return summary
+
     def _transform(self, parts: Parts, cfg, train: bool) -> vision.ImageTransform:
         d = cfg.data
         return vision.ImageTransform(vision.geometry(parts.processor), train, d.skip_bad_images, d.crop_scale_min,

@@ -297,6 +297,65 @@ class ObjectDetection(Task):
         out.info.description = ds.info.description  # COCO category ids travel with the rows
         return out, labels
 
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Images as image tasks check them; boxes outside the image or of no size, categories
+        the training data lacks, duplicate image ids; images without boxes are counted."""
+        import datasets
+
+        from hftool.data import validation
+        from hftool.data.columns import source_dir
+
+        column = find_column(ds, source, cfg.data.image_column, images.IMAGE_COLUMNS, "image", "image_column")
+        entries = validation.image_entries(ds, column)
+        if isinstance(ds.features[column], datasets.Value):
+            try:  # COCO's images/ beside annotations/, data.images_dir: found as the reader finds them
+                entries = [{"bytes": None, "path": p} for p in self._image_paths(cfg, ds, column, source, source_dir(ds))]
+            except HftoolError:
+                pass  # a missing file: reported per row below
+        summary = validation.Summary(rows=len(ds))
+        summary.keys = validation.images(entries, source, findings, summary)
+        if "image_id" in ds.column_names:
+            first: dict = {}
+            for row, image_id in enumerate(ds["image_id"], 1):
+                if image_id in first:
+                    findings.add("duplicate_image_id", source=source, row=row, image_id=image_id, first=first[image_id])
+                first.setdefault(image_id, row)
+        objects_column = next((c for c in (cfg.data.label_column, *OBJECT_COLUMNS) if c and c in ds.column_names), None)
+        if objects_column is None:
+            return summary
+        category = ds.features[objects_column]
+        category = getattr(category, "feature", category)
+        category = category.get("category") if isinstance(category, dict) else None
+        names = getattr(getattr(category, "feature", category), "names", None)
+        native = read_by_hftool(ds)
+        fmt, normalized = ("xywh", False) if native else (cfg.data.box_format, cfg.data.box_normalized)
+        sizes = zip(ds["width"] if "width" in ds.column_names else [0] * len(ds),
+                    ds["height"] if "height" in ds.column_names else [0] * len(ds))
+        counts, per_image, empty = {}, summary.values.setdefault("boxes per image", []), 0
+        for row, (value, entry, key, (width, height)) in enumerate(zip(ds[objects_column], entries, summary.keys, sizes), 1):
+            try:
+                boxes, cats, _, _ = _objects(value, row, source)
+            except HftoolError:
+                continue  # a malformed cell: the reader reports it
+            if (not width or not height) and key:
+                width, height = _image_size(entry)
+            per_image.append(len(boxes))
+            empty += not boxes
+            for box, cat in zip(boxes, cats):
+                cat = names[cat] if names is not None else str(cat)
+                counts[cat] = counts.get(cat, 0) + 1
+                if labels is not None and cat not in labels:
+                    findings.add("unknown_category", source=source, row=row, label=cat)
+                shown = [round(float(v), 1) for v in box]
+                x0, y0, x1, y1 = to_xyxy([float(v) for v in box], fmt, normalized, width, height)
+                if x1 <= x0 or y1 <= y0:
+                    findings.add("box_empty", source=source, row=row, box=shown)
+                elif width and height and (x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1):  # 1 px: rounding
+                    findings.add("box_outside_image", source=source, row=row, box=shown, width=width, height=height)
+        summary.classes = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+        summary.counts["images without boxes"] = empty
+        return summary
+
     def _image_paths(self, cfg, ds, column: str, source: str, base: Path | None) -> list[str]:
         """Absolute image paths; every file is checked to exist before anything runs."""
         values = ["" if v is None else str(v) for v in ds[column]]

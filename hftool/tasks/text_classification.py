@@ -67,6 +67,23 @@ class TextClassification(Task):
 
         return datasets.Dataset.from_dict(columns), labels
 
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Empty texts, missing/unseen/mixed labels, repeated texts and texts with two labels."""
+        from hftool.data import validation
+
+        data = cfg.data
+        text = find_column(ds, source, data.text_column, TEXT_COLUMNS, "text", "text_column")
+        pair = data.text_pair_column or (PAIR_COLUMNS.get(text) if PAIR_COLUMNS.get(text) in ds.column_names else None)
+        summary = validation.Summary(rows=len(ds))
+        summary.values["text length (words)"] = validation.texts(ds[text], source, text, findings)
+        pairs = ds[pair] if pair in ds.column_names else [None] * len(ds)
+        if pair in ds.column_names:
+            validation.texts(pairs, source, pair, findings)
+        summary.keys = [validation.fingerprint(a, b) for a, b in zip(ds[text], pairs)]
+        values = validation.labelled(ds, source, data.label_column, findings, labels, summary)
+        summary.counts["repeated texts"] = validation.duplicates(summary.keys, source, findings, "text", values)
+        return summary
+
     def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None) -> Parts:
         spec = model_path or cfg.model.name
         overrides = dict(cfg.model.config_overrides)
