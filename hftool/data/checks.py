@@ -55,7 +55,7 @@ CHECKS.update({check.name: check for check in (
           "fix the row or add the class to the training data"),
     Check("duplicate_row", "warning", "{source} {at}: the same {what} as {first_at}; remove one of them"),
     Check("conflicting_labels", "warning",
-          "{source} {at}: the same text as {first_at}, labelled {label!r} there {first_label!r}; "
+          "{source} {at}: the same text as {first_at}, labelled {label!r} here and {first_label!r} there; "
           "keep the right label"),
     Check("tag_outside_scheme", "error",
           "{source} {at}, word {word}: tag {tag!r} is not O or B-/I-/E-/S-<type>; fix the tag"),
