@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hftool import __version__
 from hftool.config import RunConfig, to_dict
+from hftool.outputs import atomic_write_text
 
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "evaluate", "timm", "tokenizers")
 
@@ -21,9 +22,9 @@ PACKAGES = ("torch", "transformers", "datasets", "accelerate", "evaluate", "timm
 def write_all(run_dir: Path, cfg: RunConfig, metrics: dict, sources: dict[str, str], recipe: str, command: str,
               precision: str) -> None:
     provenance = collect_provenance(cfg, sources, command, precision)
-    (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
+    atomic_write_text(run_dir / "provenance.json", json.dumps(provenance, indent=2))
     plot_curves(run_dir / "log.jsonl", run_dir / "curves.svg")
-    (run_dir / "README.md").write_text(model_card(cfg, metrics, provenance, recipe), encoding="utf-8")
+    atomic_write_text(run_dir / "README.md", model_card(cfg, metrics, provenance, recipe))
     from hftool.tasks import get_task
 
     get_task(cfg.task).write_reports(run_dir, metrics)
