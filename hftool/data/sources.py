@@ -9,6 +9,7 @@ validation and test. Bad input raises HftoolError naming the file (and line, whe
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import re
@@ -16,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from hftool import logs
+from hftool.data.checks import Findings
 from hftool.data.images import is_image_folder, read_image_folder
 from hftool.errors import HftoolError
 
@@ -27,12 +29,16 @@ SPLIT_ALIASES = {
     "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "eval": "validation",
     "test": "test", "testing": "test",
 }
+# Byte-order marks, longest first: UTF-32 LE's begins with UTF-16 LE's.
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"))
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
 BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
 
 
 def read_text(path: Path, encoding: str | None = None) -> str:
-    """A text file as a str: UTF-8 (BOM stripped), else Latin-1 with a warning; CRLF becomes LF."""
+    """A text file as a str: UTF-8, UTF-16 or UTF-32 as its byte-order mark says (BOM stripped),
+    else UTF-8, else Latin-1 with a warning; CRLF becomes LF."""
     return decode_text(path.read_bytes(), path, encoding)
 
 
@@ -43,6 +49,12 @@ def decode_text(raw: bytes, path: Path, encoding: str | None = None) -> str:
             text = raw.decode(encoding)
         except (UnicodeDecodeError, LookupError) as err:
             raise HftoolError(f"{path}: cannot be read as {encoding} ({err}); set data.encoding to the file's encoding") from None
+    elif (bom := next((name for mark, name in BOMS if raw.startswith(mark)), None)) is not None:
+        try:
+            text = raw.decode(bom)  # the codec reads the byte order from the mark and drops it
+        except UnicodeDecodeError as err:
+            raise HftoolError(f"{path}: starts with a {bom.upper()} byte-order mark but is not {bom.upper()} text "
+                              f"({err.reason}); set data.encoding to the file's encoding") from None
     else:
         try:
             text = raw.decode("utf-8-sig")
@@ -50,6 +62,9 @@ def decode_text(raw: bytes, path: Path, encoding: str | None = None) -> str:
             line = raw[: err.start].count(b"\n") + 1
             logs.warn(f"{path} is not valid UTF-8 (line {line}); reading it as Latin-1 (set data.encoding to override)")
             text = raw.decode("latin-1")
+        if "\x00" in text[:10000]:  # ASCII in UTF-16/32 without a mark: every other byte is NUL
+            raise HftoolError(f"{path}: holds NUL bytes, as UTF-16/UTF-32 text without a byte-order mark does; "
+                              "set data.encoding (e.g. utf-16-le), or save the file as UTF-8")
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -87,6 +102,21 @@ def _records_to_dataset(records: list[dict], path: Path):
         raise HftoolError(f"{path}: rows do not share one type per column ({str(err).splitlines()[0]}); fix the values") from None
 
 
+def _columns_to_dataset(columns: dict, path: Path):
+    import datasets
+
+    if not all(isinstance(v, list) for v in columns.values()):
+        raise HftoolError(f"{path}: expected rows (a list of objects, or JSON lines) or columns ({{\"text\": [...], ...}})")
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise HftoolError(f"{path}: its columns have different lengths ({', '.join(f'{k}: {len(v)}' for k, v in columns.items())}); "
+                          "every column needs one value per row")
+    try:
+        return datasets.Dataset.from_dict(columns)
+    except Exception as err:  # pyarrow: mixed types in a column
+        raise HftoolError(f"{path}: rows do not share one type per column ({str(err).splitlines()[0]}); fix the values") from None
+
+
 def read_file(path: Path, encoding: str | None = None, txt_unit: str = "line"):
     """One data file -> a Dataset. txt files give one `text` row per non-empty line (or per
     paragraph with txt_unit="paragraph"), unless they hold CoNLL columns; files with other
@@ -120,6 +150,8 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
             raise HftoolError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None
     text = read_text(path, encoding)
     if suffix in (".csv", ".tsv"):
+        sep = "\t" if suffix == ".tsv" else ","
+        check_table_text(text, path, sep)
         try:
             with warnings.catch_warnings():
                 # Extra fields in the first row would silently become an index or be dropped.
@@ -132,7 +164,14 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
         except pd.errors.EmptyDataError:
             raise HftoolError(f"{path} is empty; it needs a header row and at least one data row") from None
         except pd.errors.ParserError as err:
-            raise HftoolError(f"{path}: {str(err).strip().splitlines()[-1]}; every row needs the header's number of fields") from None
+            reason = str(err).strip().splitlines()[-1]
+            if "EOF inside string" in reason:  # pandas counts rows from 0, the header included
+                row = re.search(r"row (\d+)", reason)
+                where = f" on line {int(row.group(1)) + 1}" if row else ""
+                raise HftoolError(f"{path}: a quote opened{where} is never closed; close it or remove it") from None
+            raise HftoolError(f"{path}: {reason}; every row needs the header's number of fields") from None
+        if len(frame) + 1 < sum(1 for line in text.split("\n") if line.strip()):  # fields span lines
+            check_merged_rows(text, path, sep, len(frame.columns))
         return datasets.Dataset.from_pandas(frame, preserve_index=False)
     if suffix in (".json", ".jsonl"):
         records = None
@@ -146,9 +185,12 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
                     return read_coco_captions(loaded, path)
                 if is_coco(loaded):  # a COCO instances file: one row per image, its objects nested
                     return read_coco(path, loaded)
+                if isinstance(loaded, dict) and "images" in loaded and ("categories" in loaded or "info" in loaded):
+                    raise HftoolError(f"{path}: a COCO file needs an \"annotations\" list beside \"images\" (use an "
+                                      "empty list for images without objects)")
                 records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
                 if isinstance(records, dict):  # {"column": [values...]}
-                    return datasets.Dataset.from_dict(records)
+                    return _columns_to_dataset(records, path)
             except json.JSONDecodeError as err:
                 if text.lstrip().startswith("{") and '"images"' in text[:100000] and '"annotations"' in text:
                     raise HftoolError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the file") from None
@@ -173,6 +215,54 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
             rows = [line for line in text.split("\n") if line.strip()]
         return datasets.Dataset.from_dict({"text": rows})
     return read_conll(path, text)
+
+
+def check_table_text(text: str, path: Path, sep: str, findings: Findings | None = None) -> None:
+    """Checks of a csv/tsv file before it is parsed: a TSV named .csv, a header naming a column
+    twice (pandas would silently rename the second to `name.1`)."""
+    import csv
+
+    findings = findings or Findings()
+    lines = [line for line in text.split("\n", 1001)[:1000] if line.strip()]
+    if not lines:
+        return
+    if sep == "," and "," not in lines[0] and all("\t" in line for line in lines):
+        findings.add("tab_separated_csv", source=path)
+        return
+    header = next(csv.reader([lines[0]], delimiter=sep, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL))
+    seen = set()
+    for name in header:
+        if name in seen:
+            findings.add("duplicate_columns", source=path, column=name)
+            return
+        seen.add(name)
+
+
+def check_merged_rows(text: str, path: Path, sep: str, columns: int, findings: Findings | None = None) -> None:
+    """Find rows an unbalanced quote merged: a field running over several lines where one of
+    those lines reads as a whole row of its own (the header's number of fields, ending in a value
+    the last column has elsewhere, e.g. a label). Fields that legitimately span lines (a review
+    with line breaks) do not end their lines in a label."""
+    import csv
+
+    if sep == "\t" or columns < 2:  # a tsv's quotes are text: nothing merges
+        return
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    next(reader, None)
+    records, start = [], reader.line_num + 1
+    for record in reader:
+        records.append((start, reader.line_num, record))
+        start = reader.line_num + 1
+    known = {r[-1].strip() for s, e, r in records if s == e and len(r) == columns and r[-1].strip()}
+    for first, last, record in records:
+        if first == last:
+            continue
+        for value in record:
+            for piece in value.split("\n"):
+                fields = next(csv.reader([piece], delimiter=sep), [])
+                if len(fields) == columns and fields[-1].strip() in known:
+                    (findings or Findings()).add("merged_rows", source=path, line=first, end=last, preview=piece[:40])
+                    return
 
 
 def _split_name(stem: str) -> str | None:

@@ -23,7 +23,8 @@ from hftool.data import images
 from hftool.errors import HftoolError
 from hftool.tasks.base import Parts, Task
 from hftool.tasks.base import find_column
-from hftool.tasks.text_classification import LABEL_COLUMNS, _label_names
+from hftool.data.labels import label_names
+from hftool.tasks.text_classification import LABEL_COLUMNS
 
 IMAGE_COLUMNS = ("image", "img", "image_path", "path", "file", "filename", "file_name", "image_file")
 TIMM_PREFIX = "timm:"
@@ -258,7 +259,7 @@ class ImageClassification(Task):
         label_column = None
         if require_labels or any(c in ds.column_names for c in (cfg.data.label_column, *LABEL_COLUMNS) if c):
             label_column = find_column(ds, source, cfg.data.label_column, LABEL_COLUMNS, "label", "label_column")
-            labels = _label_names(ds, label_column) if labels is None else labels
+            labels = label_names(ds, label_column, source) if labels is None else labels
             if not labels:
                 raise HftoolError(f"{source}: the label column '{label_column}' is empty; every row needs a label")
         ids = _label_ids(ds, label_column, labels, source) if label_column else None

@@ -8,6 +8,8 @@ import torch
 
 from hftool import models
 from hftool.data.batching import pad_collate
+from hftool.data.checks import check_texts
+from hftool.data.labels import label_names
 from hftool.errors import HftoolError
 from hftool.tasks.base import Parts, Task, find_column
 
@@ -15,14 +17,6 @@ TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question1", "questi
                 "document", "query")
 PAIR_COLUMNS = {"sentence1": "sentence2", "premise": "hypothesis", "question1": "question2", "text": "text_pair"}
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "coarse_label")
-
-
-def _label_names(ds, column: str) -> list[str]:
-    feature = ds.features[column]
-    if hasattr(feature, "names"):  # datasets.ClassLabel
-        return list(feature.names)
-    values = {v for v in ds[column] if v is not None and v != ""}
-    return [str(v) for v in sorted(values)]  # ints sort numerically, strings alphabetically
 
 
 class TextClassification(Task):
@@ -47,9 +41,11 @@ class TextClassification(Task):
             if bad is not None:
                 raise HftoolError(f"{source} row {bad + 1}: {name} column '{text if name == 'text' else pair}' "
                                   f"holds {values[bad]!r}, not text; fix or remove the row")
+            if labels is None and require_labels:  # training data, its first pass: warned once
+                check_texts(values, source, text if name == "text" else pair)
         if require_labels or any(c in ds.column_names for c in (data.label_column, *LABEL_COLUMNS) if c):
             label = find_column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")
-            names = _label_names(ds, label) if labels is None else labels
+            names = label_names(ds, label, source) if labels is None else labels
             if not names:
                 raise HftoolError(f"{source}: the label column '{label}' is empty; every row needs a label")
             feature = ds.features[label]
