@@ -242,6 +242,10 @@ class EvalConfig:
     # Generative tasks: the metrics to compute, without the eval_ prefix (e.g. [bleu, chrf]);
     # None computes all the task offers.
     metrics: list | None = None
+    # `hftool evaluate RUN` on the run's own data: stop when the data's sha256 differs from the one
+    # in provenance.json. false warns with both hashes and scores it, since an edited file is
+    # sometimes what the user means to score.
+    strict: bool = False
 
 
 @dataclass
@@ -343,8 +347,24 @@ def valid_keys(cfg: Any = None, prefix: str = "") -> list[str]:
     return keys
 
 
+# Names other tools (transformers' TrainingArguments, the example scripts) use for hftool keys: a
+# close spelling match would suggest the wrong key (learning_rate -> logging_steps).
+ALIASES = {
+    "learning_rate": "train.lr", "num_train_epochs": "train.epochs", "num_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size", "train_batch_size": "train.batch_size",
+    "per_device_eval_batch_size": "train.eval_batch_size", "gradient_accumulation": "train.gradient_accumulation_steps",
+    "warmup_steps": "train.warmup_ratio", "lr_scheduler_type": "train.scheduler", "max_seq_length": "data.max_length",
+    "fp16": "train.mixed_precision", "bf16": "train.mixed_precision", "model_name_or_path": "model.name",
+    "train_file": "data.train", "validation_file": "data.eval",
+}
+
+
 def _unknown_key(key: str, source: str) -> HftoolError:
     keys = valid_keys()
+    alias = ALIASES.get(key.rsplit(".", 1)[-1])
+    if alias:
+        note = " (a fraction of the steps)" if alias == "train.warmup_ratio" else ""
+        return HftoolError(f"unknown config key '{key}' in {source}: hftool calls it '{alias}'{note}")
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     if not close:  # a bare leaf name such as `warmup_ratio` still finds `train.warmup_ratio`
         leaf = key.rsplit(".", 1)[-1]
@@ -525,6 +545,11 @@ def validate(cfg: RunConfig) -> None:
               "data.hflip": (0 <= d.hflip <= 1, "in [0, 1]"),
               "data.randaugment": (d.randaugment is None or 0 <= d.randaugment <= 30, "in [0, 30]"),
               "train.label_smoothing": (0 <= t.label_smoothing < 1, "in [0, 1)"),
+              "train.lr": (t.lr >= 0, ">= 0 (0 freezes the weights)"),
+              "train.backbone_lr": (t.backbone_lr is None or t.backbone_lr >= 0, ">= 0"),
+              "train.warmup_ratio": (0 <= t.warmup_ratio < 1, "in [0, 1)"),
+              "train.weight_decay": (t.weight_decay >= 0, ">= 0"),
+              "train.max_grad_norm": (t.max_grad_norm >= 0, ">= 0 (0 turns clipping off)"),
               "train.mixup_alpha": (t.mixup_alpha >= 0, ">= 0 (0 turns it off)"),
               "train.cutmix_alpha": (t.cutmix_alpha >= 0, ">= 0 (0 turns it off)")}
     for key, (ok, allowed) in checks.items():
