@@ -174,9 +174,8 @@ def predict(
     if file is not None:
         texts += read_inputs(file)
     from hftool.api import run_config
-    from hftool.tasks import get_task
-
     from hftool.outputs import check_output, write_jsonl
+    from hftool.tasks import get_task
 
     task = get_task(run_config(model, keyvals).task)
     own_output = "output" in inspect.signature(task.predict).parameters  # e.g. a forecast's CSV + PNG

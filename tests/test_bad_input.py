@@ -850,7 +850,7 @@ def test_empty_and_nan_texts_are_counted_in_a_warning(tmp_path, capsys):
     ds = datasets.Dataset.from_dict({"text": ["good", "", "NaN", "bad", "fine"],
                                      "label": ["pos", "pos", "neg", "neg", "pos"]})
     get_task("text-classification").prepare(load_config("bert-cls"), ds, "t.csv")
-    assert "t.csv: 2 of 5 rows have an empty or 'NaN' 'text' (first: row 2)" in capsys.readouterr().err
+    assert "t.csv: 2 of 5 rows have an empty or 'NaN' text in column 'text' (first: row 2)" in capsys.readouterr().err
 
 
 def test_checks_can_collect_every_finding_instead_of_stopping_at_the_first(tmp_path):

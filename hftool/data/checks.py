@@ -40,7 +40,8 @@ CHECKS = {check.name: check for check in (
     Check("empty_class_folder", "error",
           "{folder} holds no images, so class '{label}' would be dropped; add images or remove the folder"),
     Check("empty_texts", "warning",
-          "{source}: {count} of {total} rows have an empty or 'NaN' {column} (first: row {row}); they train on no text"),
+          "{source}: {count} of {total} rows have an empty or 'NaN' text in column '{column}' (first: row {row}); "
+          "they train on no text"),
 )}
 
 
@@ -77,4 +78,4 @@ def check_texts(values: list, source: str, column: str, findings: Findings | Non
     blank = [i for i, v in enumerate(values) if isinstance(v, str) and v.strip().lower() in ("", "nan")]
     if blank:
         (findings or Findings()).add("empty_texts", source=source, count=len(blank), total=len(values),
-                                     column=f"'{column}'", row=blank[0] + 1)
+                                     column=column, row=blank[0] + 1)
