@@ -102,7 +102,7 @@ def main() -> None:
         pipeline_worker(*args.pipeline_worker, args.max_new_tokens, args.batch_size, args.dtype)
         return
 
-    from hftool.training import resolve_mixed_precision
+    from hftool.runtime import resolve_mixed_precision
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     model = RESULTS / "gpt2-small-random"

@@ -105,13 +105,13 @@ def main() -> None:
     from hftool.config import load_config
     from hftool.data import load_splits
     from hftool.tasks import get_task
-    from hftool.tasks.image_classification import geometry
+    from hftool.vision import geometry
 
     cfg = load_config("vit-cls", {"data.train": args.data, "model.name": args.model},
                       [f"data.image_size={args.image_size}", "model.pretrained=false", "data.validation_split=0.01",
                        "data.crop_scale_min=0.08"])  # 0.08: the example's RandomResizedCrop scale
     task = get_task(cfg.task)
-    splits, names = load_splits(cfg.data, cfg.train.seed)
+    splits, names = load_splits(cfg.data, get_task(cfg.task).reading(cfg), cfg.train.seed)
     rows, labels = task.prepare(cfg, splits["train"], names["train"])
     parts = task.build(cfg, labels)
     model = parts.model.train()

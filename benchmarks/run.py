@@ -74,7 +74,7 @@ def bert_cls_sides(train_rows: int | None) -> tuple[dict, str, int]:
         return lambda seed: [PY, "benchmarks/peer_trainer.py", "--train", str(train), "--test", str(data["test"]),
                              "--model", model, "--out", str(out / run), *common, "--seed", str(seed), *extra]
 
-    from hftool.training import cpu_has_native_bf16
+    from hftool.runtime import cpu_has_native_bf16
 
     # hftool's default precision (train.mixed_precision=auto) is bf16 autocast on a CPU with native
     # bf16 (avx512_bf16 or AMX), fp32 elsewhere. Trainer's default is fp32.
@@ -101,7 +101,7 @@ def accuracy_of(name: str, command: list[str], result: dict) -> float:
 
 def bert_cls(reps: int, train_rows: int | None) -> dict:
     """hftool vs transformers Trainer (run_glue defaults, and its best CPU settings)."""
-    from hftool.training import cpu_has_native_bf16
+    from hftool.runtime import cpu_has_native_bf16
 
     sides, default, n = bert_cls_sides(train_rows)
     native = cpu_has_native_bf16()

@@ -19,14 +19,9 @@ from hftool import logs
 from hftool.config import RunConfig, from_dict, load_config, read_yaml
 from hftool.errors import HftoolError
 
-# Architecture-name suffix -> task, for plain model dirs that carry no hftool config.yaml.
-ARCHITECTURE_TASKS = {"ForSequenceClassification": "text-classification",
-                      "ForTokenClassification": "token-classification",
-                      "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm",
-                      "ForImageClassification": "image-classification",
-                      "ForObjectDetection": "object-detection", "TimeSeriesForecaster": "time-series-forecasting",
-                      "VisionEncoderDecoderModel": "image-captioning",
-                      "ForConditionalGeneration": "seq2seq", "MTModel": "seq2seq"}  # T5, BART, mBART; Marian
+# The task of a model `hftool generate` gets with no config.yaml or config.json to tell (a hub id):
+# a language model is what generate is most often for.
+DEFAULT_GENERATE_TASK = "causal-lm"
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -98,18 +93,26 @@ def finetune(cfg: RunConfig, recipe: str = "", resume: bool = False, overwrite: 
     return run_dir, metrics
 
 
-def run_config(model: str, overrides: list[str] | None = None) -> RunConfig:
-    """The config a saved model was trained with (run dirs), or one inferred from config.json."""
+def run_config(model: str, overrides: list[str] | None = None, task: str | None = None) -> RunConfig:
+    """The config a saved model was trained with (run dirs), or one inferred from config.json
+    (else `task`, for a hub id), with `overrides` applied. An override of `task` keeps the keys
+    the new task has."""
+    from hftool.config import parse_override
+
     path = Path(model).expanduser()
     saved = path / "config.yaml"
     if saved.is_file():
         mapping = read_yaml(saved)
         if (mapping.get("model") or {}).get("token") == "***":
             mapping["model"]["token"] = None
-        cfg = from_dict(mapping, str(saved))
     else:
-        task = model_task(model)  # None for a hub id: the task must come from an override
-        cfg = load_config(flags={"task": task} if task else None)
+        task = model_task(model) or task  # None for a hub id: the task must come from an override
+        mapping = {"task": task} if task else {}
+    for text in overrides or []:
+        key, value = parse_override(text)
+        if key == "task":
+            mapping = {**mapping, "task": value}
+    cfg = from_dict(mapping, str(saved))
     cfg.model.name = model
     if overrides:
         cfg = load_config(from_config_dict(cfg), overrides=overrides)
@@ -125,9 +128,9 @@ def model_task(model: str) -> str | None:
     if not (path / "config.json").is_file():
         return None
     from hftool.models import read_config_json
+    from hftool.tasks import task_of_architectures
 
-    architectures = read_config_json(path).get("architectures") or []
-    return next((t for a in architectures for s, t in ARCHITECTURE_TASKS.items() if a.endswith(s)), None)
+    return task_of_architectures(read_config_json(path).get("architectures") or [])
 
 
 def from_config_dict(cfg: RunConfig) -> dict:
@@ -136,15 +139,13 @@ def from_config_dict(cfg: RunConfig) -> dict:
     return to_dict(cfg, redact=False)
 
 
-def _load(model: str, cfg: RunConfig):
-    from hftool.tasks import get_task
-
+def _build(task, cfg: RunConfig, model: str):
+    """The task's parts for a saved model, its label maps checked against the run's marker."""
     from hftool.runs import check_labels
 
-    task = get_task(cfg.task)
     parts = task.build(cfg, None, model_path=model)
     check_labels(model, parts.labels)
-    return task, parts
+    return parts
 
 
 def evaluate(model: str, data: str | None = None, split: str | None = None, batch_size: int | None = None,
@@ -163,44 +164,48 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     """
     from hftool.data import load_eval_split, load_splits
     from hftool.evaluation import eval_loader, eval_order, evaluate_model
-    from hftool.training import inference_accelerator
+    from hftool.runtime import inference_accelerator
 
     cfg = run_config(model, overrides)
     if not Path(model).expanduser().is_dir():
         raise HftoolError(f"{model} is not a model or run directory; pass the folder a run wrote (runs/...)")
-    records = [] if cfg.eval.save_predictions and output else None
     asked = any(o.split("=", 1)[0].strip() == "eval.save_predictions" for o in overrides or ())  # not the run's own
     if cfg.eval.save_predictions and not output and asked:
         raise HftoolError("eval.save_predictions=true needs --output FILE.json: the predictions go to FILE.predictions.jsonl")
+    keep = cfg.eval.save_predictions and output
     if output:  # before anything loads: a refused output costs nothing
         from hftool.outputs import check_output
 
         check_output(output, overwrite, [model, data])
-        if records is not None:
+        if keep:
             check_output(predictions_path(Path(output)), overwrite, [model, data])
+    from hftool.tasks import get_task
+
+    task = get_task(cfg.task)
     if data:
-        rows, source = load_eval_split(data, split, cfg.data.encoding, cfg.model.token, cfg.data.txt_unit,
-                                       (cfg.data.source_lang, cfg.data.target_lang))
+        rows, source = load_eval_split(data, split, cfg.data.encoding, task.reading(cfg), cfg.model.token)
     else:
         if not (Path(model) / "config.yaml").is_file():
             raise HftoolError(f"{model} is not an hftool run dir, so it has no data of its own; pass --data")
         check_run_data(Path(model), cfg)
-        splits, names = load_splits(cfg.data, cfg.train.seed, cfg.model.token)
+        splits, names = load_splits(cfg.data, task.reading(cfg), cfg.train.seed, cfg.model.token)
         rows, source = splits["validation"], names["validation"]
-    task, parts = _load(model, cfg)
+    parts = _build(task, cfg, model)
     rows, _ = task.prepare(cfg, rows, source, parts.labels)
     features = task.eval_features(parts, cfg, rows)
     accelerator = inference_accelerator(cfg.train.mixed_precision)  # train.mixed_precision=no: fp32
     size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     loader = accelerator.prepare(eval_loader(features, task.collate(parts), size, cfg.data.num_workers))
     network = accelerator.prepare(parts.model)
-    metrics = evaluate_model(accelerator, network, loader, task, parts, records=records, order=eval_order(features))
+    batches = [] if keep else None
+    metrics = evaluate_model(accelerator, network, loader, task, parts, rows, batches=batches)
     if output and accelerator.is_main_process:
-        from hftool.outputs import atomic_write_text, write_jsonl
+        from hftool.outputs import write_json, write_jsonl
 
         out = Path(output)
-        atomic_write_text(out, json.dumps(metrics, indent=2))
-        if records is not None:
+        write_json(out, metrics)
+        if keep:
+            records = task.prediction_records(parts, batches, eval_order(features), rows)
             target = predictions_path(out)
             write_jsonl(target, records)
             logs.info(f"wrote {len(records)} predictions to {target}")
@@ -243,31 +248,29 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
     """Predictions for raw inputs, one dict per input, in input order.
 
     Args:
-        options: Task-specific settings, passed on to tasks whose predict takes them: `top_k` (the
-            k best classes), `threshold` (lowest box score) and `draw` (a folder for PNGs of the
-            boxes) for detection, `horizon` (steps) and `output` (CSV + PNG) for forecasting,
-            which needs no inputs: it forecasts from the end of the run's data, `attention_map` (a PNG
-            of the cross-attention per word) for captioning. None: not given.
+        options: The task's own predict options (its `predict_options`: `top_k` for classifiers,
+            `threshold` and `draw` for detection, `horizon` and `output` for forecasting, which
+            needs no inputs, `attention_map` for captioning). None: not given.
         overwrite: The files the options name may replace existing files (never the model dir's).
     """
-    import inspect
-
-    cfg = run_config(model, overrides)
     from hftool.tasks import get_task
 
+    cfg = run_config(model, overrides)
     task = get_task(cfg.task)
-    if not inputs and not getattr(task, "inputs_optional", False):
+    if not inputs and not task.inputs_optional:
         raise HftoolError("nothing to predict: pass inputs as arguments or --file")
     options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
-    accepted = inspect.signature(task.predict).parameters
+    accepted = {option.name for option in task.predict_options} | ({"output"} if task.writes_output else set())
     for name in options:
         if name not in accepted:
             raise HftoolError(f"--{name.replace('_', '-')} is not supported for {cfg.task} models; leave it out")
     threshold = options.get("threshold")
     if threshold is not None and not 0 <= threshold <= 1:
         raise HftoolError(f"--threshold must be in [0, 1], got {threshold}")
-    if options.get("top_k", 1) < 1:
-        raise HftoolError(f"--top-k must be at least 1, got {options['top_k']}")
+    for option in task.predict_options:  # the CLI checks these too; library callers get the same message
+        value = options.get(option.name)
+        if option.min is not None and value is not None and value < option.min:
+            raise HftoolError(f"--{option.name.replace('_', '-')} must be at least {option.min:g}, got {value}")
     from hftool import outputs
 
     with outputs.policy(overwrite, protected=[model]):
@@ -276,23 +279,24 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
                 outputs.check_output(options[name], what=f"--{name.replace('_', '-')}")
         if "draw" in options:
             outputs.check_folder(options["draw"], f"--draw folder {options['draw']}")
-        task, parts = _load(model, cfg)
-        from hftool.training import inference_accelerator
+        parts = _build(task, cfg, model)
+        from hftool.runtime import inference_accelerator
 
         parts.model = inference_accelerator(cfg.train.mixed_precision).prepare(parts.model)  # on the device
         return task.predict(parts, cfg, list(inputs), batch_size, **options)
 
 
-def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_precision: str | None = None
-             ) -> list[dict]:
+def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_precision: str | None = None,
+             **flags) -> list[dict]:
     """Continue prompts with a causal LM, or transform them with a seq2seq model (a run's
     data.source_prefix goes before each): a run dir, a local model dir or a hub id.
 
     Args:
-        options: hftool.generation.GenerationOptions; None keeps the model's generation_config.
+        options: hftool.generation.GenerationOptions; None keeps the model's generation_config
+            (or takes `flags`, the `hftool generate` flags of the model's task).
         on_text: Streaming callback, see hftool.generation.generate.
         mixed_precision: auto | no | bf16 | fp16: the dtype the weights are cast to for
-            generation (see hftool.training.inference_dtype). None: the run's
+            generation (see hftool.runtime.inference_dtype). None: the run's
             train.mixed_precision (auto for a model dir that is not a run).
 
     Returns:
@@ -300,27 +304,25 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
     """
     import torch
 
-    from hftool.generation import generate as generate_texts
+    from hftool.tasks import get_task
 
     if not prompts:
         raise HftoolError("nothing to generate: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     if mixed_precision == "fp16" and not torch.cuda.is_available():  # a run trained in fp16 falls back to fp32 here
         raise HftoolError("--mixed-precision fp16 needs a CUDA GPU; use bf16 (or no) on this machine")
-    task = model_task(model)
-    if task not in (None, "causal-lm", "seq2seq"):
-        raise HftoolError(f"{model} is a {task} model; `hftool generate` needs a causal language model "
+    name = model_task(model) or DEFAULT_GENERATE_TASK
+    task = get_task(name)
+    if not task.generate_options:
+        raise HftoolError(f"{model} is a {name} model; `hftool generate` needs a causal language model "
                           "(a gpt2 run, or any model with a ...ForCausalLM/LMHeadModel architecture) or a seq2seq one")
-    cfg = run_config(model, None if mixed_precision is None else [f"train.mixed_precision={mixed_precision}"])
-    cfg.task = task or "causal-lm"
-    _, parts = _load(model, cfg)
+    cfg = run_config(model, None if mixed_precision is None else [f"train.mixed_precision={mixed_precision}"], task=name)
+    parts = _build(task, cfg, model)
     from hftool.models import cast_for_inference
-    from hftool.training import inference_dtype
+    from hftool.runtime import inference_dtype
 
     device, dtype = "cuda" if torch.cuda.is_available() else "cpu", inference_dtype(cfg.train.mixed_precision)
     cast_for_inference(parts.model, dtype, device)
-    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    logs.info(f"generating in {name} on {device} (train.mixed_precision={cfg.train.mixed_precision}"
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    logs.info(f"generating in {precision} on {device} (train.mixed_precision={cfg.train.mixed_precision}"
               f"{'' if dtype == torch.float32 else '; --mixed-precision no: fp32'})")
-    prefix = cfg.data.source_prefix if task == "seq2seq" else ""
-    results = generate_texts(parts.model, parts.processor, [prefix + p for p in prompts], options, on_text)
-    return [{**r, "prompt": r["prompt"][len(prefix):]} for r in results]
+    return task.generate(parts, cfg, prompts, on_text, options=options, **flags)

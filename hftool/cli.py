@@ -5,7 +5,9 @@ torch and transformers are imported inside the commands, so `hftool --help` stay
 
 from __future__ import annotations
 
+import functools
 import gc
+import inspect
 import json
 import os
 import sys
@@ -50,6 +52,44 @@ def _command_line() -> str:
         key = word.split("=", 1)[0].rsplit(".", 1)[-1]
         words.append(f"{word.split('=', 1)[0]}=***" if "=" in word and SECRET_KEY.search(key) else word)
     return " ".join(words)
+
+
+def _task_options(kind: str, check_min: bool = True):
+    """Add to a command the options every registered task declares for it (`predict_options` or
+    `generate_options`), each once; the command receives them in `**options`, those not given as
+    None. `check_min` lets the command line reject values below an option's minimum."""
+    from hftool.tasks import TASKS
+
+    declared: dict[str, object] = {}
+    for task in TASKS.values():
+        for option in getattr(task, kind):
+            if declared.setdefault(option.name, option) != option:
+                raise RuntimeError(f"two tasks declare --{option.name} differently; share one Option")
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        added = [inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                   annotation=_annotation(option, check_min)) for option in declared.values()]
+
+        @functools.wraps(command)
+        def run(**values):
+            return command(**values)
+
+        run.__signature__ = signature.replace(parameters=[*fixed, *added])
+        run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}
+        return run
+
+    return decorate
+
+
+def _annotation(option, check_min: bool):
+    """A declared task option as a Typer option."""
+    names = option.flags if option.flags and "/" in option.flags[0] else (
+        "--" + option.name.replace("_", "-"), *option.flags)
+    kind = list[str] if option.type is list else option.type
+    extra = {"min": option.min} if check_min and option.min is not None else {}
+    return Annotated[Optional[kind], typer.Option(*names, help=option.help, show_default=False, **extra)]
 
 
 def _split_overrides(first: str, rest: list[str] | None) -> tuple[str, list[str], list[str]]:
@@ -121,6 +161,35 @@ def finetune(
 
 
 @app.command()
+def doctor(
+    recipe: Annotated[Optional[str], typer.Argument(help="The recipe to check, as for finetune (none: the machine only).")] = None,
+    overrides: Overrides = None,
+    model: Annotated[Optional[str], typer.Option(help="Model: local dir, hub id or tiny:<arch>.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Training data: file, folder, hub name[:config].")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Validation data.")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Where the run would go (for the disk check).")] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option(help="auto | no | bf16 | fp16.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """Check that a run can start here (versions, device, precision, disk, every model and data file offline); exit 1 if not."""
+    from hftool import doctor as checks
+    from hftool.config import load_config
+
+    if recipe is None:
+        found = checks.environment(load_config(flags={"train.mixed_precision": mixed_precision}))
+    else:
+        recipe, positional, keyvals = _split_overrides(recipe, overrides)
+        if positional:
+            raise HftoolError(f"unexpected argument '{positional[0]}': overrides are KEY=VALUE")
+        flags = {"model.name": model, "data.train": data, "data.eval": eval_data,
+                 "output_dir": str(output_dir) if output_dir else None, "train.mixed_precision": mixed_precision}
+        found = checks.diagnose(load_config(recipe, flags, keyvals))
+    typer.echo(json.dumps(checks.as_json(found), indent=2) if as_json else checks.report(found))
+    if any(c.status == "fail" for c in found):
+        raise typer.Exit(1)
+
+
+@app.command()
 def evaluate(
     model: ModelArg,
     overrides: Overrides = None,
@@ -150,88 +219,65 @@ def evaluate(
 
 
 @app.command()
+@_task_options("predict_options", check_min=False)  # the library checks them, with the same message
 def predict(
     model: ModelArg,
     inputs: Annotated[Optional[list[str]], typer.Argument(help="Inputs (texts; image files or folders), and KEY=VALUE overrides.", show_default=False)] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="More inputs: a text file (one per line) or JSONL with a text field.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per input here.")] = None,
     batch_size: BatchSize = 32,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", "-k", help="Also give the k best classes with their scores.")] = None,
-    threshold: Annotated[Optional[float], typer.Option(help="Object detection: lowest score of a box shown (default 0.5).")] = None,
-    draw: Annotated[Optional[Path], typer.Option(help="Object detection: write PNGs with the boxes drawn into this folder.")] = None,
-    horizon: Annotated[Optional[int], typer.Option(help="Forecasting: steps to forecast past the end of the series (default 30).")] = None,
-    attention_map: Annotated[Optional[Path], typer.Option(help="Captioning: draw where the decoder looks for each word into this PNG.")] = None,
     overwrite: OverwriteOutputs = False,
+    **options,
 ) -> None:
-    """Predict on raw inputs: prints one line per input (a forecast: one line per step)."""
-    import inspect
-
+    """Predict on raw inputs: prints one line per input (or per step, for tasks that forecast)."""
     from hftool import api
-
+    from hftool.api import run_config
     from hftool.data import read_inputs
+    from hftool.tasks import get_task
 
     model, texts, keyvals = _split_overrides(model, inputs)
     if file is not None:
         texts += read_inputs(file)
-    from hftool.api import run_config
     from hftool.outputs import check_output, write_jsonl
-    from hftool.tasks import get_task
 
     task = get_task(run_config(model, keyvals).task)
-    own_output = "output" in inspect.signature(task.predict).parameters  # e.g. a forecast's CSV + PNG
-    if output is not None and not own_output:
+    if task.writes_output:  # the task writes its own files (a forecast's CSV + PNG)
+        options["output"] = output
+    elif output is not None:
         check_output(output, overwrite, [model], what="--output")  # before the model loads
-    predictions = api.predict(model, texts, batch_size or 32, keyvals, overwrite=overwrite, top_k=top_k,
-                              threshold=threshold, draw=draw, horizon=horizon, attention_map=attention_map,
-                              output=output if own_output else None)
-    if output is not None and not own_output:
+    predictions = api.predict(model, texts, batch_size or 32, keyvals, overwrite=overwrite, **options)
+    if output is not None and not task.writes_output:
         write_jsonl(output, predictions)
     for prediction in predictions:
         typer.echo(task.format_prediction(prediction))
 
 
 @app.command()
+@_task_options("generate_options")
 def generate(
-    model: Annotated[str, typer.Argument(help="A causal LM or seq2seq model: a run dir, a local model dir or a hub id.")],
+    model: Annotated[str, typer.Argument(help="A model that generates (a language model): a run dir, a local model dir or a hub id.")],
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt to continue (repeatable).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option(help="More prompts: one per line, or JSONL with a \"prompt\" field.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per returned sequence here.")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="Tokens to generate at most.")] = None,
-    min_new_tokens: Annotated[Optional[int], typer.Option(min=0, help="Tokens to generate before EOS may end a text.")] = None,
-    greedy: Annotated[Optional[bool], typer.Option("--greedy/--sample", help="Greedy decoding or sampling (default: the model's generation_config.json).", show_default=False)] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (implies --sample).")] = None,
-    top_k: Annotated[Optional[int], typer.Option(min=0, help="Sample from the k most likely tokens (implies --sample).")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Sample from the smallest set with this probability (implies --sample).")] = None,
-    repetition_penalty: Annotated[Optional[float], typer.Option(help="Above 1.0 discourages repeating tokens.")] = None,
-    no_repeat_ngram_size: Annotated[Optional[int], typer.Option(min=0, help="Never repeat an n-gram of this size.")] = None,
-    num_beams: Annotated[Optional[int], typer.Option(min=1, help="Beam search with this many beams.")] = None,
-    num_return_sequences: Annotated[Optional[int], typer.Option(min=1, help="Texts per prompt.")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option(help="End each text right before this string (repeatable).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling: the same seed gives the same text.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling: the same seed gives the same output.")] = None,
     stream: Annotated[bool, typer.Option(help="Print text as it is generated (one prompt at a time).")] = False,
     batch_size: BatchSize = 8,
-    cache: Annotated[Optional[str], typer.Option(help="KV cache: dynamic (default) or static (allocated once; lets --compile keep one graph).", show_default=False)] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the decoding step (needs --cache static; default: compiled with a static cache on GPUs only).", show_default=False)] = None,
     mixed_precision: Annotated[Optional[str], typer.Option(help="Weights in: auto (bf16 where the GPU/CPU has it natively, else fp32) | no (fp32) | bf16 | fp16 (GPU). Default: the run's train.mixed_precision, else auto.", show_default=False)] = None,
     overwrite: OverwriteOutputs = False,
+    **options,
 ) -> None:
-    """Continue prompts with a causal LM (or transform them with a seq2seq model); prints the texts (and writes JSONL with --output)."""
+    """Generate from prompts with a model whose task generates (language models continue them, seq2seq models transform them); prints the outputs (and writes JSONL with --output)."""
     from hftool import api
     from hftool.data import read_inputs
-    from hftool.generation import GenerationOptions
     from hftool.outputs import check_output, write_jsonl
+    from hftool.tasks import get_task
 
     if output is not None:
         check_output(output, overwrite, [model], what="--output")  # before the model loads
     prompts = list(prompt or []) + (read_inputs(prompts_file, ("prompt", "text")) if prompts_file else [])
-    options = GenerationOptions(
-        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=None if greedy is None else not greedy,
-        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size, num_beams=num_beams, num_return_sequences=num_return_sequences,
-        stop=list(stop or []), seed=seed, batch_size=batch_size or 8, cache=cache, compile=compile)
     shown = []  # prompt indices already begun on the terminal
-    # A causal LM continues its prompt on the same line; a seq2seq model's text goes below its input.
-    separator = "\n" if api.model_task(model) == "seq2seq" else ""
+    # A continuation goes on the prompt's line; a new text (a translation) below its input.
+    separator = get_task(api.model_task(model) or api.DEFAULT_GENERATE_TASK).generation_separator
 
     def show(index: int, piece: str) -> None:
         if not shown or shown[-1] != index:
@@ -239,7 +285,8 @@ def generate(
             shown.append(index)
         typer.echo(piece, nl=False)
 
-    results = api.generate(model, prompts, options, on_text=show if stream else None, mixed_precision=mixed_precision)
+    results = api.generate(model, prompts, on_text=show if stream else None, mixed_precision=mixed_precision,
+                           seed=seed, batch_size=batch_size or 8, **options)
     if stream:
         typer.echo()
     else:

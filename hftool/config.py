@@ -21,36 +21,53 @@ import yaml
 from hftool.errors import HftoolError
 
 
+class Section:
+    """Behaviour every config section shares: allowed values and checks, run by `validate`.
+
+    A task extends a section by subclassing it with its own fields (see hftool/tasks/base.py);
+    `choices` and `check` of every class in the chain apply."""
+
+    # The section's key in YAML and dotted overrides (`train`, `data`, ...).
+    section: typing.ClassVar[str] = ""
+    # field -> allowed values.
+    choices: typing.ClassVar[dict[str, tuple]] = {}
+
+    def check(self) -> None:
+        """Raise HftoolError for a value that cannot work; subclasses add their fields' checks."""
+
+    def validate(self) -> None:
+        for klass in reversed(type(self).__mro__):
+            for name, allowed in vars(klass).get("choices", {}).items():
+                value = getattr(self, name)
+                if value not in allowed:
+                    raise HftoolError(f"{self.section}.{name}={value!r} is not one of: {', '.join(map(str, allowed))}")
+        self.check()
+
+    def require(self, name: str, ok: bool, allowed: str) -> None:
+        """Raise `<section>.<name> must be <allowed>, got <value>` unless `ok`."""
+        if not ok:
+            raise HftoolError(f"{self.section}.{name} must be {allowed}, got {getattr(self, name)}")
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
+    section: typing.ClassVar[str] = "model"
     # A local model dir or hftool run dir (wins when it exists), a hub id, or tiny:<arch> for a
     # small randomly initialised model built from a config (tests, demos, air-gapped smoke runs).
     name: str = "tiny:bert"
     # Extra model-config fields, e.g. {hidden_dropout_prob: 0.0}. For tiny:<arch> these also set
     # its size (hidden_size, num_hidden_layers, ...).
     config_overrides: dict = field(default_factory=dict)
-    # Vocabulary of the tokenizer that tiny:<arch> trains on the training texts: small keeps the
-    # embedding matrix cheap, large enough that common words stay whole.
-    tiny_vocab_size: int = 2000
-    # generation_config.json fields saved with a generative run: the defaults `hftool generate`
-    # uses on it, e.g. {do_sample: true, top_p: 0.95, max_new_tokens: 100}. Empty keeps the
-    # model's own (greedy for GPT-2, which loops on repeated phrases).
-    generation_config: dict = field(default_factory=dict)
     # Hub access token for private models. Never written anywhere: redacted in config.yaml and
     # in tracker configs.
     token: str | None = None
-    # Start from pretrained weights (hub ids, timm:<name>). false builds the architecture with
-    # random weights: offline timm runs, or small images where ImageNet features help little.
-    pretrained: bool = True
-    # Image captioning: build a VisionEncoderDecoderModel from an image encoder and a text
-    # decoder (local dirs, hub ids, tiny:vit / tiny:gpt2); cross-attention is added to the
-    # decoder. Both unset: model.name is an existing encoder-decoder checkpoint.
-    encoder: str | None = None
-    decoder: str | None = None
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
+    """What every task reads; a task's own data.* fields live in its module (hftool/tasks/)."""
+
+    section: typing.ClassVar[str] = "data"
     # Training data: a csv/tsv/json/jsonl/parquet/txt file, a CoNLL file (any other extension),
     # a folder of split files, a save_to_disk folder, a hub dataset (`name` or `name:config`)
     # or `sample:<name>` (embedded).
@@ -58,114 +75,33 @@ class DataConfig:
     # Evaluation data in the same forms; None uses the source's own validation split or holds
     # out `validation_split` of the training data.
     eval: str | None = None
-    # Column names; None auto-detects the usual ones (text/sentence/..., label/labels/...; for
-    # token classification tokens/words and ner_tags/tags).
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
     # Fraction of the training data held out (seeded) when no validation data exists, so every
     # run reports eval_* metrics. At least one example is held out.
     validation_split: float = 0.1
-    # Token budget per example; longer inputs are truncated (token classification splits them
-    # into overlapping windows instead). 128 covers most sentence tasks at a fraction of the
-    # 512-token cost.
-    max_length: int = 128
-    # Token classification: tokens shared by consecutive windows of a text longer than
-    # max_length. Each word is scored in the window where it has the most context, so 32 gives
-    # every word at least ~16 tokens of context on the side where a window was cut.
-    stride: int = 32
-    # Token classification: also train a word's later subwords (B- becomes I-) instead of only
-    # its first. False is the usual choice: the first subword is the one predicted and scored.
-    label_all_tokens: bool = False
-    # Token classification: tag names for data whose tags are integer ids without names (a
-    # hub ClassLabel names them otherwise), e.g. [O, B-PER, I-PER]; index = id. None: tags are
-    # names, or the hub's names.
-    tag_names: list | None = None
-    # How a .txt file becomes rows: `line` (one example per non-empty line: classification
-    # inputs) or `paragraph` (blocks between blank lines, line breaks inside kept: the documents
-    # of a book or a wiki dump for language modelling, where a lone line is a poor document).
-    txt_unit: str = "line"
-    # Language modelling: texts are packed (EOS between documents) into blocks of this many
-    # tokens. None uses the model's context, at most 1024: attention memory grows with the square
-    # of the block, and fine-tuning gains little beyond GPT-2's 1024.
-    block_size: int | None = None
-    # Language modelling: keep line breaks inside a document (verse, code, dialogue). false joins
-    # hard-wrapped lines with a space, so a line end in the middle of a sentence costs no token.
-    keep_linebreaks: bool = True
+    # Keep only the first N training / evaluation rows (after any hold-out; a time series keeps
+    # its context rows before the first N evaluation steps): quick runs and smoke tests of a
+    # recipe on its full data. None keeps them all.
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
     # File encoding; None reads UTF-8 and falls back to Latin-1 with a warning.
     encoding: str | None = None
     # DataLoader worker processes. Text is tokenized up front, so 0 (no fork cost) is fastest;
     # images are decoded in the workers, and image recipes set their own.
     num_workers: int = 0
-    # Image column (paths relative to the data file, or a hub Image feature); None auto-detects
-    # image/img/image_path/path/file/filename/file_name.
-    image_column: str | None = None
-    # Square side of the model's input in pixels; None keeps the model's own (its processor's or
-    # timm's input size). Small images (CIFAR's 32) train much faster at their own size.
-    image_size: int | None = None
-    # Drop unreadable images (counted, first few named) instead of stopping at the first one:
-    # stopping is the default because a broken file usually means a broken download.
-    skip_bad_images: bool = False
-    # Smallest share of the image area a training crop keeps (RandomResizedCrop). 0.08 is the
-    # ImageNet recipe; raise it when the object is small and a crop could miss it.
-    crop_scale_min: float = 0.08
-    # Probability of a horizontal flip in training (0 for text, digits, or left/right classes).
-    hflip: float = 0.5
-    # RandAugment magnitude (0-30, 9 is timm's usual); None leaves it off: it pays off in long
-    # runs and slows the short ones.
-    randaugment: int | None = None
-    # Object detection: folder the images of a COCO JSON file are in (file_name is relative to
-    # it). None looks beside the JSON file, then in the folders below it and beside it (COCO's
-    # annotations/ next to train2017/).
-    images_dir: str | None = None
-    # Object detection: how JSONL and hub boxes are written: xywh (COCO: x, y, width, height) or
-    # xyxy (Pascal VOC corners). COCO JSON and VOC XML files say it themselves.
-    box_format: str = "xywh"
-    # Object detection: boxes in [0, 1] fractions of the image size rather than pixels.
-    box_normalized: bool = False
-    # Object detection: strength of the training colour jitter (brightness, contrast, saturation;
-    # hue a quarter of it); 0 leaves colours alone, which keeps short runs fast.
-    color_jitter: float = 0.0
-    # Time series: the date column; None takes the first column named like a date (date, ds,
-    # timestamp, month, ...), else the first column.
-    date_column: str | None = None
-    # Time series: the columns to forecast, together; None takes every column but the date.
-    value_columns: list | None = None
-    # Time series: hourly | daily | weekly | monthly | quarterly | yearly or a pandas alias
-    # (15min, W-MON); None infers it from the dates. Missing dates on that grid are added and
-    # interpolated.
-    freq: str | None = None
-    # Time series: past steps the model reads to predict the next one. 30 is the textbook
-    # month of daily values; a monthly series wants at least a year (12).
-    context_length: int = 30
-    # Time series: the seasonal-naive baseline's period; None uses the frequency's usual one
-    # (24 hourly, 7 daily, 52 weekly, 12 monthly, 4 quarterly).
-    season_length: int | None = None
-    # How validation is held out when there is no validation data: random rows (seeded), or
-    # tail: the last rows in file order, with data.context_length rows before them as history
-    # for the first windows (time series: the model is scored on the future it has not seen).
-    holdout: str = "random"
-    # Image captioning: the column with a caption or a list of captions per image; None
-    # auto-detects captions/caption/sentences/text.
-    caption_column: str | None = None
-    # Sequence to sequence: source and target columns; None auto-detects source/src/input/...
-    # and target/tgt/output/summary/... (and a hub `translation` column of {lang: text}).
-    source_column: str | None = None
-    target_column: str | None = None
-    # Sequence to sequence: languages of parallel text files ({split}.{lang}[.gz] in --data DIR),
-    # of columns named after them (en, de) and keys of a hub `translation` column.
-    source_lang: str | None = None
-    target_lang: str | None = None
-    # Sequence to sequence: text put before every source, e.g. "translate English to German: "
-    # for T5, which was pretrained with task prefixes; "" for models trained without them.
-    source_prefix: str = ""
-    # Sequence to sequence: token budget of a target; longer targets are truncated in training,
-    # and evaluation generates at most this many tokens unless model.generation_config says.
-    max_target_length: int = 128
+
+    def check(self) -> None:
+        self.require("validation_split", 0 <= self.validation_split < 1, "in [0, 1)")
+        for name in ("max_train_samples", "max_eval_samples"):
+            self.require(name, getattr(self, name) is None or getattr(self, name) > 0, "positive")
+        self.require("num_workers", self.num_workers >= 0, "0 or more")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
+    section: typing.ClassVar[str] = "train"
+    choices: typing.ClassVar[dict[str, tuple]] = {"mixed_precision": ("no", "bf16", "fp16", "auto"),
+                                                   "tracking": ("none", "tensorboard", "wandb", "mlflow"),
+                                                   "micro_batch_size": (None, "auto")}
     # Passes over the training data; ignored when max_steps is set.
     epochs: float = 3.0
     # Optimizer steps to run in total; overrides epochs (handy for smoke tests).
@@ -184,17 +120,24 @@ class TrainConfig:
     scheduler: str = "linear"
     # Micro-batches per optimizer step (effective batch = batch_size x this x processes).
     gradient_accumulation_steps: int = 1
+    # auto keeps the global batch (batch_size x gradient_accumulation_steps x processes) and picks
+    # the largest per-process micro-batch that fits, accumulation making up the rest: measured
+    # steps on the longest examples (GPU), or peak memory under memory_budget (CPU). None uses
+    # batch_size as it is. A resumed run keeps the choice its checkpoint was written with.
+    micro_batch_size: str | None = None
+    # GiB the auto micro-batch may peak at on CPU; None: 80% of the memory available at start.
+    memory_budget: float | None = None
     # Gradient-norm clipping; 0 disables it.
     max_grad_norm: float = 1.0
     # no | bf16 | fp16 | auto. auto: bf16 autocast where the GPU or CPU computes it natively
-    # (Ampere+ GPUs; CPUs with avx512_bf16 or AMX), fp32 elsewhere. On such a CPU MiniLM trained
-    # 1.4x faster at the same accuracy over 22 seeds (benchmarks/README.md); `no` is plain fp32.
-    # fp16 needs a GPU.
+    # (Ampere+ GPUs; CPUs with avx512_bf16 or AMX), fp32 elsewhere; on such a CPU it trained
+    # faster at the same accuracy (benchmarks/README.md). `no` is plain fp32. fp16 needs a GPU.
     mixed_precision: str = "auto"
     # Seeds python, numpy and torch; the data order of epoch e uses seed + e.
     seed: int = 42
     # Batch examples of similar length together so dynamic padding pads little: random groups of
-    # up to 50 batches (at least four groups), each sorted longest first, as Trainer does.
+    # up to 50 batches (at least four groups), each sorted longest first, as Trainer does. Only
+    # tasks whose features have a length (text) are grouped.
     group_by_length: bool = True
     # Evaluate every N optimizer steps; None evaluates at the end of each epoch.
     eval_steps: int | None = None
@@ -215,42 +158,59 @@ class TrainConfig:
     logging_steps: int = 10
     # none | tensorboard | wandb | mlflow (through Accelerate's trackers).
     tracking: str = "none"
+    # Where the tracker writes (TensorBoard events, W&B's local files, MLflow artifacts); None:
+    # RUN/logs/<tracker>, beside the model rather than among its files.
+    logging_dir: str | None = None
     # torch.compile the model (worth it on GPUs for long runs; compile time dominates short ones).
     compile: bool = False
-    # Mixup and CutMix alphas (timm); 0 turns each off. They regularise long runs on small data
-    # and slow convergence of short ones. Image classification.
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    # Label smoothing of the training targets (0.1 is timm's usual); 0 keeps one-hot targets,
-    # so the training loss is the plain cross-entropy that eval_loss reports. Image classification.
-    label_smoothing: float = 0.0
-    # Learning rate of the vision backbone; None trains it at `lr`. DETR fine-tunes its
-    # pretrained ResNet ten times slower than the transformer (1e-5 vs 1e-4).
-    backbone_lr: float | None = None
+
+    def check(self) -> None:
+        for name in ("batch_size", "gradient_accumulation_steps", "logging_steps"):
+            self.require(name, getattr(self, name) > 0, "positive")
+        for name in ("max_steps", "eval_steps", "save_steps", "eval_batch_size", "memory_budget"):
+            self.require(name, getattr(self, name) is None or getattr(self, name) > 0, "positive")
+        if self.max_steps is None and self.epochs <= 0:
+            raise HftoolError(f"train.epochs must be positive, got {self.epochs} (or set --max-steps)")
+        self.require("lr", self.lr >= 0, ">= 0 (0 freezes the weights)")
+        self.require("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)")
+        self.require("weight_decay", self.weight_decay >= 0, ">= 0")
+        self.require("max_grad_norm", self.max_grad_norm >= 0, ">= 0 (0 turns clipping off)")
 
 
 @dataclass
-class EvalConfig:
-    # Language modelling: score with a window of block_size tokens moved this many tokens at a
-    # time, so every scored token sees at least block_size - stride tokens of context (closer to
-    # the model's real perplexity, at block_size / stride times the cost). None: plain blocks,
-    # as in training, where a block's first tokens are predicted from little context.
-    stride: int | None = None
+class EvalConfig(Section):
+    section: typing.ClassVar[str] = "eval"
     # Write every evaluated example's prediction (and reference, loss) to predictions.jsonl: in
     # the run dir for the final evaluation of `finetune`, beside --output for `hftool evaluate`.
     save_predictions: bool = False
-    # Generative tasks: the metrics to compute, without the eval_ prefix (e.g. [bleu, chrf]);
-    # None computes all the task offers.
-    metrics: list | None = None
     # `hftool evaluate RUN` on the run's own data: stop when the data's sha256 differs from the one
     # in provenance.json. false warns with both hashes and scores it, since an edited file is
     # sometimes what the user means to score.
     strict: bool = False
 
 
+@dataclass(frozen=True)
+class Option:
+    """A command-line option a task adds to `hftool predict` or `hftool generate`.
+
+    Tasks that take the same option declare the same Option object (shared from a layer
+    module), so the CLI shows it once."""
+
+    name: str  # the Python keyword the task's hook receives; the flag is --name-with-dashes
+    type: type  # int | float | str | bool | Path | list (a repeatable string option)
+    help: str
+    flags: tuple[str, ...] = ()  # extra spellings, e.g. ("-k",) or ("--greedy/--sample",)
+    default: Any = None  # None: not given (the hook's own default applies)
+    min: float | None = None
+
+
+SECTIONS = ("model", "data", "train", "eval")
+
+
 @dataclass
 class RunConfig:
-    # Task name from hftool.tasks.TASKS, e.g. text-classification.
+    # Task name from hftool.tasks.TASKS, e.g. text-classification. It decides which keys the
+    # other sections have: each task adds its own (`hftool finetune RECIPE --dry-run` lists them).
     task: str = "text-classification"
     # One line shown by `hftool recipes`.
     description: str = ""
@@ -260,6 +220,14 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def new_config(task: str) -> RunConfig:
+    """Defaults for `task`: each section is the task's own options class."""
+    from hftool.tasks import task_class
+
+    options = task_class(task).options
+    return RunConfig(task=task, **{name: getattr(options, name)() for name in SECTIONS})
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,8 +303,9 @@ SECRET_KEY = re.compile(r"^(hub_)?token$|api_key$|password$|secret$")
 
 
 def valid_keys(cfg: Any = None, prefix: str = "") -> list[str]:
-    """Every dotted key that can be set, e.g. ['task', ..., 'train.lr', ...]."""
-    cfg = RunConfig() if cfg is None else cfg
+    """Every dotted key that can be set in `cfg` (default: the default task's config), e.g.
+    ['task', ..., 'train.lr', ...]."""
+    cfg = new_config(RunConfig.task) if cfg is None else cfg
     keys = []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -359,8 +328,8 @@ ALIASES = {
 }
 
 
-def _unknown_key(key: str, source: str) -> HftoolError:
-    keys = valid_keys()
+def _unknown_key(key: str, source: str, cfg: RunConfig) -> HftoolError:
+    keys = valid_keys(cfg)
     alias = ALIASES.get(key.rsplit(".", 1)[-1])
     if alias:
         note = " (a fraction of the steps)" if alias == "train.warmup_ratio" else ""
@@ -371,8 +340,21 @@ def _unknown_key(key: str, source: str) -> HftoolError:
         by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys}
         leaf_close = difflib.get_close_matches(leaf, by_leaf, n=1, cutoff=0.6)
         close = [by_leaf[leaf_close[0]]] if leaf_close else []
-    hint = f"did you mean '{close[0]}'?" if close else "`hftool finetune RECIPE --dry-run` shows every key"
+    owners = _tasks_with_key(key)
+    if owners:
+        hint = f"it is an option of {', '.join(owners)}, and this run's task is {cfg.task}"
+    elif close:
+        hint = f"did you mean '{close[0]}'?"
+    else:
+        hint = "`hftool finetune RECIPE --dry-run` shows every key"
     return HftoolError(f"unknown config key '{key}' in {source}: {hint}")
+
+
+def _tasks_with_key(key: str) -> list[str]:
+    """The tasks whose options have `key` (a key that only another task takes)."""
+    from hftool.tasks import TASKS
+
+    return [name for name in TASKS if key in valid_keys(new_config(name))]
 
 
 def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
@@ -424,12 +406,13 @@ def _set(cfg: RunConfig, key: str, value: Any, source: str) -> None:
     for part in parts[:-1]:
         child = getattr(target, part, None)
         if not dataclasses.is_dataclass(child):
-            raise _unknown_key(key, source)
+            raise _unknown_key(key, source, cfg)
         target = child
     hints = typing.get_type_hints(type(target))
     leaf = parts[-1]
-    if leaf not in hints or dataclasses.is_dataclass(getattr(target, leaf)):
-        raise _unknown_key(key, source)
+    if leaf not in hints or dataclasses.is_dataclass(getattr(target, leaf)) or \
+            typing.get_origin(hints[leaf]) is typing.ClassVar:
+        raise _unknown_key(key, source, cfg)
     setattr(target, leaf, _coerce(value, hints[leaf], key, source))
 
 
@@ -484,87 +467,53 @@ def load_config(
 ) -> RunConfig:
     """Resolve a RunConfig: defaults <- recipe (name, path or dict) <- flags <- overrides.
 
+    The task is resolved first (the last of recipe, flags and overrides that sets it), because
+    it decides which keys the sections have; every other key is then checked against them.
+
     Args:
         recipe: A built-in recipe name, a YAML path, an already-read mapping, or None.
         flags: Dotted keys set by CLI options; None values are skipped (the option was not given).
         overrides: `key=value` strings, applied last.
     """
-    cfg = RunConfig()
+    layers: list[tuple[dict[str, Any], str]] = []
     if recipe is not None:
         if isinstance(recipe, dict):
             mapping, source = recipe, "the recipe"
         else:
             path = find_recipe(str(recipe))
             mapping, source = read_yaml(path), str(path)
-        for key, value in _flatten(mapping).items():
-            _set(cfg, key, value, source)
-    for key, value in (flags or {}).items():
-        if value is not None:
-            _set(cfg, key, value, "the command-line flags")
+        layers.append((_flatten(mapping), source))
+    layers.append(({k: v for k, v in (flags or {}).items() if v is not None}, "the command-line flags"))
     for text in overrides or []:
         key, value = parse_override(text)
-        _set(cfg, key, value, f"override '{text}'")
+        layers.append(({key: value}, f"override '{text}'"))
+    task = RunConfig.task
+    for values, source in layers:
+        if "task" in values:
+            task = _coerce(values["task"], str, "task", source)
+    cfg = _for_task(task, next((s for v, s in reversed(layers) if "task" in v), "the config"))
+    for values, source in layers:
+        for key, value in values.items():
+            _set(cfg, key, value, source)
     validate(cfg)
     return cfg
 
 
-CHOICES = {
-    "train.mixed_precision": ("no", "bf16", "fp16", "auto"),
-    "train.tracking": ("none", "tensorboard", "wandb", "mlflow"),
-    "data.txt_unit": ("line", "paragraph"),
-    "data.box_format": ("xywh", "xyxy"),
-    "data.holdout": ("random", "tail"),
-}
+def _for_task(task: str, source: str) -> RunConfig:
+    from hftool.tasks import TASKS
+
+    if task not in TASKS:
+        close = difflib.get_close_matches(task, TASKS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise HftoolError(f"unknown task '{task}' in {source}: {hint}known tasks: {', '.join(TASKS)}")
+    return new_config(task)
 
 
 def validate(cfg: RunConfig) -> None:
-    """Reject values that cannot work, before anything expensive runs."""
-    for key, allowed in CHOICES.items():
-        section, leaf = key.split(".")
-        value = getattr(getattr(cfg, section), leaf)
-        if value not in allowed:
-            raise HftoolError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
-    from hftool.tasks import TASKS  # cheap: the registry imports no task module
-
-    if cfg.task not in TASKS:
-        raise HftoolError(f"unknown task '{cfg.task}'; known tasks: {', '.join(TASKS)}")
-    t = cfg.train
-    positive = {"train.batch_size": t.batch_size, "train.gradient_accumulation_steps": t.gradient_accumulation_steps,
-                "train.logging_steps": t.logging_steps, "data.max_length": cfg.data.max_length}
-    positive |= {f"train.{k}": getattr(t, k) for k in ("max_steps", "eval_steps", "save_steps", "eval_batch_size")
-                 if getattr(t, k) is not None}
-    positive |= {key: value for key, value in (("data.block_size", cfg.data.block_size), ("eval.stride", cfg.eval.stride))
-                 if value is not None}
-    for key, value in positive.items():
-        if value <= 0:
-            raise HftoolError(f"{key} must be positive, got {value}")
-    d = cfg.data
-    checks = {"data.stride": (d.stride >= 0, "0 or more"),
-              "data.image_size": (d.image_size is None or d.image_size > 0, "positive"),
-              "data.crop_scale_min": (0 < d.crop_scale_min <= 1, "in (0, 1]"),
-              "data.hflip": (0 <= d.hflip <= 1, "in [0, 1]"),
-              "data.randaugment": (d.randaugment is None or 0 <= d.randaugment <= 30, "in [0, 30]"),
-              "train.label_smoothing": (0 <= t.label_smoothing < 1, "in [0, 1)"),
-              "train.lr": (t.lr >= 0, ">= 0 (0 freezes the weights)"),
-              "train.backbone_lr": (t.backbone_lr is None or t.backbone_lr >= 0, ">= 0"),
-              "train.warmup_ratio": (0 <= t.warmup_ratio < 1, "in [0, 1)"),
-              "train.weight_decay": (t.weight_decay >= 0, ">= 0"),
-              "train.max_grad_norm": (t.max_grad_norm >= 0, ">= 0 (0 turns clipping off)"),
-              "train.mixup_alpha": (t.mixup_alpha >= 0, ">= 0 (0 turns it off)"),
-              "train.cutmix_alpha": (t.cutmix_alpha >= 0, ">= 0 (0 turns it off)")}
-    for key, (ok, allowed) in checks.items():
-        if not ok:
-            section, leaf = key.split(".")
-            raise HftoolError(f"{key} must be {allowed}, got {getattr(getattr(cfg, section), leaf)}")
-    for key, value in (("data.context_length", cfg.data.context_length), ("data.season_length", cfg.data.season_length)):
-        if value is not None and value <= 0:
-            raise HftoolError(f"{key} must be positive, got {value}")
-    if cfg.data.max_target_length <= 0:
-        raise HftoolError(f"data.max_target_length must be positive, got {cfg.data.max_target_length}")
-    if not 0 <= cfg.data.validation_split < 1:
-        raise HftoolError(f"data.validation_split must be in [0, 1), got {cfg.data.validation_split}")
-    if t.max_steps is None and t.epochs <= 0:
-        raise HftoolError(f"train.epochs must be positive, got {t.epochs} (or set --max-steps)")
+    """Reject values that cannot work, before anything expensive runs: each section's choices
+    and checks (the task's own included)."""
+    for name in SECTIONS:
+        getattr(cfg, name).validate()
 
 
 def to_dict(cfg: RunConfig, redact: bool = True) -> dict:
@@ -586,8 +535,13 @@ def to_yaml(cfg: RunConfig) -> str:
 
 
 def from_dict(mapping: dict, source: str = "config") -> RunConfig:
-    """Rebuild a RunConfig from a saved config.yaml mapping."""
-    cfg = RunConfig()
+    """Rebuild a RunConfig from a saved config.yaml mapping.
+
+    Keys the run's task does not have are dropped: runs written before tasks owned their
+    options saved every task's fields, with the values those tasks never read."""
+    cfg = _for_task(str(mapping.get("task", RunConfig.task)), source)
+    keys = set(valid_keys(cfg))
     for key, value in _flatten(mapping).items():
-        _set(cfg, key, value, source)
+        if key in keys:
+            _set(cfg, key, value, source)
     return cfg

@@ -29,27 +29,27 @@ def eval_loader(features, collate: Callable, batch_size: int, num_workers: int =
                       num_workers=num_workers, generator=torch.Generator())
 
 
-def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval",
-                   records: list | None = None, order=None) -> dict[str, float]:
+def evaluate_model(accelerator, model, loader, task, parts, rows, prefix: str = "eval",
+                   batches: list | None = None) -> dict[str, float]:
     """Loss and the task's metrics over `loader`, exact across processes.
 
     Args:
-        records: If a list, it receives one JSON-able dict per example (task.prediction_records),
-            in dataset order: what `eval.save_predictions` writes.
-        order: eval_order of the loader's features, mapping gathered rows back to dataset rows.
+        rows: The prepared evaluation rows the loader's features were made from (the metric's
+            ground truth, for tasks that score against more than the batch carries).
+        batches: If a list, it receives every batch's gathered outputs as numpy arrays (with the
+            per-example `loss`), for task.prediction_records: per-example results.
 
     Returns:
         Flat `{f"{prefix}_{name}": value}`, e.g. eval_loss, eval_accuracy.
     """
-    metric = task.metric(parts)
+    metric = task.metric(parts, rows)
     was_training = model.training
     model.eval()
     loss_sum, count = 0.0, 0
-    batches: list[dict] = []
     progress = tqdm(loader, desc="Evaluating", leave=False, disable=not accelerator.is_local_main_process)
     for batch in progress:
         with torch.no_grad():
-            outputs = model(**task.model_inputs(batch))
+            outputs = task.eval_forward(parts, model, batch)
         values = task.eval_outputs(parts, outputs, batch)
         # Generative tasks score what the model writes, not only the teacher-forced loss.
         values.update(task.eval_generate(parts, accelerator.unwrap_model(model), batch))
@@ -64,10 +64,8 @@ def evaluate_model(accelerator, model, loader, task, parts, prefix: str = "eval"
             count += losses.size
         arrays = {k: v.cpu().numpy() for k, v in gathered.items()}
         metric.add_batch(**arrays)
-        if records is not None:
+        if batches is not None:
             batches.append(arrays if losses is None else {**arrays, "loss": losses})
-    if records is not None:
-        records += task.prediction_records(parts, batches, order)
     if was_training:
         model.train()
     results = {f"{prefix}_{k}": float(v) for k, v in metric.compute().items()}

@@ -15,11 +15,63 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hftool import logs
+from hftool.config import Option
 from hftool.errors import HftoolError
+from hftool.models import TextModel
 
 # transformers stops at 20 tokens (prompt included) when a model sets no length: too short to judge.
 DEFAULT_MAX_NEW_TOKENS = 100
 SAMPLING = ("temperature", "top_k", "top_p")
+
+
+@dataclass
+class GenerativeModel(TextModel):
+    """model.* options of tasks whose models write text."""
+
+    # generation_config.json fields saved with a generative run: the defaults `hftool generate`
+    # and evaluation use on it, e.g. {do_sample: true, top_p: 0.95, max_new_tokens: 100}. Empty
+    # keeps the model's own (greedy for GPT-2, which loops on repeated phrases).
+    generation_config: dict = field(default_factory=dict)
+
+
+def update_generation_config(generation, fields: dict) -> None:
+    """Apply model.generation_config, rejecting names GenerationConfig does not have."""
+    import difflib
+
+    if not fields:
+        return
+    known = [k for k in vars(generation) if not k.startswith("_")]
+    for key, value in fields.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "see transformers.GenerationConfig"
+            raise HftoolError(f"model.generation_config has no field '{key}': {hint}")
+        setattr(generation, key, value)
+    try:
+        generation.validate(strict=True)
+    except ValueError as err:
+        raise HftoolError(f"model.generation_config is invalid: {' '.join(str(err).split())}") from None
+
+
+# `hftool generate` options of the tasks that write text (causal LM, seq2seq); each becomes the
+# GenerationOptions field of the same name (--greedy/--sample sets do_sample).
+TEXT_GENERATION_OPTIONS = (
+    Option("max_new_tokens", int, "Tokens to generate at most.", min=1),
+    Option("min_new_tokens", int, "Tokens to generate before EOS may end a text.", min=0),
+    Option("greedy", bool, "Greedy decoding or sampling (default: the model's generation_config.json).",
+           flags=("--greedy/--sample",)),
+    Option("temperature", float, "Sampling temperature (implies --sample)."),
+    Option("top_k", int, "Sample from the k most likely tokens (implies --sample).", min=0),
+    Option("top_p", float, "Sample from the smallest set with this probability (implies --sample)."),
+    Option("repetition_penalty", float, "Above 1.0 discourages repeating tokens."),
+    Option("no_repeat_ngram_size", int, "Never repeat an n-gram of this size.", min=0),
+    Option("num_beams", int, "Beam search with this many beams.", min=1),
+    Option("num_return_sequences", int, "Texts per prompt.", min=1),
+    Option("stop", list, "End each text right before this string (repeatable)."),
+    Option("cache", str, "KV cache: dynamic (default) or static (allocated once; lets --compile keep one graph)."),
+    Option("compile", bool, "torch.compile the decoding step (needs --cache static; default: compiled with a static "
+                            "cache on GPUs only).", flags=("--compile/--no-compile",)),
+)
 
 
 @dataclass
@@ -49,6 +101,17 @@ class GenerationOptions:
     # torch.compile the decoding step (needs cache="static"). None: transformers' own choice, which
     # compiles with a static cache on GPUs only; True also compiles on CPU; False never compiles.
     compile: bool | None = None
+
+    @classmethod
+    def from_flags(cls, greedy: bool | None = None, **flags) -> GenerationOptions:
+        """From `hftool generate`'s flags (TEXT_GENERATION_OPTIONS, seed, batch_size): None is not
+        given; --greedy/--sample set do_sample."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        if greedy is not None:
+            given["do_sample"] = not greedy
+        if "stop" in given:
+            given["stop"] = list(given["stop"])
+        return cls(**given)
 
     def generate_kwargs(self, model_defaults) -> dict:
         """The settings to pass to `model.generate`, checked before any model runs.

@@ -9,12 +9,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hftool.config import ModelConfig
 from hftool.errors import HftoolError
 
 TINY_PREFIX = "tiny:"
+
+
+@dataclass
+class TextModel(ModelConfig):
+    """model.* options of tasks with a tokenizer."""
+
+    # Vocabulary of the tokenizer that tiny:<arch> trains on the training texts: small keeps the
+    # embedding matrix cheap, large enough that common words stay whole.
+    tiny_vocab_size: int = 2000
+
+    def check(self) -> None:
+        super().check()
+        self.require("tiny_vocab_size", self.tiny_vocab_size > 0, "positive")
 
 
 def tiny_arch(spec: str) -> str | None:

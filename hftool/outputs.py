@@ -1,5 +1,9 @@
-"""Files that `predict`, `evaluate` and `generate` write: never over an existing file unless the
-command was given --overwrite, never over a model or run dir's own files, and always whole.
+"""Files hftool writes. Always whole: a temporary file beside the target, then one rename, so a
+kill at any moment leaves the old file or the new one, never half of one; with the permissions the
+umask gives, so a team (or a serving container running as another user) can read a run.
+
+What `predict`, `evaluate` and `generate` write is also checked first: never over an existing file
+unless the command was given --overwrite, never over a model or run dir's own files.
 
     check_output(path, overwrite, protected)   # before anything expensive runs
     atomic_write_text(path, text)              # a temporary file beside it, then one rename
@@ -134,3 +138,30 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
     """One JSON object per line, written atomically."""
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Indented JSON, written atomically."""
+    atomic_write_text(path, json.dumps(data, indent=2))
+
+
+def honour_umask(folder: Path, pattern: str = "*.safetensors") -> None:
+    """Give the files matching `pattern` in `folder` the mode a plain open() gives (0666 less the
+    umask). safetensors writes its files through a private temporary file, so weights come out
+    0600 whatever the umask: unreadable to a colleague or a serving container."""
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).glob(pattern):
+        if path.is_file():
+            os.chmod(path, mode)
+
+
+def _umask() -> int:
+    """The process's umask. Linux reports it in /proc; elsewhere os.umask is the only way to read
+    it, which sets it for a moment (a file another thread created just then would get 0666)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        mask = os.umask(0)
+        os.umask(mask)
+        return mask

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import platform
+import re
 import subprocess
 from datetime import datetime, timezone
 from html import escape
@@ -19,15 +20,15 @@ from hftool.outputs import atomic_write_text
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "evaluate", "timm", "tokenizers")
 
 
-def write_all(run_dir: Path, cfg: RunConfig, metrics: dict, sources: dict[str, str], recipe: str, command: str,
-              precision: str) -> None:
+def write_all(run_dir: Path, cfg: RunConfig, task, parts, metrics: dict, records: list[dict], sources: dict[str, str],
+              recipe: str, command: str, precision: str) -> None:
+    """Every file a finished run leaves beside its weights; the task's own through its
+    write_reports hook (records: the final evaluation's per-example results)."""
     provenance = collect_provenance(cfg, sources, command, precision)
     atomic_write_text(run_dir / "provenance.json", json.dumps(provenance, indent=2))
     plot_curves(run_dir / "log.jsonl", run_dir / "curves.svg")
-    atomic_write_text(run_dir / "README.md", model_card(cfg, metrics, provenance, recipe))
-    from hftool.tasks import get_task
-
-    get_task(cfg.task).write_reports(run_dir, metrics)
+    atomic_write_text(run_dir / "README.md", model_card(run_dir, cfg, task, parts, metrics, provenance, recipe))
+    task.write_reports(parts, run_dir, metrics, records)
 
 
 def collect_provenance(cfg: RunConfig, sources: dict[str, str], command: str, precision: str) -> dict:
@@ -88,8 +89,8 @@ def _git_commit() -> str | None:
 def plot_curves(log_path: Path, out_path: Path) -> None:
     """Training loss and every eval metric against the optimizer step, one panel each, as SVG.
 
-    Written by hand rather than with matplotlib: importing and laying out a figure took 2.5 s,
-    7% of a one-minute bert-cls run, for four lines of a few dozen points."""
+    Written by hand rather than with matplotlib: importing matplotlib and laying out a figure
+    costs seconds, a noticeable share of a one-minute run, for a few lines of a few dozen points."""
     if not log_path.is_file():
         return
     records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -156,23 +157,36 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def model_card(cfg: RunConfig, metrics: dict, provenance: dict, recipe: str) -> str:
-    from hftool.tasks import get_task
+def model_card(run_dir: Path, cfg: RunConfig, task, parts, metrics: dict, provenance: dict, recipe: str) -> str:
+    """README.md of a run: YAML metadata as the Hub and huggingface_hub.ModelCard read it
+    (library, task, base model, hub datasets, and every final eval metric as a model-index
+    result), then the metrics, data, command, how to use the model, and provenance."""
+    from huggingface_hub import EvalResult, ModelCardData
 
-    task = get_task(cfg.task)
+    meta = task.card_metadata(parts, cfg)
+    evaluated = _dataset(cfg.data.eval or cfg.data.train)
+    split = _split(provenance["data"].get("validation", {}).get("source", ""))
+    results = [EvalResult(task_type=meta["pipeline_tag"], dataset_type=evaluated["id"], dataset_name=evaluated["id"],
+                          dataset_config=evaluated["config"], dataset_split=split, metric_type=key.removeprefix("eval_"),
+                          metric_name=key, metric_value=value)
+               for key, value in metrics.items() if key.startswith("eval_")]
+    hub_datasets = list(dict.fromkeys(d["id"] for d in map(_dataset, (cfg.data.train, cfg.data.eval)) if d["hub"]))
+    bases = meta["base_model"]
+    card_data = ModelCardData(model_name=Path(run_dir).name, library_name=meta["library_name"],
+                              pipeline_tag=meta["pipeline_tag"], base_model=bases[0] if len(bases) == 1 else bases or None,
+                              datasets=hub_datasets or None, tags=["hftool", cfg.task], eval_results=results or None)
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     data_rows = "\n".join(f"- {split}: {d['source']}" + (f" (sha256 {d['sha256'][:16]}...)" if "sha256" in d else "")
                           for split, d in provenance["data"].items())
     versions = ", ".join(f"{k} {v}" for k, v in provenance["packages"].items())
+    base = ", ".join(f"[{b}](https://huggingface.co/{b})" for b in bases) or "none (trained from scratch)"
     return f"""---
-library_name: transformers
-pipeline_tag: {task.pipeline_task or cfg.task}
-tags: [hftool, {cfg.task}]
+{card_data.to_yaml()}
 ---
 
 # {recipe or cfg.task} fine-tuned with hftool
 
-Base model: `{cfg.model.name}`. Task: {cfg.task}.
+Task: {cfg.task}. Model: {meta['model']}. Base model: {base}.
 
 ## Evaluation
 
@@ -194,11 +208,9 @@ Resolved configuration: `config.yaml`; training log: `log.jsonl`; curves: `curve
 
 ## Use
 
-```python
-from transformers import pipeline
-pipe = pipeline("{task.pipeline_task or cfg.task}", model="path/to/this/folder")
-```
+Run from this folder (`"."`), or put its path or Hub id in place of `"."`:
 
+{task.card_usage(parts, cfg)}
 ## Provenance
 
 hftool {provenance['hftool_version']} (commit {provenance['hftool_git_commit'] or 'unknown'}), Python {provenance['python']}; {versions}.
@@ -209,3 +221,77 @@ Configuration (secrets redacted):
 {json.dumps(to_dict(cfg), indent=2)}
 ```
 """
+
+
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+def model_origin(spec: str | None) -> list[str]:
+    """The Hub ids a model spec's weights came from (a card's base_model): a hub id itself; a
+    folder of the HF cache (models--org--name/snapshots/...) its id; an hftool run dir its own
+    card's base_model. Nothing for specs with a scheme (tiny:, timm:) and other folders, whose
+    origin is unknown."""
+    if not spec:
+        return []
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return [spec] if HUB_ID.fullmatch(spec) else []
+    cached = next((p.name for p in (path, *path.parents) if p.name.startswith("models--")), None)
+    if cached:
+        return [cached.removeprefix("models--").replace("--", "/")]
+    if (path / "config.yaml").is_file() and (path / "README.md").is_file():  # a run dir: its card knows
+        from huggingface_hub import ModelCard
+
+        base = ModelCard.load(path / "README.md").data.base_model
+        return [base] if isinstance(base, str) else list(base or [])
+    return []
+
+
+def _dataset(spec: str | None) -> dict:
+    """A data spec as a card names it: a hub dataset by id (and config), a sample by its spec, a
+    file or folder by its name (the Data section gives its hash)."""
+    if not spec:
+        return {"id": None, "config": None, "hub": False}
+    if spec.startswith("sample:") or Path(spec).expanduser().exists():
+        return {"id": spec if spec.startswith("sample:") else Path(spec).name, "config": None, "hub": False}
+    name, _, config = spec.partition(":")  # hftool's hub spec: name or name:config
+    return {"id": name, "config": config or None, "hub": True}
+
+
+def _split(source: str) -> str:
+    """The split a validation source's name says (hftool.data names it `spec [split]`); a part
+    held out of the training data (`... (held-out N rows)`, `(last N rows ...)`) is the run's
+    validation split, as is a whole file passed as validation data."""
+    found = re.search(r"\[(\w+)\]", source)
+    held_out = re.search(r"\((held-out|last) \d+ rows", source)
+    return found.group(1) if found and not held_out else "validation"
+
+
+def plot_confusion(records: list[dict], labels: list[str], path: Path) -> None:
+    """Counts per (reference, prediction) of classifier records (label names) as a heat map;
+    numbers written in when they fit."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    n, index = len(labels), {name: i for i, name in enumerate(labels)}
+    pairs = np.asarray([index[r["reference"]] * n + index[r["prediction"]] for r in records], dtype=np.int64)
+    matrix = np.bincount(pairs, minlength=n * n).reshape(n, n)
+    side = min(3 + 0.45 * n, 20)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(matrix, cmap="Blues")
+    if n <= 40:
+        ax.set_xticks(range(n), labels, rotation=90)
+        ax.set_yticks(range(n), labels)
+    if n <= 20:
+        threshold = matrix.max() / 2
+        for (row, col), value in np.ndenumerate(matrix):
+            ax.text(col, row, str(value), ha="center", va="center", color="white" if value > threshold else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix ({int(matrix.sum())} examples)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

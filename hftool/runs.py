@@ -113,7 +113,8 @@ def recorded(cfg: RunConfig) -> RunConfig:
     for section, key in (("data", "train"), ("data", "eval"), ("data", "images_dir"), ("model", "name"),
                          ("model", "encoder"), ("model", "decoder")):
         part = getattr(out, section)
-        setattr(part, key, absolute(getattr(part, key)))
+        if hasattr(part, key):  # images_dir, encoder and decoder are options of some tasks only
+            setattr(part, key, absolute(getattr(part, key)))
     return out
 
 

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from hftool import logs
 from hftool.config import RunConfig, to_dict, to_yaml
 from hftool.errors import HftoolError
-from hftool.outputs import atomic_write_text, write_jsonl
+from hftool.outputs import atomic_write_text, honour_umask, write_json, write_jsonl
+from hftool.runtime import make_accelerator, resolve_mixed_precision
 
 CHECKPOINT = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -98,7 +99,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        from accelerate.utils import DataLoaderConfiguration, set_seed
+        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
         from hftool.data import load_splits
         from hftool.tasks import get_task
@@ -112,11 +113,15 @@ class Trainer:
         elif tracking is not None:
             _require(tracking, tracking, f"tracking={tracking}")
         self.mixed_precision = resolve_mixed_precision(t.mixed_precision)
+        # Logs live beside the model, never among its files: RUN/logs/<tracker> or train.logging_dir.
+        self.logging_dir = (Path(t.logging_dir) if t.logging_dir else self.run_dir / "logs" / tracking) if tracking else None
         self.accelerator = acc = make_accelerator(
             mixed_precision=self.mixed_precision,
             gradient_accumulation_steps=t.gradient_accumulation_steps,
             log_with=tracking,
-            project_dir=str(self.run_dir),
+            # TensorBoard writes into logging_dir/<project name>: give it the folder as those two parts.
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir),
+                                                logging_dir=str(self.logging_dir.parent) if tracking else None),
             # The sampler yields global batches that Accelerate slices across processes, so N
             # processes see exactly the batches one process would (same data order, same result).
             dataloader_config=DataLoaderConfiguration(split_batches=True),
@@ -133,13 +138,13 @@ class Trainer:
         if self.resume:  # before the data loads: a refused resume costs nothing and writes nothing
             self.resume_from = self._check_resume()
         with acc.main_process_first():
-            raw, self.sources = load_splits(cfg.data, t.seed, cfg.model.token)
+            raw, self.sources = load_splits(cfg.data, task.reading(cfg), t.seed, cfg.model.token)
             _, labels = task.prepare(cfg, raw["full"], self.sources["train"]) if "full" in raw else (None, None)
             train_rows, labels = task.prepare(cfg, raw["train"], self.sources["train"], labels)
-            eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
+            self.eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
             self.parts = parts = task.build(cfg, labels, train_rows, run_dir=self.run_dir if self.resume else None)
             self.train_features = task.train_features(parts, cfg, train_rows)
-            self.eval_features = task.eval_features(parts, cfg, eval_rows)
+            self.eval_features = task.eval_features(parts, cfg, self.eval_rows)
         if self.resume:
             from hftool.runs import shown, trained_labels
 
@@ -147,6 +152,8 @@ class Trainer:
             if trained is not None and labels is not None and [str(label) for label in labels] != trained:
                 raise HftoolError(f"--resume: the data's labels ({shown(labels)}) are not the run's ({shown(trained)}); "
                                   "resume with the run's data or start a new run")
+        if t.micro_batch_size == "auto":
+            self._plan_micro_batch()
         self._build_loaders()
         self._build_optimizer()
         self.state.num_processes = acc.num_processes
@@ -160,7 +167,12 @@ class Trainer:
         # Every check has passed and the model is built: only now does the run dir change.
         self._write_run_files()
         if tracking:
-            acc.init_trackers("hftool", config=_flat_scalars(to_dict(cfg)))
+            if acc.is_main_process:
+                self.logging_dir.mkdir(parents=True, exist_ok=True)
+            project = self.logging_dir.name if tracking == "tensorboard" else "hftool"  # W&B project, MLflow experiment
+            acc.init_trackers(project, config=_flat_scalars(to_dict(cfg)),
+                              init_kwargs={"wandb": {"dir": str(self.logging_dir)},
+                                           "mlflow": {"logging_dir": str(self.logging_dir)}})
 
     def _write_run_files(self) -> None:
         """Move a run being replaced aside, then write the marker (a new run's first file), the
@@ -198,6 +210,21 @@ class Trainer:
             remove_aside(self.replaced)
             self.replaced = None
 
+    def _plan_micro_batch(self) -> None:
+        """train.micro_batch_size=auto: a resumed run takes the split its checkpoint was written
+        with; a new one measures (hftool/planner.py). Either way the global batch is kept."""
+        t = self.cfg.train
+        checkpoints = list_checkpoints(self.run_dir) if self.resume else []
+        if checkpoints:
+            saved = json.loads((checkpoints[-1] / STATE_FILE).read_text())
+            if saved["batch_size"] * saved["gradient_accumulation_steps"] == t.batch_size * t.gradient_accumulation_steps:
+                t.batch_size, t.gradient_accumulation_steps = saved["batch_size"], saved["gradient_accumulation_steps"]
+                self.accelerator.gradient_accumulation_steps = t.gradient_accumulation_steps
+                return
+        from hftool.planner import plan
+
+        plan(self)
+
     def _build_loaders(self) -> None:
         from torch.utils.data import DataLoader
 
@@ -207,13 +234,13 @@ class Trainer:
         collate = self.task.collate(self.parts)
         lengths = (self.train_features["length"] if "length" in self.train_features.column_names
                    else [1] * len(self.train_features))
-        from hftool.data.batching import LengthGroupedBatches
+        from hftool.data.batching import EpochKeys, LengthGroupedBatches, SeededLoading
 
         processes = self.accelerator.num_processes
-        self.sampler = LengthGroupedBatches(lengths, t.batch_size * processes, t.seed, t.group_by_length)
+        self.sampler = EpochKeys(LengthGroupedBatches(lengths, t.batch_size * processes, t.seed, t.group_by_length))
         # Own generators: a DataLoader without one draws its base seed from the global RNG at
         # every iter(), which would shift dropout masks between a resumed and an unbroken run.
-        train_loader = DataLoader(self.train_features, batch_sampler=self.sampler, collate_fn=collate,
+        train_loader = DataLoader(SeededLoading(self.train_features, t.seed), batch_sampler=self.sampler, collate_fn=collate,
                                   num_workers=cfg.data.num_workers, generator=torch.Generator(),
                                   pin_memory=torch.cuda.is_available())
         loader = eval_loader(self.eval_features, collate, (t.eval_batch_size or 2 * t.batch_size) * processes,
@@ -221,24 +248,37 @@ class Trainer:
         self.train_loader, self.eval_loader = self.accelerator.prepare(train_loader, loader)
 
     def _build_optimizer(self) -> None:
+        """An AdamW and a schedule for each model the task trains (one unless it owns its step),
+        all prepared, so checkpoints and --resume cover every one of them."""
         from transformers import get_scheduler
 
+        from hftool.tasks.base import Step
+
         t, acc = self.cfg.train, self.accelerator
-        # On the device before the optimizer exists: fused AdamW checks where its tensors live.
-        model = self.parts.model.to(acc.device)
-        if t.compile:
-            model = torch.compile(model, dynamic=True)
-        groups = self.task.param_groups(self.parts, self.cfg, model)
-        fused = acc.device.type in ("cuda", "cpu")  # one kernel per step instead of one per tensor (Trainer fuses on CPU too)
-        optimizer = torch.optim.AdamW(groups, lr=t.lr, fused=fused)
         per_epoch = math.ceil(len(self.train_loader) / t.gradient_accumulation_steps)
         self.steps_per_epoch = per_epoch
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
         self.num_epochs = math.ceil(self.total_steps / per_epoch)
-        # With split batches a prepared scheduler steps once per optimizer step.
-        scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
-                                  num_training_steps=self.total_steps)
-        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        fused = acc.device.type in ("cuda", "cpu")  # one kernel per step instead of one per tensor (Trainer fuses on CPU too)
+        names, objects = [], []
+        for update in self.task.updates(self.parts, self.cfg):
+            # On the device before the optimizer exists: fused AdamW checks where its tensors live.
+            model = update.model.to(acc.device)
+            if t.compile:
+                model = torch.compile(model, dynamic=True)
+            if model is not update.model:  # the parameter groups must name the compiled model's tensors
+                update.param_groups = self.task.param_groups(self.parts, self.cfg, model)
+            optimizer = torch.optim.AdamW(update.param_groups, lr=update.lr or t.lr, betas=update.betas, fused=fused)
+            # With split batches a prepared scheduler steps once per optimizer step.
+            scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
+                                      num_training_steps=self.total_steps)
+            names.append(update.name)
+            objects += [model, optimizer, scheduler]
+        prepared = acc.prepare(*objects)
+        models, optimizers, schedulers = (dict(zip(names, prepared[i::3])) for i in range(3))
+        self.models, self.optimizers = models, optimizers
+        self.model = next(iter(models.values()))  # evaluated, and saved as the run's model
+        self.step = Step(acc, models, optimizers, schedulers, t.max_grad_norm)
 
     # ---------------------------------------------------------------------------------- train
     def train(self) -> None:
@@ -290,6 +330,7 @@ class Trainer:
                                         dynamic_ncols=True, disable=not acc.is_local_main_process)
         self.model.train()
         running_loss = torch.zeros((), device=acc.device)
+        running_parts: dict = {}  # a task's other losses (a GAN's generator and discriminator)
         running_batches, window_examples, window_start = 0, 0, time.perf_counter()
         self.train_start = time.perf_counter()
         stop = state.global_step >= self.total_steps
@@ -299,18 +340,16 @@ class Trainer:
             if state.batches_in_epoch:  # resume mid-epoch at the next unseen batch
                 loader = acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
             for batch in loader:
-                with acc.accumulate(self.model):
-                    loss = self.task.train_loss(self.parts, self.model, self.task.model_inputs(batch))
-                    acc.backward(loss)
-                    if acc.sync_gradients and t.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                with acc.accumulate(*self.models.values()):
+                    losses = self.task.train_step(self.parts, batch, self.step)
+                loss = losses["loss"]
                 state.batches_in_epoch += 1
                 # Both stay on the device: no sync per batch. The first non-finite loss's step is
                 # kept so the error can name it when the next check reads it.
                 running_loss += loss.detach()
+                for name, value in losses.items():
+                    if name != "loss":
+                        running_parts[name] = running_parts.get(name, 0.0) + value.detach()
                 self.first_bad_step = torch.where(~torch.isfinite(loss.detach()) & (self.first_bad_step < 0),
                                                   state.global_step + 1, self.first_bad_step)
                 running_batches += 1
@@ -326,13 +365,17 @@ class Trainer:
                     self._check_finite()
                     mean_loss = acc.reduce(running_loss, "mean").item() / running_batches
                     elapsed = time.perf_counter() - window_start
-                    record = {"loss": round(mean_loss, 6), "lr": self.scheduler.get_last_lr()[0],
+                    record = {"loss": round(mean_loss, 6),
+                              **{name: round(acc.reduce(value, "mean").item() / running_batches, 6)
+                                 for name, value in running_parts.items()},
+                              "lr": self.step.learning_rate(),
                               "epoch": round(state.global_step / self.steps_per_epoch, 4),
                               "samples_per_second": round(window_examples / max(elapsed, 1e-9), 2)}
                     self._log("train", record)
                     progress.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{record['samples_per_second']:.1f}")
                     self.last_train_loss = mean_loss
                     running_loss.zero_()
+                    running_parts.clear()
                     running_batches, window_examples, window_start = 0, 0, time.perf_counter()
                 paused = time.perf_counter()
                 stop = self._after_step(end_of_epoch=state.batches_in_epoch == 0)
@@ -389,15 +432,14 @@ class Trainer:
         return t.early_stopping_patience is not None and state.evals_without_improvement >= t.early_stopping_patience
 
     def evaluate(self) -> dict[str, float]:
-        """Metrics on the eval data; with eval.save_predictions, also keeps the per-example records
-        (self.eval_records) that finish() writes to predictions.jsonl."""
-        from hftool.evaluation import eval_order, evaluate_model
+        """Metrics on the eval data. The gathered per-example outputs of the latest evaluation are
+        kept (self.eval_batches): finish() turns the final one into records for the task's report
+        files and, with eval.save_predictions, predictions.jsonl."""
+        from hftool.evaluation import evaluate_model
 
-        if not self.cfg.eval.save_predictions:
-            return evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts)
-        self.eval_records = []
-        return evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts,
-                              records=self.eval_records, order=eval_order(self.eval_features))
+        self.eval_batches = []
+        return evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts, self.eval_rows,
+                              batches=self.eval_batches)
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -418,7 +460,8 @@ class Trainer:
             acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            _write_json(tmp / STATE_FILE, state.__dict__)
+            write_json(tmp / STATE_FILE, state.__dict__)
+            honour_umask(tmp)
             _fsync_dir(tmp)
             os.replace(tmp, final)
             _fsync_dir(root)
@@ -457,9 +500,14 @@ class Trainer:
         current = TrainerState(num_processes=self.accelerator.num_processes,
                                gradient_accumulation_steps=self.cfg.train.gradient_accumulation_steps,
                                batch_size=self.cfg.train.batch_size)
-        diffs = [f"{k} {getattr(saved_state, k)} -> {getattr(current, k)}"
-                 for k in ("num_processes", "gradient_accumulation_steps", "batch_size")
-                 if getattr(saved_state, k) != getattr(current, k)]
+        def setup(state: TrainerState) -> dict:
+            if self.cfg.train.micro_batch_size == "auto":  # the split is the checkpoint's (_plan_micro_batch)
+                return {"num_processes": state.num_processes,
+                        "global batch": state.batch_size * state.gradient_accumulation_steps}
+            return {k: getattr(state, k) for k in ("num_processes", "gradient_accumulation_steps", "batch_size")}
+
+        diffs = [f"{k} {was} -> {now}" for (k, was), now in zip(setup(saved_state).items(), setup(current).values())
+                 if was != now]
         if diffs:
             raise HftoolError(f"--resume: {latest} was written with a different setup ({'; '.join(diffs)}); "
                               "resume with the original settings or start a new run")
@@ -497,7 +545,7 @@ class Trainer:
             final_eval = self.evaluate()
             logs.info(f"loaded the best checkpoint (step {state.best_step}, eval_{self.metric_name}="
                       f"{state.best_metric:.4f}) as the run's model")
-        if self.cfg.eval.save_predictions and getattr(self, "eval_records", None) is None:
+        if getattr(self, "eval_batches", None) is None:
             self.evaluate()  # no evaluation ran in this process (resumed after the last one)
         acc.wait_for_everyone()
         metrics = dict(final_eval)
@@ -510,12 +558,17 @@ class Trainer:
             model = acc.unwrap_model(self.model)
             model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
             self.task.save(self.parts, self.run_dir, model=model, state_dict=state_dict)
-            _write_json(self.run_dir / "metrics.json", metrics)
+            honour_umask(self.run_dir)
+            write_json(self.run_dir / "metrics.json", metrics)
             self._drop_replaced()
+            from hftool.evaluation import eval_order
+
+            records = self.task.prediction_records(self.parts, self.eval_batches, eval_order(self.eval_features),
+                                                   self.eval_rows)
             if self.cfg.eval.save_predictions:
-                write_jsonl(self.run_dir / "predictions.jsonl", self.eval_records)
-            reports.write_all(self.run_dir, self.cfg, metrics, self.sources, self.recipe, self.command,
-                              self.mixed_precision)
+                write_jsonl(self.run_dir / "predictions.jsonl", records)
+            reports.write_all(self.run_dir, self.cfg, self.task, self.parts, metrics, records, self.sources,
+                              self.recipe, self.command, self.mixed_precision)
         acc.end_training()
         return metrics
 
@@ -528,7 +581,8 @@ class Trainer:
             f"  examples: {len(self.train_features)} train, {len(self.eval_features)} eval",
             f"  epochs: {self.num_epochs} ({self.steps_per_epoch} optimizer steps each)",
             f"  batch: {t.batch_size} per device x {t.gradient_accumulation_steps} accumulation x "
-            f"{acc.num_processes} processes = {effective} effective",
+            f"{acc.num_processes} processes = {effective} effective"
+            + (" (train.micro_batch_size=auto)" if t.micro_batch_size == "auto" else ""),
             f"  optimizer steps: {self.total_steps}; best checkpoint by eval_{self.metric_name} "
             f"({'higher' if self.greater_is_better else 'lower'} is better)",
             f"  precision: {'fp32' if self.mixed_precision == 'no' else self.mixed_precision + ' autocast'}"
@@ -542,8 +596,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             with open(self.run_dir / LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-        scalars = {f"{'train/' if kind == 'train' else ''}{k}": v for k, v in values.items()
-                   if isinstance(v, (int, float))}
+        # Trackers group by prefix: train/loss, train/lr, ... and eval/loss, eval/accuracy, ...
+        scalars = {f"{kind}/{k.removeprefix('eval_')}": v for k, v in values.items() if isinstance(v, (int, float))}
         self.accelerator.log(scalars, step=self.state.global_step)
 
     def _truncate_log(self, step: int) -> None:
@@ -567,40 +621,6 @@ class Trainer:
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def resolve_mixed_precision(setting: str) -> str:
-    """`auto` -> bf16 where it is native: a CUDA GPU that supports it, or a CPU with avx512_bf16 or
-    AMX (on TREC-6 MiniLM such a CPU trained about 1.4x faster than fp32 at the same accuracy; CPUs
-    without them emulate bf16 and get slower). Other settings pass through."""
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if cpu_has_native_bf16() else "no"
-
-
-def inference_precision(setting: str) -> str:
-    """train.mixed_precision resolved on this machine for inference: fp16 (GPU only) becomes
-    fp32 (`no`) on a CPU, so a run trained in fp16 on a GPU still runs here."""
-    precision = resolve_mixed_precision(setting)
-    return "no" if precision == "fp16" and not torch.cuda.is_available() else precision
-
-
-def inference_accelerator(setting: str):
-    """The Accelerator `hftool evaluate` and `hftool predict` run a model with: in its run's
-    precision (inference_precision), so they reproduce the run's metrics. Prepared models return
-    fp32 outputs."""
-    return make_accelerator(mixed_precision=inference_precision(setting))
-
-
-def inference_dtype(setting: str) -> torch.dtype:
-    """The dtype `hftool generate` casts a model's weights to: the run's precision
-    (inference_precision), fp32 for `no`. Generation runs its weights in bf16 rather than under
-    autocast, as inference usually does: autocast would cast every weight again at every new
-    token. On this project's CPU that made greedy decoding of a GPT-2-small-sized model 2.1x
-    faster than fp32 (autocast: 1.35x), with half the weight memory."""
-    return {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[inference_precision(setting)]
-
-
 KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 KERNEL_CACHE_CAPACITY = "32"
 
@@ -612,9 +632,8 @@ def bounded_kernel_caches(enabled: bool):
 
     On CPU, oneDNN runs bf16 matmuls and some fp32 ops. It keeps the kernels it builds, one per
     input shape, in two caches of 1024 entries each. Dynamic padding brings new shapes nearly
-    every batch, so the caches grow for the whole run: by the end of a 2000-row bert-cls epoch
-    in bf16, peak memory was 130 MiB higher. 32 entries hold one step's shapes, and rebuilding
-    evicted kernels cost no time we could measure (benchmarks/README.md). Images keep the
+    every batch, so the caches grow for the whole run. 32 entries hold one step's shapes, and
+    rebuilding evicted kernels costs little (figures: benchmarks/README.md). Images keep the
     defaults: a CNN needs more kernels per step than 32, and its shapes do not change.
 
     The libraries read these variables once, at first use, so the cap holds for the rest of the
@@ -629,37 +648,6 @@ def bounded_kernel_caches(enabled: bool):
     finally:
         for name in ours:
             os.environ.pop(name, None)
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:  # not Linux: no way to tell, stay in fp32
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def make_accelerator(**kwargs):
-    """An Accelerator that also joins CPU process groups started by torchrun.
-
-    Accelerate only treats RANK/WORLD_SIZE as a CPU process group when told it runs on CPU;
-    without that every torchrun worker would train alone.
-    """
-    from accelerate import Accelerator
-
-    from hftool.launch import in_distributed_run
-
-    cpu = in_distributed_run() and not torch.cuda.is_available()
-    from accelerate.state import AcceleratorState
-
-    wanted = kwargs.get("mixed_precision") or "no"
-    current = AcceleratorState._shared_state.get("_mixed_precision")
-    if not in_distributed_run() and current not in (None, wanted):
-        # One process may train several times (library use, tests) with different mixed precision;
-        # Accelerate keeps the first run's in a process-wide state and refuses any other.
-        AcceleratorState._reset_state()
-    return Accelerator(cpu=cpu, **kwargs)
 
 
 @contextlib.contextmanager
@@ -699,15 +687,6 @@ def _flat_scalars(mapping: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -141,22 +141,22 @@ def test_override_detection():
 def test_mixed_precision_auto_picks_bf16_only_where_it_is_native(cli, tmp_path, monkeypatch):
     import torch
 
-    from hftool import training
+    from hftool import runtime
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for native, expected in ((True, "bf16"), (False, "no")):
-        monkeypatch.setattr(training, "cpu_has_native_bf16", lambda native=native: native)
-        assert training.resolve_mixed_precision("auto") == expected
-    assert training.resolve_mixed_precision("no") == "no" and training.resolve_mixed_precision("bf16") == "bf16"
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda native=native: native)
+        assert runtime.resolve_mixed_precision("auto") == expected
+    assert runtime.resolve_mixed_precision("no") == "no" and runtime.resolve_mixed_precision("bf16") == "bf16"
     monkeypatch.undo()
 
     # One process, two precisions (library use): Accelerate's process-wide state is reset between them.
-    assert training.make_accelerator().mixed_precision == "no"
-    assert training.make_accelerator(mixed_precision="bf16").mixed_precision == "bf16"
+    assert runtime.make_accelerator().mixed_precision == "no"
+    assert runtime.make_accelerator(mixed_precision="bf16").mixed_precision == "bf16"
 
     # End to end on this machine: the banner says what `auto` became.
     result = cli("finetune", "bert-cls", "--max-steps", "2", "--mixed-precision", "auto", "-o", tmp_path / "run")
     assert result.code == 0, result.err
     if not torch.cuda.is_available():
-        want = "bf16 autocast" if training.cpu_has_native_bf16() else "fp32"
+        want = "bf16 autocast" if runtime.cpu_has_native_bf16() else "fp32"
         assert f"precision: {want} (train.mixed_precision=auto)" in result.err

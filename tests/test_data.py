@@ -9,6 +9,7 @@ import pytest
 from hftool.config import DataConfig
 from hftool.data import load_eval_split, load_source, load_splits
 from hftool.errors import HftoolError
+from hftool.tasks.base import Reading
 
 ROWS = [{"text": "a good film", "label": "pos"}, {"text": "a dull film", "label": "neg"},
         {"text": "great, really", "label": "pos"}]
@@ -87,17 +88,17 @@ def test_save_to_disk_folder(tmp_path):
 
 def test_validation_is_held_out_with_a_message(tmp_path, capsys):
     path = write(tmp_path / "train.csv", "csv", ROWS * 10)
-    splits, names = load_splits(DataConfig(train=str(path), validation_split=0.2), seed=1)
+    splits, names = load_splits(DataConfig(train=str(path), validation_split=0.2), Reading(), seed=1)
     assert len(splits["train"]) == 24 and len(splits["validation"]) == 6
     assert "holding out 6 of 30" in capsys.readouterr().err
-    again, _ = load_splits(DataConfig(train=str(path), validation_split=0.2), seed=1)
+    again, _ = load_splits(DataConfig(train=str(path), validation_split=0.2), Reading(), seed=1)
     assert again["validation"]["text"] == splits["validation"]["text"]  # seeded
 
 
 def test_eval_data_wins_over_hold_out(tmp_path):
     train = write(tmp_path / "train.csv", "csv")
     val = write(tmp_path / "val.jsonl", "jsonl", ROWS[:1])
-    splits, names = load_splits(DataConfig(train=str(train), eval=str(val)), seed=0)
+    splits, names = load_splits(DataConfig(train=str(train), eval=str(val)), Reading(), seed=0)
     assert len(splits["train"]) == 3 and len(splits["validation"]) == 1
     assert names["validation"] == str(val)
 
@@ -111,10 +112,10 @@ def test_embedded_sample_has_disjoint_splits():
 def test_eval_split_selection(tmp_path):
     write(tmp_path / "train.csv", "csv")
     write(tmp_path / "test.csv", "csv", ROWS[:2])
-    ds, name = load_eval_split(str(tmp_path), None, None)
+    ds, name = load_eval_split(str(tmp_path), None, None, Reading())
     assert len(ds) == 2 and "test" in name
     with pytest.raises(HftoolError, match="has no split 'validation'"):
-        load_eval_split(str(tmp_path), "validation", None)
+        load_eval_split(str(tmp_path), "validation", None, Reading())
 
 
 @pytest.mark.parametrize("setup, message", [

@@ -344,7 +344,7 @@ def test_eval_outputs_are_fixed_size_and_index_each_image_once(coco):
     assert values["index"].tolist() == [4, 7, 2]
     assert values["boxes"].shape == (3, 100, 4) and values["scores"].shape == values["labels"].shape == (3, 100)
     assert (values["scores"] >= 0).sum(dim=1).tolist() == [10, 10, 10]  # tiny:detr's 10 queries, the rest padding
-    assert set(parts.extra["truth"]) == set(range(12))
+    assert t.metric(parts, rows).truth.keys() == set(range(12))
 
 
 # ------------------------------------------------------------------------------- optimizer
@@ -407,24 +407,6 @@ def test_tiny_detr_trains_reloads_predicts_and_evaluates(tmp_path, cli):
     assert [r["index"] for r in saved] == list(range(10))  # every image once, in file order
     assert all(o["label"] in SPARSE_IDS and o["score"] >= 0 for r in saved for o in r["objects"])
     assert "predicts no box at all" in result.err  # 6 steps are far too few for a score of 0.5
-
-    # two processes (torchrun, gloo) score 10 images in uneven batches exactly as one does: the
-    # padded duplicates of the last batch are dropped, not scored twice
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    two = tmp_path / "eval2.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "hftool",
-               "evaluate", str(out), "--data", str(coco), "--batch-size", "3", "-o", str(two)]
-    done = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    single, double = json.loads(report.read_text()), json.loads(two.read_text())
-    single.pop("eval_loss"), double.pop("eval_loss")  # a batch mean: it depends on how images are batched
-    assert double == single
 
     result = cli("predict", out, images[0], "--top-k", "2")
     assert result.code == 2 and "--top-k is not supported for object-detection models" in result.err

@@ -115,10 +115,11 @@ def test_missing_dates_and_empty_values_are_interpolated_and_reported(tmp_path, 
 
 def test_tail_holdout_validates_on_the_end_of_the_series(series_csv):
     from hftool.data import load_splits
+    from hftool.tasks import get_task
 
     cfg = load_config("lstm-forecast", flags={"data.train": str(series_csv)},
                       overrides=["data.context_length=8", "data.validation_split=0.25"])
-    splits, names = load_splits(cfg.data, seed=1)
+    splits, names = load_splits(cfg.data, get_task(cfg.task).reading(cfg), seed=1)
     assert len(splits["train"]) == 120 and len(splits["validation"]) == 8 + 40
     # in order, the last training rows are the validation split's history
     assert splits["train"]["Date"][-8:] == splits["validation"]["Date"][:8]

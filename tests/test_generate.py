@@ -33,7 +33,7 @@ def reference(model_dir):
     it natively): (new token ids, their text), greedy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hftool.training import inference_dtype
+    from hftool.runtime import inference_dtype
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device, inference_dtype("auto")).eval()
@@ -126,9 +126,9 @@ def test_static_cache_gives_the_same_tokens_as_the_dynamic_one(cli, model_dir, r
 ])
 def test_weights_are_cast_to_the_precision_asked_else_the_machines_auto(cli, model_dir, monkeypatch, dtypes,
                                                                           native, flags, expected):
-    from hftool import training
+    from hftool import runtime
 
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # auto on a GPU follows the GPU
     result = cli("generate", model_dir, "-p", PROMPTS[0], "--greedy", "--max-new-tokens", "4", *flags)
     assert result.code == 0, result.err
@@ -140,12 +140,12 @@ def test_a_run_trained_in_fp32_generates_in_fp32_unless_asked(cli, model_dir, mo
     """A run dir's train.mixed_precision is the default; --mixed-precision overrides it; a bad value is named."""
     import shutil
 
-    from hftool import training
+    from hftool import runtime
 
     run = tmp_path / "run"
     shutil.copytree(model_dir, run)
     (run / "config.yaml").write_text("task: causal-lm\ntrain:\n  mixed_precision: 'no'\n", encoding="utf-8")
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for flags in ((), ("--mixed-precision", "auto")):
         result = cli("generate", run, "-p", PROMPTS[0], "--greedy", "--max-new-tokens", "4", *flags)

@@ -46,7 +46,7 @@ def prepared(data: str, *overrides: str):
 
     cfg = load_config("seq2seq", {"data.train": data}, list(overrides))
     task = get_task(cfg.task)
-    splits, names = load_splits(cfg.data, cfg.train.seed)
+    splits, names = load_splits(cfg.data, get_task(cfg.task).reading(cfg), cfg.train.seed)
     rows = {k: task.prepare(cfg, splits[k], names[k])[0] for k in ("train", "validation")}
     return task, cfg, rows
 
@@ -303,7 +303,7 @@ def test_a_local_bart_dir_fine_tunes_and_generates_after_its_eos_start(trained_r
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration
 
     from hftool.tasks.seq2seq import train_tokenizer
-    from hftool.training import inference_dtype
+    from hftool.runtime import inference_dtype
 
     _, folder, _ = trained_run
     rows = pairs(200, 7)
@@ -336,30 +336,6 @@ def test_a_local_bart_dir_fine_tunes_and_generates_after_its_eos_start(trained_r
     assert text and result.out == f"{source}\n{text}\n"
 
 
-def test_two_process_evaluation_generates_and_scores_what_one_does(trained_run, tmp_path):
-    """torchrun, 2 gloo processes: generated ids of different widths are padded, gathered, deduplicated."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    run, folder, _ = trained_run
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    scores = []
-    for name, launcher in (("one", [sys.executable]),
-                           ("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"])):
-        out = tmp_path / f"{name}.json"  # 24 rows in batches of 5: the processes get uneven shares
-        result = subprocess.run([*launcher, "-m", "hftool", "evaluate", str(run), "--batch-size", "5", "-o", str(out)],
-                                cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        scores.append(json.loads(out.read_text()))
-    one, two = scores
-    assert one.keys() == two.keys()
-    for key, value in one.items():
-        assert two[key] == pytest.approx(value, abs=1e-6), key
-
-
 def untrained_scores(run: Path, rows: int) -> dict[str, float]:
     """The scores of the run's tiny model with fresh random weights (the run's tokenizer) on the
     run's first validation rows."""
@@ -369,7 +345,7 @@ def untrained_scores(run: Path, rows: int) -> dict[str, float]:
     from hftool.data import load_splits
     from hftool.evaluation import eval_loader, evaluate_model
     from hftool.tasks import get_task
-    from hftool.training import make_accelerator
+    from hftool.runtime import make_accelerator
 
     import yaml
 
@@ -377,12 +353,12 @@ def untrained_scores(run: Path, rows: int) -> dict[str, float]:
     cfg.model.name = yaml.safe_load((run / "config.yaml").read_text())["model"]["name"]  # the tiny spec, not the run
     assert cfg.model.name.startswith("tiny:")
     task = get_task(cfg.task)
-    splits, names = load_splits(cfg.data, cfg.train.seed)
+    splits, names = load_splits(cfg.data, get_task(cfg.task).reading(cfg), cfg.train.seed)
     validation, _ = task.prepare(cfg, splits["validation"].select(range(rows)), names["validation"])
     torch.manual_seed(0)
     parts = task.build(cfg, None, validation, run_dir=run)
     loader = eval_loader(task.eval_features(parts, cfg, validation), task.collate(parts), 50)
-    return evaluate_model(make_accelerator(), parts.model, loader, task, parts)
+    return evaluate_model(make_accelerator(), parts.model, loader, task, parts, validation)
 
 
 @pytest.mark.slow

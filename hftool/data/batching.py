@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 class LengthGroupedBatches(Sampler[list[int]]):
@@ -16,8 +16,7 @@ class LengthGroupedBatches(Sampler[list[int]]):
     longest first and chunked, and the batches follow in that order. On small data the mega-batch
     shrinks so there are at least four (Trainer's rule): sorting nearly the whole dataset at once
     makes every batch hold one narrow band of lengths, which on real data often means one class
-    or template per batch (on TREC-6 with 2000 rows that cost 0.77 accuracy points against
-    Trainer over 20 seeds; see benchmarks/README.md).
+    or template per batch, and cost accuracy (benchmarks/README.md).
 
     The batch holding the longest example goes first, so an out-of-memory shows up at step 1,
     not hours in. The order depends only on (seed, epoch): set `epoch` before iterating, and a
@@ -68,6 +67,56 @@ class LengthGroupedBatches(Sampler[list[int]]):
                 extra += batches[-1][: missing - len(extra)]
             batches[-1] = batches[-1] + extra
         return batches
+
+
+class SeededLoading(Dataset):
+    """Training batches loaded under a seed of their own: the run's seed, the epoch and the batch's
+    first row. Random augmentations (crops, flips) then depend only on the batch, never on which
+    DataLoader worker loads it or on how far ahead the loader reads (Accelerate prefetches one
+    batch), so a resumed run augments every batch as the unbroken run did.
+
+    The epoch travels in the indices: `EpochKeys` offsets each batch's rows by epoch x rows.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, keys: list[int]) -> list[dict]:
+        n = len(self.dataset)
+        epoch, rows = keys[0] // n, [key % n for key in keys]
+        with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + rows[0])
+            return self.dataset.__getitems__(rows)
+
+    def __getitem__(self, key: int) -> dict:
+        return self.__getitems__([key])[0]
+
+
+class EpochKeys(Sampler[list[int]]):
+    """The batches of `sampler` (a LengthGroupedBatches) with each row offset by epoch x rows, for
+    SeededLoading. `epoch` and `batch_size` are the wrapped sampler's."""
+
+    def __init__(self, sampler: LengthGroupedBatches):
+        self.sampler = sampler
+        self.batch_size = sampler.batch_size
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.sampler.epoch = value
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        offset = self.sampler.epoch * len(self.sampler.lengths)
+        return ([offset + i for i in batch] for batch in self.sampler)
 
 
 def pad_collate(pad_values: dict[str, int | float], default_pad: int = 0) -> Callable[[list[dict]], dict]:

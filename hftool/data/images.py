@@ -1,19 +1,47 @@
-"""Images: class-folder datasets, image-path columns, and decoding any image mode to RGB.
+"""Images, the data side of the image layer (hftool.vision is the model side): class-folder
+datasets, the image column of any source, header checks and decoding any image mode to RGB, with
+one rule for unreadable images in every image task.
 
-Decoding uses torchvision's native decoders (JPEG, PNG incl. 16-bit and palette, GIF, WebP)
-straight to a uint8 CHW tensor, and falls back to Pillow for the rest (BMP, TIFF, ...).
-Every mode (palette, grey, grey+alpha, RGBA, CMYK, 16-bit) comes out as 8-bit RGB.
+Pillow decodes every format to a uint8 CHW tensor. Every mode (palette, grey, grey+alpha, RGBA,
+CMYK, 16-bit) comes out as 8-bit RGB, EXIF orientation applied.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from hftool import logs
+from hftool.config import DataConfig
+from hftool.data.splits import SPLIT_ALIASES
 from hftool.errors import HftoolError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+# Column names found without data.image_column.
+IMAGE_COLUMNS = ("image", "img", "image_path", "path", "file", "filename", "file_name", "image_file")
+T = TypeVar("T")
+
+
+@dataclass
+class ImageData(DataConfig):
+    """data.* options every image task has."""
+
+    # Image column (paths relative to the data file, or a hub Image feature); None auto-detects
+    # image/img/image_path/path/file/filename/file_name.
+    image_column: str | None = None
+    # Square side of the model's input in pixels; None keeps the model's own (its processor's or
+    # timm's input size). Small images (CIFAR's 32) train much faster at their own size.
+    image_size: int | None = None
+    # Drop unreadable images (counted, first few named) instead of stopping at the first one:
+    # stopping is the default because a broken file usually means a broken download.
+    skip_bad_images: bool = False
+
+    def check(self) -> None:
+        super().check()
+        self.require("image_size", self.image_size is None or self.image_size > 0, "positive")
 
 
 class ImageDecodeError(HftoolError):
@@ -73,8 +101,6 @@ def read_image_folder(path: Path):
     """
     import datasets
 
-    from hftool.data.sources import SPLIT_ALIASES
-
     folders = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     split_folders = {SPLIT_ALIASES[p.name.lower()]: p for p in folders if p.name.lower() in SPLIT_ALIASES}
     roots = split_folders or {"train": path}
@@ -113,27 +139,18 @@ def check_header(path: str) -> str | None:
 def decode(entry: dict | str | bytes):
     """An image (a path, raw bytes, or a datasets Image dict {bytes, path}) -> uint8 RGB CHW tensor.
 
+    Pillow decodes every format (torchvision's own decoders are deprecated in favour of
+    torchcodec, and warn at every call); this is the only place images are decoded.
+
     Raises:
         ValueError: the data is not a decodable image (the message says why).
     """
-    import torch
-    from torchvision.io import ImageReadMode, decode_image
-
     if isinstance(entry, dict):
         entry = entry.get("bytes") or entry.get("path")
     data = Path(entry).read_bytes() if isinstance(entry, str) else entry
     if not data:
         raise ValueError("empty file")
-    try:
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                             apply_exif_orientation=True)
-    except RuntimeError:  # a format torchvision does not decode natively, or damaged data
-        image = _decode_pil(data)
-    if image.dtype != torch.uint8:  # 16-bit PNG
-        from torchvision.transforms.v2.functional import to_dtype
-
-        image = to_dtype(image, torch.uint8, scale=True)
-    return image
+    return _decode_pil(data)
 
 
 def _decode_pil(data: bytes):
@@ -176,3 +193,80 @@ def input_paths(inputs: Iterable[str]) -> list[str]:
         else:
             paths.append(given)
     return paths
+
+
+def image_rows(ds, source: str, configured: str | None, skip_bad: bool):
+    """The image column of `ds` as one `image` column of undecoded datasets Images.
+
+    A column of paths is read relative to the data file, and every file's header is checked so
+    a missing or non-image file stops the run before training (or is skipped and counted with
+    `skip_bad`). Returns (rows, kept): `kept` are the row indices still there, None when the
+    column holds images (nothing is dropped then; a damaged one is caught when decoded).
+    """
+    import datasets
+
+    from hftool.data.columns import find_column, source_dir
+
+    column = find_column(ds, source, configured, IMAGE_COLUMNS, "image", "image_column")
+    feature = ds.features[column]
+    image_type = datasets.Image(decode=False)
+    if isinstance(feature, datasets.Image) or isinstance(feature, dict) and {"bytes", "path"} <= set(feature):
+        rows = ds.select_columns([column]).cast_column(column, image_type)
+        return (rows if column == "image" else rows.rename_column(column, "image")), None
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise HftoolError(f"{source}: column '{column}' holds {feature}, not image paths or images; "
+                          "set data.image_column to the column with the images")
+    given = ds[column]
+    paths = resolve_paths(("" if v is None else v for v in given), source_dir(ds))
+    kept = check_images(paths, given, source, column, skip_bad)
+    return datasets.Dataset.from_dict({"image": [paths[i] for i in kept]}).cast_column("image", image_type), kept
+
+
+def check_images(paths: list[str], given: list, source: str, column: str, skip_bad: bool,
+                 check: Callable[[int], str | None] | None = None, noun: str = "images",
+                 key: str = "skip_bad_images") -> list[int]:
+    """Indices of the readable images (header checks); an unreadable one is an error naming it
+    unless `skip_bad`, which skips it and reports the count and the first few.
+
+    Other media (videos) use the same rule and wording: `check(i)` says why row i cannot be read
+    (None: it can), `noun` and `key` (the data.* option that skips) name them in messages."""
+    kept, bad = [], []
+    for i, (path, value) in enumerate(zip(paths, given)):
+        reason = f"no {noun[:-1]} path" if not value else check(i) if check else check_header(path)
+        if reason is None:
+            kept.append(i)
+            continue
+        if not skip_bad:
+            raise HftoolError(f"{path if value else f'{source} row {i + 1}'}: {reason} ({source}, column "
+                              f"'{column}'); fix or remove it, or pass data.{key}=true")
+        bad.append(f"{path if value else f'row {i + 1}'}: {reason}")
+    if bad:
+        shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        logs.warn(f"data.{key}: skipped {len(bad)} of {len(paths)} {noun} in {source} ({shown})")
+    if not kept:
+        raise HftoolError(f"{source}: none of the {len(paths)} {noun} can be read; check the paths in column '{column}'")
+    return kept
+
+
+def entry_name(entry) -> str:
+    """How messages name an image entry: its path, else that it is stored in the data."""
+    path = entry.get("path") if isinstance(entry, dict) else entry if isinstance(entry, str) else None
+    return path or "an image stored in the data"
+
+
+def readable(entries: Iterable, load: Callable[[object], T], skip_bad: bool,
+             key: str = "skip_bad_images") -> list[tuple[int, T]]:
+    """(position, load(entry)) for every entry that decodes. One that does not stops with an
+    ImageDecodeError naming it, or with `skip_bad` is skipped with a warning (the batch is then
+    one shorter). Every image task decodes through this, in training, evaluation and predict;
+    video tasks too, with `key` their data.* option that skips."""
+    out = []
+    for i, entry in enumerate(entries):
+        try:
+            out.append((i, load(entry)))
+        except (ValueError, OSError) as err:
+            message = f"{entry_name(entry)}: cannot be decoded ({err})"
+            if not skip_bad:
+                raise ImageDecodeError(f"{message}; remove the file or pass data.{key}=true") from None
+            logs.warn(f"data.{key}: skipping {message}")
+    return out

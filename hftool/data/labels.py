@@ -1,13 +1,22 @@
-"""Class labels of training data: the class names a classifier is built with, and the checks that
-catch labels that cannot mean what the user meant (one class; `1` beside `1.0` or beside `pos`).
+"""Class labels: the names a label column holds, and each row's class id against them.
+
+Shared by every task whose rows carry one class label (text, images, video): the same rules and
+the same errors everywhere, including the checks that catch training labels that cannot mean what
+the user meant (one class; `1` beside `1.0` or beside `pos`).
 """
 
 from __future__ import annotations
 
 import re
 
+from hftool.config import Option
 from hftool.data.checks import Findings
+from hftool.errors import HftoolError
 
+# Column names found without data.label_column.
+LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "coarse_label")
+# `hftool predict --top-k`, declared by every classifier (text, images, video).
+TOP_K_OPTION = Option("top_k", int, "Classifiers: also give the k best classes with their scores.", flags=("-k",), min=1)
 INTEGER = re.compile(r"[+-]?\d+")
 DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?|[+-]?(nan|inf)", re.IGNORECASE)
 
@@ -39,9 +48,9 @@ def check_label_types(values: list, source: str, column: str, findings: Findings
             return
 
 
-def label_names(ds, column: str, source: str = "the training data", findings: Findings | None = None) -> list[str]:
-    """The class names of a training set's label column, index = class id: a ClassLabel's names,
-    else the distinct values sorted (numbers numerically, then names alphabetically).
+def label_names(ds, column: str, source: str, findings: Findings | None = None) -> list[str]:
+    """The class names of a training set's label column, index = class id: a datasets
+    ClassLabel's names, else the distinct values (numbers numerically, then names alphabetically).
 
     Checks that the labels are written one way and that there are at least two classes: a
     single class would build a one-output "classifier" that is right by construction.
@@ -55,8 +64,46 @@ def label_names(ds, column: str, source: str = "the training data", findings: Fi
     else:
         check_label_types(values, source, column, findings)
         distinct = {v for v in values if v is not None and v != ""}
-        names = [str(v) for v in sorted(distinct, key=lambda v: (isinstance(v, str), v))]
-        present = names
+        if not distinct:
+            raise HftoolError(f"{source}: the label column '{column}' is empty; every row needs a label")
+        names = present = [str(v) for v in sorted(distinct, key=lambda v: (isinstance(v, str), v))]
     if len(present) == 1:
         findings.add("one_class", source=source, column=column, label=present[0])
     return names
+
+
+def label_ids(ds, column: str, names: list[str], source: str) -> list[int]:
+    """Class ids of `column` against `names`; a missing or unknown label is an error naming the row."""
+    feature = ds.features[column]
+    ids = {name: i for i, name in enumerate(names)}
+    out = []
+    for row, value in enumerate(ds[column], 1):
+        if hasattr(feature, "names") and value is not None and value >= 0:  # datasets.ClassLabel
+            value = feature.names[value]
+        key = "" if value is None else str(value)
+        if key not in ids:
+            if key == "":
+                raise HftoolError(f"{source} row {row}: no label in column '{column}'; every row needs one")
+            raise HftoolError(f"{source} row {row}: label {value!r} is not one the model was trained on "
+                              f"({', '.join(names)}); fix the row or add the class to the training data")
+        out.append(ids[key])
+    return out
+
+
+def has_labels(ds, configured: str | None) -> bool:
+    """Whether rows carry labels: data.label_column, or a column with a usual label name."""
+    return any(c in ds.column_names for c in (configured, *LABEL_COLUMNS) if c)
+
+
+def ranked(labels: list[str], ids: list[int], scores: list[float], with_top_k: bool) -> dict:
+    """A classifier's answer for one input: the best class and its score, and with `with_top_k`
+    the k best as `top_k` (one rule for every classifier's predict)."""
+    best = [{"label": labels[i], "score": round(s, 6)} for i, s in zip(ids, scores)]
+    return {**best[0], **({"top_k": best} if with_top_k else {})}
+
+
+def with_top_k(line: str, prediction: dict) -> str:
+    """A classifier's terminal line, followed by its k best classes when it has them."""
+    if "top_k" in prediction:
+        line += "\t" + ", ".join(f"{p['label']} {p['score']:.3f}" for p in prediction["top_k"])
+    return line

@@ -10,13 +10,13 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+from hftool.data.encoding import decode_text
+from hftool.data.splits import SPLIT_ALIASES
 from hftool.errors import HftoolError
 
 
 def parallel_files(folder: Path, lang: str) -> dict[str, Path]:
     """Split name -> the file of `lang` in `folder` (`train.en`, `val.en.gz`, ...)."""
-    from hftool.data.sources import SPLIT_ALIASES
-
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         name = path.name[:-3] if path.name.endswith(".gz") else path.name
@@ -32,8 +32,6 @@ def parallel_files(folder: Path, lang: str) -> dict[str, Path]:
 
 def read_lines(path: Path, encoding: str | None = None) -> list[str]:
     """The lines of a text file (gzip-compressed when it ends in .gz), without the final newline's empty line."""
-    from hftool.data.sources import decode_text
-
     raw = path.read_bytes()
     if path.name.endswith(".gz"):
         try:

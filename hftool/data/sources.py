@@ -9,63 +9,23 @@ validation and test. Bad input raises HftoolError naming the file (and line, whe
 
 from __future__ import annotations
 
-import codecs
 import io
 import json
 import re
 import warnings
 from pathlib import Path
 
-from hftool import logs
 from hftool.data.checks import Findings
+from hftool.data.encoding import read_text
 from hftool.data.images import is_image_folder, read_image_folder
+from hftool.data.splits import SPLIT_ALIASES
 from hftool.errors import HftoolError
 
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
 # Extensions a folder of split files may also hold (train.conll, dev.conll, test.conll).
 FOLDER_EXTENSIONS = (*TABLE_EXTENSIONS, ".conll")
-SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "eval": "validation",
-    "test": "test", "testing": "test",
-}
-# Byte-order marks, longest first: UTF-32 LE's begins with UTF-16 LE's.
-BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
-        (codecs.BOM_UTF16_BE, "utf-16"))
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
 BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
-
-
-def read_text(path: Path, encoding: str | None = None) -> str:
-    """A text file as a str: UTF-8, UTF-16 or UTF-32 as its byte-order mark says (BOM stripped),
-    else UTF-8, else Latin-1 with a warning; CRLF becomes LF."""
-    return decode_text(path.read_bytes(), path, encoding)
-
-
-def decode_text(raw: bytes, path: Path, encoding: str | None = None) -> str:
-    """The bytes of `path` (read or decompressed) as read_text decodes them."""
-    if encoding:
-        try:
-            text = raw.decode(encoding)
-        except (UnicodeDecodeError, LookupError) as err:
-            raise HftoolError(f"{path}: cannot be read as {encoding} ({err}); set data.encoding to the file's encoding") from None
-    elif (bom := next((name for mark, name in BOMS if raw.startswith(mark)), None)) is not None:
-        try:
-            text = raw.decode(bom)  # the codec reads the byte order from the mark and drops it
-        except UnicodeDecodeError as err:
-            raise HftoolError(f"{path}: starts with a {bom.upper()} byte-order mark but is not {bom.upper()} text "
-                              f"({err.reason}); set data.encoding to the file's encoding") from None
-    else:
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            line = raw[: err.start].count(b"\n") + 1
-            logs.warn(f"{path} is not valid UTF-8 (line {line}); reading it as Latin-1 (set data.encoding to override)")
-            text = raw.decode("latin-1")
-        if "\x00" in text[:10000]:  # ASCII in UTF-16/32 without a mark: every other byte is NUL
-            raise HftoolError(f"{path}: holds NUL bytes, as UTF-16/UTF-32 text without a byte-order mark does; "
-                              "set data.encoding (e.g. utf-16-le), or save the file as UTF-8")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def read_inputs(path: Path, fields: tuple[str, ...] = ("text",)) -> list[str]:
@@ -128,14 +88,6 @@ def read_file(path: Path, encoding: str | None = None, txt_unit: str = "line"):
     ds = _read_table(path, encoding, txt_unit)
     ds.info.homepage = path.resolve().parent.as_uri()
     return ds
-
-
-def source_dir(ds) -> Path | None:
-    """The folder of the file `ds` was read from (see read_file), or None (hub, samples)."""
-    from urllib.parse import unquote, urlparse
-
-    uri = ds.info.homepage or ""
-    return Path(unquote(urlparse(uri).path)) if uri.startswith("file:") else None
 
 
 def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line"):
@@ -269,20 +221,27 @@ def _split_name(stem: str) -> str | None:
     return SPLIT_ALIASES.get(stem.lower().split(".")[0])
 
 
-def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line"):
+def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line", videos: bool = False):
     """A save_to_disk folder, a folder of split files (train.csv, validation.jsonl, test.tsv), a
     folder of text files (no split names), each file one `text` row: a document, or an image
-    folder (class subfolders, optionally inside train/val/test folders)."""
+    folder (class subfolders, optionally inside train/val/test folders); with `videos`, a video
+    folder (class subfolders of clips or of frame folders) instead of an image folder."""
     import datasets
 
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         loaded = datasets.load_from_disk(str(path))
         return _normalise_splits(loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded))
-    from hftool.data.detection import is_voc, read_voc
+    from hftool.data.detection import is_voc, is_yolo, read_voc, read_yolo
 
     if is_voc(path):  # Pascal VOC: Annotations/*.xml beside JPEGImages/
         return read_voc(path)
+    if is_yolo(path):  # Ultralytics: images/ and labels/, names in data.yaml or classes.txt
+        return read_yolo(path)
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FOLDER_EXTENSIONS)
+    if not files and videos:  # a clip folder `{class}/{clip}/*.jpg` is also an image folder: videos first
+        from hftool.data.videos import read_video_folder
+
+        return read_video_folder(path)
     if not files and is_image_folder(path):
         return read_image_folder(path)
     splits = {}
@@ -315,12 +274,13 @@ def _normalise_splits(dd):
 
 
 def load_source(spec: str, encoding: str | None = None, token: str | None = None, txt_unit: str = "line",
-                langs: tuple[str | None, str | None] = (None, None)):
+                langs: tuple[str | None, str | None] = (None, None), videos: bool = False):
     """A data spec -> DatasetDict (split names normalised). A single file is its `train` split.
 
     Args:
         langs: (data.source_lang, data.target_lang): a folder of parallel text files
             ({split}.{lang}[.gz]) is read as source/target rows when both are set.
+        videos: a folder of class folders is read as videos (hftool.data.videos), not images.
     """
     import datasets
 
@@ -329,6 +289,10 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
 
         return load_sample(spec.removeprefix("sample:"))
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):  # an Ultralytics data.yaml
+        from hftool.data.detection import read_yolo
+
+        return read_yolo(path.parent, path)
     if path.is_file():
         return datasets.DatasetDict(train=read_file(path, encoding, txt_unit))
     if path.is_dir():
@@ -336,7 +300,7 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
             from hftool.data.parallel import read_parallel
 
             return read_parallel(path, langs[0], langs[1], encoding)
-        return read_folder(path, encoding, txt_unit)
+        return read_folder(path, encoding, txt_unit, videos)
     looks_like_file = path.suffix.lower() in FOLDER_EXTENSIONS or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec)
     if looks_like_file:
         raise HftoolError(f"data file {spec} does not exist; check the path (or pass a hub dataset as name or name:config)")

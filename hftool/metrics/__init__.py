@@ -14,8 +14,8 @@ import sys
 
 import hftool
 
-_WHERE = {"Accuracy": "classification", "ConfusionMatrix": "classification", "PrecisionRecallF1": "classification",
-          "TopKAccuracy": "classification", "CocoMeanAP": "detection", "Perplexity": "perplexity",
+_WHERE = {"Accuracy": "classification", "PrecisionRecallF1": "classification",
+          "TopKAccuracy": "classification", "CocoMeanAP": "detection", "GeneratedCaptions": "captioning", "Perplexity": "perplexity",
           "Seqeval": "tagging", "TextOverlap": "text_overlap"}
 __all__ = sorted([*_WHERE, "combine"])
 

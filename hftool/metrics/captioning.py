@@ -162,3 +162,37 @@ class CaptionMetrics(evaluate.Metric):
 
     def _compute(self, predictions, references) -> dict[str, float]:
         return caption_scores(list(predictions), [list(r) for r in references])
+
+
+class GeneratedCaptions(evaluate.Metric):
+    """Decodes generated token ids and scores them against each image's references.
+
+    Inputs per example: `generated` (token ids, padded) and `index` (the image's row in the
+    evaluation data, whose references are `references[index]`).
+    """
+
+    def __init__(self, tokenizer=None, references: list[list[str]] | None = None, **kwargs):
+        super().__init__(keep_in_memory=True, **kwargs)
+        self.tokenizer, self.references = tokenizer, references or []
+        self.last_predictions: list[tuple[int, str]] = []  # (index, caption) of the last compute()
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Corpus BLEU-1..4, ROUGE-L and CIDEr-D of generated captions.", citation="",
+            inputs_description="generated: token ids; index: the image's row in the evaluation data",
+            features=datasets.Features({"generated": datasets.Sequence(datasets.Value("int64")),
+                                        "index": datasets.Value("int64")}),
+        )
+
+    def _compute(self, generated, index) -> dict[str, float]:
+        texts = [caption_text(self.tokenizer, ids) for ids in generated]
+        self.last_predictions = list(zip(index, texts))
+        return caption_scores(texts, [self.references[i] for i in index])
+
+
+def caption_text(tokenizer, ids) -> str:
+    """Generated ids (without the start token) -> text, up to the first EOS or padding."""
+    ids = [int(i) for i in ids]
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id, -100} - {None}
+    end = next((n for n, i in enumerate(ids) if i in stops), len(ids))
+    return tokenizer.decode(ids[:end], skip_special_tokens=True).strip()

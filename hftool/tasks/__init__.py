@@ -1,27 +1,49 @@
-"""The task registry: task name -> the class that implements it (imported on first use)."""
+"""The task registry: task name -> the class that implements it.
+
+Adding a task is one module beside these and one line here. Task modules import no heavy library
+at import time (see hftool/tasks/base.py), so reading the registry is cheap: the CLI builds its
+per-task options from it at start-up.
+"""
 
 from __future__ import annotations
 
-import importlib
+from hftool.errors import HftoolError
+from hftool.tasks.base import Task
+from hftool.tasks.causal_lm import CausalLM
+from hftool.tasks.image_captioning import ImageCaptioning
+from hftool.tasks.image_classification import ImageClassification
+from hftool.tasks.object_detection import ObjectDetection
+from hftool.tasks.seq2seq import Seq2Seq
+from hftool.tasks.text_classification import TextClassification
+from hftool.tasks.time_series_forecasting import TimeSeriesForecasting
+from hftool.tasks.token_classification import TokenClassification
+from hftool.tasks.video_classification import VideoClassification
 
-# name -> "module:Class". Strings, so `hftool --help` imports no torch.
-TASKS = {
-    "text-classification": "hftool.tasks.text_classification:TextClassification",
-    "token-classification": "hftool.tasks.token_classification:TokenClassification",
-    "causal-lm": "hftool.tasks.causal_lm:CausalLM",
-    "image-classification": "hftool.tasks.image_classification:ImageClassification",
-    "object-detection": "hftool.tasks.object_detection:ObjectDetection",
-    "image-captioning": "hftool.tasks.image_captioning:ImageCaptioning",
-    "seq2seq": "hftool.tasks.seq2seq:Seq2Seq",
-    "time-series-forecasting": "hftool.tasks.time_series_forecasting:TimeSeriesForecasting",
-}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (
+    TextClassification,
+    TokenClassification,
+    CausalLM,
+    ImageClassification,
+    ObjectDetection,
+    ImageCaptioning,
+    Seq2Seq,
+    TimeSeriesForecasting,
+    VideoClassification,
+)}
 
 
-def get_task(name: str):
-    """An instance of the task registered under `name`."""
-    from hftool.errors import HftoolError
-
+def task_class(name: str) -> type[Task]:
     if name not in TASKS:
         raise HftoolError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}")
-    module, _, cls = TASKS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return TASKS[name]
+
+
+def get_task(name: str) -> Task:
+    """An instance of the task registered under `name`."""
+    return task_class(name)()
+
+
+def task_of_architectures(architectures: list[str]) -> str | None:
+    """The task whose declared architecture suffixes match a config.json's `architectures`."""
+    return next((task.name for arch in architectures for task in TASKS.values()
+                 if any(arch.endswith(suffix) for suffix in task.architectures)), None)

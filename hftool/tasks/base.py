@@ -1,80 +1,190 @@
 """The task contract. A task says only what differs between tasks; the loop does the rest.
 
-The training loop, `hftool evaluate` and `hftool predict` call these methods and nothing
-task-specific, so training, evaluation and inference share one featurisation and cannot drift:
+A task is one module in hftool/tasks/ with one `Task` subclass, registered by one line in
+hftool/tasks/__init__.py. It imports this module and the shared layers (hftool.data,
+hftool.metrics, hftool.models, hftool.vision, ...), never another task. Task modules import no
+torch, transformers or datasets at import time (inside the hooks only), so the CLI can read every
+task's declarations at start-up and `hftool --help` stays fast.
 
-    prepare(cfg, ds, source, labels)  raw rows -> canonical columns, validated (label maps found)
-    build(cfg, labels, ...)           model + tokenizer/processor (tiny:<arch> built here)
-    features(parts, cfg, ds)          canonical rows -> model inputs (+ `length` for batching)
-    train_features(parts, cfg, ds)    the same for the training split (default: features)
-    eval_features(parts, cfg, ds)     the same for evaluation data, unless a task scores differently
-    collate(parts)                    list of features -> batch of tensors
-    metric(parts)                     an evaluate module; compute() -> dict[str, float]
-    train_loss(parts, model, batch)   the loss the optimizer minimises (default: model's own)
-    param_groups(parts, cfg, model)   the optimizer's parameter groups (default: decay / no decay)
-    eval_outputs(parts, out, batch)   model outputs -> tensors to gather for the metric (plus
-                                      optional per-example "loss", which makes eval_loss exact)
-    eval_generate(parts, model, batch) more tensors for the metric from model.generate (captions,
-                                      translations); none by default
-    prediction_records(parts, ...)    gathered eval outputs -> one JSON-able dict per example
-                                      (eval.save_predictions; default: label names per row)
-    predict(parts, cfg, inputs)       user inputs -> one JSON-able dict per input
-    write_reports(run_dir, metrics)   task-specific files beside metrics.json (optional)
+Declarations (class attributes):
 
-A collated batch may carry `meta_keys` for eval_outputs only (e.g. which sentence a window of
-a long one belongs to); the loop calls the model with `model_inputs(batch)`, which drops them.
+    name                 the task name recipes use (`task: text-classification`)
+    recipe               its embedded-default recipe (`hftool finetune <recipe>` runs offline)
+    options              Options: the task's config sections (subclasses of config.ModelConfig,
+                         DataConfig, TrainConfig, EvalConfig with its own fields and checks)
+    architectures        suffixes of config.json `architectures` that load as this task
+    pipeline_task        the transformers pipeline that loads a run dir ("" for none)
+    default_metric       picks the best checkpoint unless train.metric_for_best says
+    meta_keys            batch keys for eval_outputs only, never passed to the model
+    predict_options      Options `hftool predict` adds for this task (--top-k, --threshold, ...)
+    generate_options     Options `hftool generate` takes for this task; empty: no generation
+    generation_separator between a prompt and its generated text on the terminal
+    inputs_optional      `predict RUN` with no inputs is meaningful (a forecast from the run's data)
+    exact_eval_loss      eval_loss does not depend on batching or process count (False: a batch mean)
+    writes_output        predict writes --output itself (a forecast's CSV and PNG), not the CLI
+
+Hooks, in the order a run calls them (`parts` is what `build` returned):
+
+    reading(cfg) -> Reading                      how the data layer reads this task's sources
+    model_specs(cfg) -> [str]                    the model specs a run loads (hftool doctor)
+    prepare(cfg, ds, source, labels, require_labels) -> (rows, labels)
+                                                 raw rows -> canonical columns, validated; labels
+                                                 (class names) found in the training data
+    build(cfg, labels, train_ds, model_path, run_dir) -> Parts
+                                                 model + tokenizer/processor + typed state
+    train_features / eval_features / features(parts, cfg, rows) -> Dataset
+                                                 canonical rows -> model inputs (+ `length` for
+                                                 length-grouped batches); `features` is what
+                                                 predict uses, and the other two default to it
+    collate(parts) -> callable                   list of features -> batch of tensors
+    updates(parts, cfg) -> [Update]              the models the loop trains, each with its
+                                                 optimizer's parameter groups (one by default)
+    train_step(parts, batch, step) -> {"loss", ...}
+                                                 one micro-batch: losses, step.backward(loss),
+                                                 step.update(name); default: train_loss + update
+    train_loss(parts, model, batch)              the default step's loss (the model's own)
+    param_groups(parts, cfg, model)              decay / no decay groups of one model
+    metric(parts, rows) -> evaluate module       compute() -> dict[str, float]; `rows` are the
+                                                 prepared evaluation rows (ground truth)
+    eval_forward(parts, model, batch)            outputs of one evaluation batch (model(**inputs))
+    eval_outputs(parts, outputs, batch) -> dict  tensors to gather for the metric (+ optional
+                                                 per-example "loss", which makes eval_loss exact)
+    eval_generate(parts, model, batch) -> dict   more tensors from model.generate (captions)
+    prediction_records(parts, batches, order, rows) -> [dict]
+                                                 gathered eval outputs -> one dict per example
+    save(parts, run_dir, model, state_dict)      the run dir's model files
+    write_reports(parts, run_dir, metrics, records)
+                                                 task files beside metrics.json, from the final
+                                                 evaluation (records: prediction_records)
+    card_metadata(parts, cfg) -> dict            the model card's library_name, pipeline_tag,
+                                                 base_model (Hub ids) and model (words) for this run
+    card_usage(parts, cfg) -> str                the model card's "Use" section (markdown); its
+                                                 first ```python block runs as written in the run dir
+    predict(parts, cfg, inputs, batch_size, **options) -> [dict]
+                                                 user inputs -> one JSON-able dict per input
+    format_prediction(prediction) -> str         one terminal line
+    generate(parts, cfg, prompts, on_text, **options) -> [dict]
+                                                 `hftool generate`: prompts -> generated outputs
+
+A collated batch may carry `meta_keys` for eval_outputs only (e.g. which sentence a window of a
+long one belongs to); the loop calls the model with `model_inputs(batch)`, which drops them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from hftool.errors import HftoolError
+from hftool.config import DataConfig, EvalConfig, ModelConfig, Option, TrainConfig
+from hftool.data.columns import find_column
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class Options:
+    """A task's config sections: what `model.*`, `data.*`, `train.*` and `eval.*` hold for it."""
+
+    model: type[ModelConfig] = ModelConfig
+    data: type[DataConfig] = DataConfig
+    train: type[TrainConfig] = TrainConfig
+    eval: type[EvalConfig] = EvalConfig
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How the shared data layer reads a task's sources (the task's data options decide)."""
+
+    txt_unit: str = "line"  # a .txt file's rows: a line each, or a paragraph each
+    langs: tuple[str | None, str | None] = (None, None)  # parallel `{split}.{lang}` folders
+    holdout: str = "random"  # random rows (seeded), or `tail`: the end of the data in file order
+    history: int = 0  # with holdout=tail: rows before the held-out ones that validation reads
+    videos: bool = False  # a folder of class folders holds videos (clips or frame folders), not images
 
 
 @dataclass
-class Parts:
-    """What a task builds: the model and what turns raw inputs into its inputs."""
+class Parts(Generic[S]):
+    """What a task builds: the model, what turns raw inputs into its inputs, and its state."""
 
     model: Any
     processor: Any  # tokenizer or image processor; saved beside the model
     labels: list[str] | None = None  # class names, index = class id
-    extra: dict = field(default_factory=dict)
+    state: S | None = None  # the task's own typed state (a dataclass of its module)
 
 
-def find_column(ds, source: str, configured: str | None, candidates: tuple[str, ...], what: str, key: str) -> str:
-    """The column of `ds` to use: `configured` (data.<key>) if set, else the first of `candidates` present."""
-    if configured:
-        if configured not in ds.column_names:
-            raise HftoolError(f"{source} has no column '{configured}' (columns: {', '.join(ds.column_names)}); "
-                              f"fix data.{key}")
-        return configured
-    found = next((c for c in candidates if c in ds.column_names), None)
-    if found is None:
-        raise HftoolError(f"{source} has no {what} column (columns: {', '.join(ds.column_names)}); "
-                          f"set data.{key}=<column>")
-    return found
+@dataclass
+class Update:
+    """A model the loop trains: it gets its own AdamW and schedule, is prepared, checkpointed and
+    resumed by the loop. `lr` and `betas` override train.lr and AdamW's defaults (a GAN's)."""
+
+    name: str
+    model: Any
+    param_groups: list[dict]
+    lr: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class Step:
+    """What `train_step` works with: the prepared models by name, and the loop's update rules.
+
+    Between accumulation boundaries `update` changes nothing (Accelerate's prepared optimizers
+    and schedulers skip), so a task's step is written as if every micro-batch were a step."""
+
+    def __init__(self, accelerator, models: dict[str, Any], optimizers: dict[str, Any], schedulers: dict[str, Any],
+                 max_grad_norm: float):
+        self.accelerator, self.models = accelerator, models
+        self._optimizers, self._schedulers, self._max_grad_norm = optimizers, schedulers, max_grad_norm
+
+    def backward(self, loss) -> None:
+        self.accelerator.backward(loss)
+
+    def update(self, name: str) -> None:
+        """Clip, step, schedule and zero the gradients of model `name`."""
+        if self.accelerator.sync_gradients and self._max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.models[name].parameters(), self._max_grad_norm)
+        self._optimizers[name].step()
+        self._schedulers[name].step()
+        self._optimizers[name].zero_grad(set_to_none=True)
+
+    def learning_rate(self) -> float:
+        """The first model's current learning rate (for the log)."""
+        return next(iter(self._schedulers.values())).get_last_lr()[0]
 
 
 class Task:
     """Base class with the parts most tasks share; see the module docstring for the contract."""
 
     name: str = ""
-    # Metric (without eval_) that picks the best checkpoint unless train.metric_for_best says.
-    default_metric: str = "loss"
-    # transformers pipeline task name that works on a saved run dir.
+    recipe: str = ""
+    options: Options = Options()
+    architectures: tuple[str, ...] = ()
     pipeline_task: str = ""
-    # Batch keys that are bookkeeping for eval_outputs, not arguments of the model's forward().
+    default_metric: str = "loss"
     meta_keys: tuple[str, ...] = ()
+    predict_options: tuple[Option, ...] = ()
+    generate_options: tuple[Option, ...] = ()
+    inputs_optional: bool = False
+    writes_output: bool = False  # predict writes --output itself (a forecast's CSV + PNG), not the CLI's JSONL
+    generation_separator: str = ""  # between a prompt and its generated text on the terminal
+    # eval_loss is exact whatever the batching (per-example losses); False where the model's loss
+    # is normalised over a batch and cannot be split by example (DETR's, over the batch's boxes).
+    exact_eval_loss: bool = True
 
     def model_inputs(self, batch: dict) -> dict:
         """The batch without meta_keys: what the model is called with."""
         return {k: v for k, v in batch.items() if k not in self.meta_keys} if self.meta_keys else batch
 
-    def prepare(self, cfg, ds, source: str, labels: list[str] | None = None):
+    # ------------------------------------------------------------------------------ data
+    def reading(self, cfg) -> Reading:
+        return Reading()
+
+    def model_specs(self, cfg) -> list[str]:
+        """The model specs a run loads (`hftool doctor` checks each resolves offline)."""
+        return [cfg.model.name]
+
+    def prepare(self, cfg, ds, source: str, labels: list[str] | None = None, require_labels: bool = True):
         raise NotImplementedError
 
     def build(self, cfg, labels: list[str] | None, train_ds=None, model_path: str | None = None,
@@ -97,6 +207,19 @@ class Task:
     def collate(self, parts: Parts) -> Callable[[list[dict]], dict]:
         raise NotImplementedError
 
+    # -------------------------------------------------------------------------- training
+    def updates(self, parts: Parts, cfg) -> list[Update]:
+        """The models the loop trains; one, `parts.model`, unless the task owns its step."""
+        return [Update("model", parts.model, self.param_groups(parts, cfg, parts.model))]
+
+    def train_step(self, parts: Parts, batch: dict, step: Step) -> dict:
+        """One micro-batch. Returns the losses to log ("loss" is the one the log and the NaN
+        check follow); a task with several models updates each in its own order."""
+        loss = self.train_loss(parts, step.models["model"], self.model_inputs(batch))
+        step.backward(loss)
+        step.update("model")
+        return {"loss": loss}
+
     def train_loss(self, parts: Parts, model, batch: dict):
         """The training loss of one batch. Tasks that mix examples or soften targets (mixup,
         label smoothing) override this; eval_loss always comes from the model's own loss."""
@@ -112,8 +235,13 @@ class Task:
                 (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
         return [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
-    def metric(self, parts: Parts):
+    # ------------------------------------------------------------------------ evaluation
+    def metric(self, parts: Parts, rows):
         raise NotImplementedError
+
+    def eval_forward(self, parts: Parts, model, batch: dict):
+        """The outputs of one evaluation batch (eval_outputs reads them)."""
+        return model(**self.model_inputs(batch))
 
     def eval_outputs(self, parts: Parts, outputs, batch) -> dict:
         raise NotImplementedError
@@ -125,22 +253,17 @@ class Task:
         gather_for_metrics concatenates them."""
         return {}
 
-    def predict(self, parts: Parts, cfg, inputs: list[str], batch_size: int) -> list[dict]:
-        raise NotImplementedError
-
-    def write_reports(self, run_dir: Path, metrics: dict[str, float]) -> None:
-        """Files a finished run leaves beside metrics.json, from its final metrics; none by default."""
-
-    def prediction_records(self, parts: Parts, batches: list[dict], order) -> list[dict]:
+    def prediction_records(self, parts: Parts, batches: list[dict], order, rows) -> list[dict]:
         """Per-example evaluation results, sorted by `index` (the example's row in the eval data).
 
         Args:
             batches: eval_outputs of every batch as gathered numpy arrays (+ per-example `loss`).
             order: eval row of each gathered position (hftool.evaluation.eval_order).
+            rows: the prepared evaluation rows.
 
         The default suits tasks whose eval_outputs hold one row per example: `predictions` and
-        `references` become `prediction` and `reference` (label names where the task has labels),
-        other values are kept as they are.
+        `references` become `prediction` and `reference` (class ids become label names), other
+        values are kept as they are.
         """
         import numpy as np
 
@@ -154,21 +277,59 @@ class Task:
             record = {"index": int(order[row]) if order is not None else row}
             for key, values in columns.items():
                 value = values[row].tolist()
-                if key in named:
-                    value = [parts.labels[v] for v in value] if isinstance(value, list) else parts.labels[value]
+                if key in named and isinstance(value, int):
+                    value = parts.labels[value]
+                elif key in named and isinstance(value, list) and all(isinstance(v, int) for v in value):
+                    value = [parts.labels[v] for v in value]
                 record[rename.get(key, key)] = round(value, 6) if isinstance(value, float) else value
             records.append(record)
         return sorted(records, key=lambda r: r["index"])
+
+    # ---------------------------------------------------------------------------- saving
+    def save(self, parts: Parts, run_dir: Path, model=None, state_dict: dict | None = None) -> None:
+        """Write the run dir's model files: weights + config (when `model` is given) and the
+        processor. The loop calls it with model=None before training (so a resumed tiny model
+        reuses its tokenizer) and with the trained (first) model and its state dict at the end;
+        a task with several models saves the others from `parts`."""
+        if model is not None:
+            model.save_pretrained(str(run_dir), state_dict=state_dict, safe_serialization=True)
+        if parts.processor is not None:
+            parts.processor.save_pretrained(str(run_dir))
+
+    def write_reports(self, parts: Parts, run_dir: Path, metrics: dict[str, float], records: list[dict]) -> None:
+        """Files a finished run leaves beside metrics.json, from its final evaluation's metrics and
+        per-example records (prediction_records); none by default."""
+
+    def card_metadata(self, parts: Parts, cfg) -> dict:
+        """What the model card says about the model: `library_name` (what loads the run dir),
+        `pipeline_tag` (the Hub's task), `base_model` (the Hub ids its weights started from; none
+        for a model trained from scratch) and `model` (the spec it was built from, in words)."""
+        from hftool.reports import model_origin
+
+        pretrained = getattr(cfg.model, "pretrained", True)  # vision models may start from random weights
+        return {"library_name": "transformers", "pipeline_tag": self.pipeline_task or self.name,
+                "base_model": model_origin(cfg.model.name) if pretrained else [], "model": f"`{cfg.model.name}`"}
+
+    def card_usage(self, parts: Parts, cfg) -> str:
+        """The model card's "Use" section (markdown): how to load the run dir outside hftool. Its
+        first ```python block must run as written from inside the run dir, with `image.png` there
+        for image tasks (tests/test_clients.py runs it on every task's run)."""
+        return ("```python\nfrom transformers import pipeline\n\n"
+                f"pipe = pipeline(\"{self.pipeline_task}\", model=\".\")\n```\n")
+
+    # ------------------------------------------------------------------------- inference
+    def predict(self, parts: Parts, cfg, inputs: list[str], batch_size: int, **options) -> list[dict]:
+        raise NotImplementedError
 
     def format_prediction(self, prediction: dict) -> str:
         """One line for the terminal."""
         return str(prediction)
 
-    def save(self, parts: Parts, run_dir: Path, model=None, state_dict: dict | None = None) -> None:
-        """Write the run dir's model files: weights + config (when `model` is given) and the
-        processor. The loop calls it with model=None before training (so a resumed tiny model
-        reuses its tokenizer) and with the trained model and its state dict at the end."""
-        if model is not None:
-            model.save_pretrained(str(run_dir), state_dict=state_dict, safe_serialization=True)
-        if parts.processor is not None:
-            parts.processor.save_pretrained(str(run_dir))
+    def generate(self, parts: Parts, cfg, prompts: list[str], on_text=None, **options) -> list[dict]:
+        """What `hftool generate` makes from `prompts`, with the task's generate_options (and seed,
+        batch_size); only tasks that declare generate_options have it."""
+        raise NotImplementedError
+
+
+# Re-exported: what a task module needs from the shared layers to declare itself.
+__all__ = ["Option", "Options", "Parts", "Reading", "Step", "Task", "Update", "find_column"]

@@ -8,25 +8,66 @@ perplexity = exp(total token loss / total tokens), optionally over strided windo
 
 from __future__ import annotations
 
-
-import numpy as np
-import torch
+from dataclasses import dataclass
 
 from hftool import models
-from hftool.data.batching import pad_collate
+from hftool.config import DataConfig, EvalConfig
 from hftool.errors import HftoolError
-from hftool.tasks.base import Parts, Task, find_column
+from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
+from hftool.tasks.base import Options, Parts, Reading, Task, find_column
 
 TEXT_COLUMNS = ("text", "content", "document", "story", "body", "sentence")
-MAX_BLOCK = 1024  # data.block_size=None: the model's context, capped here (see config.py)
+MAX_BLOCK = 1024  # data.block_size=None: the model's context, capped here (see CausalLMData)
+
+
+@dataclass
+class CausalLMData(DataConfig):
+    choices = {"txt_unit": ("line", "paragraph")}
+    # The documents' column; None auto-detects text/content/document/story/body/sentence.
+    text_column: str | None = None
+    # How a .txt file becomes documents: `line` (one per non-empty line) or `paragraph` (blocks
+    # between blank lines, line breaks inside kept: the documents of a book or a wiki dump, where
+    # a lone line is a poor document).
+    txt_unit: str = "line"
+    # Texts are packed (EOS between documents) into blocks of this many tokens. None uses the
+    # model's context, at most 1024: attention memory grows with the square of the block, and
+    # fine-tuning gains little beyond GPT-2's 1024.
+    block_size: int | None = None
+    # Keep line breaks inside a document (verse, code, dialogue). false joins hard-wrapped lines
+    # with a space, so a line end in the middle of a sentence costs no token.
+    keep_linebreaks: bool = True
+
+    def check(self) -> None:
+        super().check()
+        self.require("block_size", self.block_size is None or self.block_size > 0, "positive")
+
+
+@dataclass
+class CausalLMEval(EvalConfig):
+    # Score with a window of block_size tokens moved this many tokens at a time, so every scored
+    # token sees at least block_size - stride tokens of context (closer to the model's real
+    # perplexity, at block_size / stride times the cost). None: plain blocks, as in training,
+    # where a block's first tokens are predicted from little context.
+    stride: int | None = None
+
+    def check(self) -> None:
+        super().check()
+        self.require("stride", self.stride is None or self.stride > 0, "positive")
 
 
 class CausalLM(Task):
     name = "causal-lm"
+    recipe = "gpt2"
+    options = Options(model=GenerativeModel, data=CausalLMData, eval=CausalLMEval)
+    architectures = ("ForCausalLM", "LMHeadModel")
     default_metric = "perplexity"
     pipeline_task = "text-generation"
+    generate_options = TEXT_GENERATION_OPTIONS
 
-    def prepare(self, cfg, ds, source, labels=None):
+    def reading(self, cfg):
+        return Reading(txt_unit=cfg.data.txt_unit)
+
+    def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> one `text` column of documents (line breaks joined when data.keep_linebreaks is false)."""
         import datasets
 
@@ -59,6 +100,8 @@ class CausalLM(Task):
             config = models.load("model", AutoConfig, spec, token, **overrides)
             # Training keeps fp32 master weights (mixed precision autocasts); inference loads the
             # checkpoint's own dtype.
+            import torch
+
             model = models.load("model", AutoModelForCausalLM, spec, token, config=config,
                                 dtype=torch.float32 if model_path is None else "auto")
         if tokenizer.pad_token is None:  # GPT-2 has none; padded positions are masked out anyway
@@ -67,7 +110,7 @@ class CausalLM(Task):
         if generation.pad_token_id is None:
             generation.pad_token_id = tokenizer.pad_token_id
         if model_path is None:  # a new run: the recipe's defaults for `hftool generate`
-            _update_generation_config(generation, cfg.model.generation_config)
+            update_generation_config(generation, cfg.model.generation_config)
         return Parts(model, tokenizer)
 
     # ---------------------------------------------------------------------------- features
@@ -107,6 +150,8 @@ class CausalLM(Task):
         return tokenized.data.column("input_ids").combine_chunks().flatten()
 
     def collate(self, parts):
+        from hftool.data.batching import pad_collate
+
         pad = pad_collate({"input_ids": parts.processor.pad_token_id, "labels": -100})
 
         def collate(features):
@@ -117,17 +162,22 @@ class CausalLM(Task):
         return collate
 
     # -------------------------------------------------------------------------- evaluation
-    def metric(self, parts):
+    def metric(self, parts, rows):
         from hftool.metrics import Perplexity
 
         return Perplexity()
 
     def eval_outputs(self, parts, outputs, batch):
         """Per example: summed loss of its scored tokens and their count (pooled by the metric)."""
+        import torch
+
         logits, labels = outputs.logits[:, :-1].float(), batch["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
         scored = labels != -100
-        return {"loss_sum": (losses * scored).sum(1).double(), "tokens": scored.sum(1)}
+        loss_sum, tokens = (losses * scored).sum(1).double(), scored.sum(1)
+        # eval_loss itself is the metric's token-weighted mean; "loss" is each block's own mean
+        # for its record (the model's loss would be the batch's).
+        return {"loss_sum": loss_sum, "tokens": tokens, "loss": loss_sum / tokens.clamp(min=1)}
 
     # ---------------------------------------------------------------------------- inference
     def predict(self, parts, cfg, inputs, batch_size):
@@ -135,13 +185,25 @@ class CausalLM(Task):
 
         return generate(parts.model, parts.processor, inputs, GenerationOptions(batch_size=batch_size))
 
+    def card_usage(self, parts, cfg):
+        return ('```python\nfrom transformers import pipeline\n\ngenerator = pipeline("text-generation", model=".")\n'
+                'print(generator("Once upon a time,", max_new_tokens=40)[0]["generated_text"])\n```\n\n'
+                'or `hftool generate . -p "Once upon a time," --stream`.\n')
+
     def format_prediction(self, prediction):
         return prediction["prompt"] + prediction["generated_text"]
+
+    def generate(self, parts, cfg, prompts, on_text=None, options=None, **flags):
+        """Continue prompts; `options` (GenerationOptions) or the command's flags say how."""
+        from hftool.generation import GenerationOptions, generate
+
+        return generate(parts.model, parts.processor, prompts, options or GenerationOptions.from_flags(**flags), on_text)
 
 
 def _pack(ids, block: int):
     """Cut a flat token array into rows of `block` tokens; the last row keeps the remainder."""
     import datasets
+    import numpy as np
     import pyarrow as pa
 
     if len(ids) == 0:
@@ -151,7 +213,7 @@ def _pack(ids, block: int):
     return datasets.Dataset(pa.table({"input_ids": rows}))
 
 
-def _windows(ids: np.ndarray, block: int, stride: int):
+def _windows(ids, block: int, stride: int):
     """Windows of `block` tokens every `stride` tokens; each scores only the tokens the previous
     one did not, so every token after the first is scored once, with at least block - stride of context."""
     import datasets
@@ -168,22 +230,3 @@ def _windows(ids: np.ndarray, block: int, stride: int):
         if end == len(ids):
             break
     return datasets.Dataset.from_dict({"input_ids": inputs, "labels": labels})
-
-
-def _update_generation_config(generation, fields: dict) -> None:
-    """Apply model.generation_config, rejecting names GenerationConfig does not have."""
-    import difflib
-
-    if not fields:
-        return
-    known = [k for k in vars(generation) if not k.startswith("_")]
-    for key, value in fields.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "see transformers.GenerationConfig"
-            raise HftoolError(f"model.generation_config has no field '{key}': {hint}")
-        setattr(generation, key, value)
-    try:
-        generation.validate(strict=True)
-    except ValueError as err:
-        raise HftoolError(f"model.generation_config is invalid: {' '.join(str(err).split())}") from None

@@ -9,126 +9,90 @@ model and its generation config, so `generate` and the loss agree on them out of
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
-import datasets
-import evaluate
-import torch
-
-from hftool import logs, models
+from hftool import models, vision
+from hftool.config import Option
 from hftool.data import images
 from hftool.errors import HftoolError
+from hftool.generation import GenerativeModel, update_generation_config
 from hftool.outputs import atomic_path, check_output
-from hftool.tasks.base import Parts, Task, find_column
-from hftool.tasks.image_classification import IMAGE_COLUMNS, ImageClassification, ImageTransform, geometry, one_thread
+from hftool.tasks.base import Options, Parts, Task, find_column
 
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
 DEFAULT_SIDE = 64  # tiny:vit's input when data.image_size is unset
+REPORT = "captions.jsonl"
 
 
-class CaptionTransform:
-    """Decode and transform images in DataLoader workers; other columns pass through."""
+@dataclass
+class CaptionData(images.ImageData):
+    # The column with a caption or a list of captions per image; None auto-detects
+    # captions/caption/sentences/text.
+    caption_column: str | None = None
+    # Token budget of a caption (EOS included); longer captions are cut. Evaluation generates at
+    # most this many tokens unless model.generation_config says.
+    max_length: int = 128
 
-    def __init__(self, geometry, skip_bad: bool):
-        self.images = ImageTransform(geometry, train=False, skip_bad=skip_bad)  # no flips: "left of" must stay left
-
-    def __call__(self, batch: dict) -> dict:
-        if "image" not in batch:  # a column read on its own, e.g. the loop's `length`
-            return batch
-        out: dict[str, list] = {"pixel_values": []}
-        keys = [k for k in batch if k != "image"]
-        out.update({k: [] for k in keys})
-        with one_thread():
-            for i, entry in enumerate(batch["image"]):
-                try:
-                    out["pixel_values"].append(self.images.image(entry))
-                except images.ImageDecodeError as err:
-                    if not self.images.skip_bad:
-                        raise
-                    logs.warn(f"data.skip_bad_images: skipping {str(err).split('; ')[0]}")
-                    continue
-                for k in keys:
-                    out[k].append(batch[k][i])
-        return out
+    def check(self) -> None:
+        super().check()
+        self.require("max_length", self.max_length > 0, "positive")
 
 
-class GeneratedCaptions(evaluate.Metric):
-    """Decodes generated token ids and scores them against each image's references.
-
-    Inputs per example: `generated` (token ids, padded) and `index` (the image's row in the
-    evaluation data, whose references are `references[index]`).
-    """
-
-    def __init__(self, tokenizer=None, references: list[list[str]] | None = None, **kwargs):
-        super().__init__(keep_in_memory=True, **kwargs)
-        self.tokenizer, self.references = tokenizer, references or []
-        self.last_predictions: list[tuple[int, str]] = []  # (index, caption) of the last compute()
-
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description="Corpus BLEU-1..4, ROUGE-L and CIDEr-D of generated captions.", citation="",
-            inputs_description="generated: token ids; index: the image's row in the evaluation data",
-            features=datasets.Features({"generated": datasets.Sequence(datasets.Value("int64")),
-                                        "index": datasets.Value("int64")}),
-        )
-
-    def _compute(self, generated, index) -> dict[str, float]:
-        from hftool.metrics.captioning import caption_scores
-
-        texts = [caption_text(self.tokenizer, ids) for ids in generated]
-        self.last_predictions = list(zip(index, texts))
-        return caption_scores(texts, [self.references[i] for i in index])
+@dataclass
+class CaptionModel(GenerativeModel, vision.VisionModel):
+    # An image encoder and a text decoder to build a VisionEncoderDecoderModel from (local dirs,
+    # hub ids, tiny:vit / tiny:gpt2); cross-attention is added to the decoder. Both unset:
+    # model.name is an existing encoder-decoder checkpoint.
+    encoder: str | None = None
+    decoder: str | None = None
 
 
-def caption_text(tokenizer, ids) -> str:
-    """Generated ids (without the start token) -> text, up to the first EOS or padding."""
-    ids = [int(i) for i in ids]
-    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id, -100} - {None}
-    end = next((n for n, i in enumerate(ids) if i in stops), len(ids))
-    return tokenizer.decode(ids[:end], skip_special_tokens=True).strip()
+@dataclass
+class CaptioningState:
+    image_processor: object  # the encoder's; saved with the tokenizer as one processor
 
 
 class ImageCaptioning(Task):
     name = "image-captioning"
+    recipe = "caption"
+    options = Options(model=CaptionModel, data=CaptionData)
+    architectures = ("VisionEncoderDecoderModel",)
     default_metric = "cider"
     pipeline_task = "image-text-to-text"  # transformers 5 has no "image-to-text" pipeline
     meta_keys = ("index",)
+    predict_options = (
+        Option("attention_map", Path, "Captioning: draw where the decoder looks for each word into this PNG."),
+    )
+
+    def model_specs(self, cfg):
+        m = cfg.model
+        return [spec for spec in (m.encoder, m.decoder) if spec] if m.encoder or m.decoder else [m.name]
 
     # ------------------------------------------------------------------------------ data
-    def prepare(self, cfg, ds, source, labels=None, require_captions=True):
+    def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns image (datasets Image, not decoded) and captions (list of str).
 
         Rows naming the same image file are merged, so an image is evaluated once against all
         of its captions. Image paths are read relative to the data file and checked up front.
         """
-        column = find_column(ds, source, cfg.data.image_column, IMAGE_COLUMNS, "image", "image_column")
-        feature = ds.features[column]
+        import datasets
+
         captions = None
-        if require_captions:
+        if require_labels:
             caption_column = find_column(ds, source, cfg.data.caption_column, CAPTION_COLUMNS, "caption",
                                          "caption_column")
             captions = [_captions(value, source, row, caption_column) for row, value in enumerate(ds[caption_column], 1)]
-        image_type = datasets.Image(decode=False)
-        if isinstance(feature, datasets.Image) or isinstance(feature, dict) and {"bytes", "path"} <= set(feature):
-            rows = ds.select_columns([column]).cast_column(column, image_type)
-            rows = rows if column == "image" else rows.rename_column(column, "image")
+        rows, kept = images.image_rows(ds, source, cfg.data.image_column, cfg.data.skip_bad_images)
+        if kept is None:  # images stored in the data: one row each
             return (rows if captions is None else rows.add_column("captions", captions)), None
-        if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
-            raise HftoolError(f"{source}: column '{column}' holds {feature}, not image paths or images; "
-                              "set data.image_column to the column with the images")
-        from hftool.data.sources import source_dir
-
-        given = ds[column]
-        paths = images.resolve_paths(("" if v is None else v for v in given), source_dir(ds))
-        keep = ImageClassification()._check_images(paths, given, source, column, cfg.data.skip_bad_images)
         merged: dict[str, list[str]] = {}
-        for i in keep:
-            merged.setdefault(paths[i], []).extend(captions[i] if captions is not None else [])
+        for entry, i in zip(rows["image"], kept):
+            merged.setdefault(entry["path"], []).extend(captions[i] if captions is not None else [])
         table = {"image": list(merged)}
         if captions is not None:
             table["captions"] = list(merged.values())
-        return datasets.Dataset.from_dict(table).cast_column("image", image_type), None
+        return datasets.Dataset.from_dict(table).cast_column("image", datasets.Image(decode=False)), None
 
     def _encode(self, parts, cfg, texts: list[str]) -> list[list[int]]:
         """Caption token ids ending in EOS, at most data.max_length tokens."""
@@ -137,8 +101,10 @@ class ImageCaptioning(Task):
         encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         return [ids[: cfg.data.max_length - 1] + [eos] for ids in encoded]
 
-    def _transform(self, parts, cfg) -> CaptionTransform:
-        return CaptionTransform(geometry(parts.extra["image_processor"]), cfg.data.skip_bad_images)
+    def _transform(self, parts, cfg) -> vision.ImageTransform:
+        # No flips or crops: "left of" must stay left, and the whole scene is the caption's.
+        return vision.ImageTransform(vision.geometry(parts.state.image_processor), train=False,
+                                     skip_bad=cfg.data.skip_bad_images)
 
     def train_features(self, parts, cfg, ds):
         """One example per (image, caption): every caption is trained on."""
@@ -150,7 +116,6 @@ class ImageCaptioning(Task):
 
     def features(self, parts, cfg, ds):
         """One example per image; its first caption gives eval_loss, all of them the metrics."""
-        parts.extra["references"] = list(ds["captions"])
         labels = self._encode(parts, cfg, [texts[0] for texts in ds["captions"]])
         rows = ds.select_columns(["image"]).add_column("labels", labels).add_column("index", list(range(len(ds))))
         return rows.with_transform(self._transform(parts, cfg))
@@ -187,31 +152,21 @@ class ImageCaptioning(Task):
             tokenizer = models.load("tokenizer", AutoTokenizer, spec, m.token)
             image_processor = models.load("image processor", AutoImageProcessor, spec, m.token)
         if getattr(model.encoder, "pooler", None) is not None:
-            # The decoder reads the encoder's hidden states, never its pooled output; parameters
-            # that get no gradient make DDP fail on the next step.
-            model.encoder.pooler = None
+            # The decoder reads the encoder's hidden states, never its pooled output: frozen, as
+            # DDP fails on trainable parameters that get no gradient. Kept (not dropped) so the run
+            # saves it and reloads without "newly initialized" weights.
+            model.encoder.pooler.requires_grad_(False)
         set_special_tokens(model, tokenizer)
         generation = model.generation_config
         if model_path is None and generation.max_new_tokens is None:
             generation.max_new_tokens = cfg.data.max_length  # captions are short; 100 would slow evaluation
-        from hftool.tasks.causal_lm import _update_generation_config
-
-        _update_generation_config(generation, m.generation_config)  # a run's saved ones, or predict's overrides
-        return Parts(model, tokenizer, extra={"image_processor": image_processor})
+        update_generation_config(generation, m.generation_config)  # a run's saved ones, or predict's overrides
+        return Parts(model, tokenizer, state=CaptioningState(image_processor))
 
     def save(self, parts, run_dir, model=None, state_dict=None):
-        """Weights + config, tokenizer and image processor; with the final model, captions.jsonl:
-        the captions of its last evaluation beside their references."""
+        """Weights + config, and the tokenizer with the image processor as one processor."""
         if model is not None:
             model.save_pretrained(str(run_dir), state_dict=state_dict, safe_serialization=True)
-            metric = parts.extra.get("metric")
-            if metric is not None and metric.last_predictions:
-                import json
-
-                with open(Path(run_dir) / "captions.jsonl", "w", encoding="utf-8") as f:
-                    for index, text in sorted(metric.last_predictions):
-                        f.write(json.dumps({"caption": text, "references": metric.references[index]},
-                                           ensure_ascii=False) + "\n")
         # One processor (image processor + tokenizer) so AutoProcessor and the image-text-to-text
         # pipeline load the run dir; an empty text prompt then encodes to the start token.
         from transformers import VisionTextDualEncoderProcessor
@@ -219,13 +174,19 @@ class ImageCaptioning(Task):
         tokenizer = parts.processor
         if tokenizer.bos_token_id is not None and tokenizer.bos_token_id == parts.model.config.decoder_start_token_id:
             tokenizer.add_bos_token = True
-        VisionTextDualEncoderProcessor(parts.extra["image_processor"], tokenizer).save_pretrained(str(run_dir))
+        VisionTextDualEncoderProcessor(parts.state.image_processor, tokenizer).save_pretrained(str(run_dir))
+
+    def write_reports(self, parts, run_dir, metrics, records):
+        """captions.jsonl: the final evaluation's caption of each image beside its references."""
+        from hftool.outputs import write_jsonl
+
+        write_jsonl(Path(run_dir) / REPORT, [{"caption": r["caption"], "references": r["references"]} for r in records])
 
     # --------------------------------------------------------------------------- metrics
-    def metric(self, parts):
-        metric = GeneratedCaptions(parts.processor, parts.extra.get("references"))
-        parts.extra["metric"] = metric  # save() writes its captions
-        return metric
+    def metric(self, parts, rows):
+        from hftool.metrics import GeneratedCaptions
+
+        return GeneratedCaptions(parts.processor, list(rows["captions"]))
 
     def eval_outputs(self, parts, outputs, batch):
         return {"index": batch["index"]}
@@ -233,6 +194,8 @@ class ImageCaptioning(Task):
     def eval_generate(self, parts, model, batch):
         """Greedy or beam captions per the model's generation config, padded to max_new_tokens
         so every process gathers the same width."""
+        import torch
+
         from hftool.generation import GenerationOptions
 
         kwargs = GenerationOptions().generate_kwargs(model.generation_config)
@@ -243,15 +206,16 @@ class ImageCaptioning(Task):
         padded[:, : min(width, ids.shape[1])] = ids[:, :width]
         return {"generated": padded}
 
-    def prediction_records(self, parts, batches, order):
-        """Per image (eval.save_predictions): the generated caption beside all its references."""
-        metric = parts.extra.get("metric")
+    def prediction_records(self, parts, batches, order, rows):
+        """Per image: the generated caption beside all its references."""
+        from hftool.metrics.captioning import caption_text
+
+        references = rows["captions"]
         records = []
         for b in batches:
             for index, ids in zip(b["index"], b["generated"]):
-                text = caption_text(parts.processor, ids)
-                records.append({"index": int(index), "caption": text,
-                                "references": metric.references[int(index)] if metric is not None else None})
+                records.append({"index": int(index), "caption": caption_text(parts.processor, ids),
+                                "references": references[int(index)]})
         return sorted(records, key=lambda r: r["index"])
 
     # ------------------------------------------------------------------------- inference
@@ -262,19 +226,25 @@ class ImageCaptioning(Task):
             attention_map: Also draw the decoder's cross-attention over the image patches for
                 each generated token into this PNG (PATH-<n>.png for the n-th of several images).
         """
+        import datasets
+        import torch
+
         from hftool.generation import GenerationOptions
+        from hftool.metrics.captioning import caption_text
 
         paths = images.input_paths(inputs)
-        rows, _ = self.prepare(cfg, datasets.Dataset.from_dict({"image": paths}), "input", require_captions=False)
-        transform = self._transform(parts, cfg).images
+        rows, _ = self.prepare(cfg, datasets.Dataset.from_dict({"image": paths}), "input", require_labels=False)
+        transform = self._transform(parts, cfg)
         model = parts.model.eval()
         kwargs = GenerationOptions(batch_size=batch_size).generate_kwargs(model.generation_config)
         device = next(model.parameters()).device
         entries, results = list(rows["image"]), []
         for start in range(0, len(entries), batch_size):
-            chunk = entries[start:start + batch_size]
-            with one_thread():
-                pixels = torch.stack([transform.image(e) for e in chunk])
+            done = transform.images(entries[start:start + batch_size])
+            if not done:
+                continue
+            chunk = [entries[start + i] for i, _ in done]
+            pixels = torch.stack([p for _, p in done])
             with torch.inference_mode():
                 out = model.generate(pixel_values=pixels.to(device), **kwargs)[:, 1:]
             per_image = out.shape[0] // len(chunk)
@@ -289,11 +259,32 @@ class ImageCaptioning(Task):
                     results[-1]["attention_map"] = str(target)
         return results
 
+    def card_metadata(self, parts, cfg):
+        """The Hub's captioning tag; the encoder's and the decoder's origins when they were built
+        from two models."""
+        from hftool.reports import model_origin
+
+        meta = super().card_metadata(parts, cfg)
+        m = cfg.model
+        if m.encoder and m.decoder:
+            meta["base_model"] = [*model_origin(m.encoder), *model_origin(m.decoder)] if m.pretrained else []
+            meta["model"] = f"encoder `{m.encoder}` + decoder `{m.decoder}`"
+        return {**meta, "pipeline_tag": "image-to-text"}
+
+    def card_usage(self, parts, cfg):
+        return ('```python\nfrom transformers import pipeline\n\n'
+                'captioner = pipeline("image-text-to-text", model=".")\n'
+                'print(captioner(images="image.png", text=""))\n```\n\n'
+                'transformers 5 runs captioners as `image-text-to-text` (`image-to-text` maps to it): the empty '
+                'text prompt becomes the decoder\'s start token.\n')
+
     def format_prediction(self, prediction):
         return f"{prediction['caption']}\t{prediction['image']}"
 
 
-def collate(features: list[dict]) -> dict[str, torch.Tensor]:
+def collate(features: list[dict]) -> dict:
+    import torch
+
     batch = {"pixel_values": torch.stack([f["pixel_values"] for f in features])}
     if "labels" in features[0]:
         width = max(len(f["labels"]) for f in features)
@@ -338,22 +329,18 @@ def set_special_tokens(model, tokenizer) -> None:
                 setattr(config, key, value)
 
 
-def _overrides(cfg, part: str) -> SimpleNamespace:
-    """A cfg stand-in whose model.config_overrides are the encoder's or the decoder's."""
-    return SimpleNamespace(model=SimpleNamespace(config_overrides=dict(cfg.model.config_overrides.get(part) or {})))
-
-
 def _encoder(cfg, spec: str):
     """An image encoder (its base model, no head) and its image processor."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
+    overrides = dict(cfg.model.config_overrides.get("encoder") or {})
     if models.tiny_arch(spec) is not None:
         models.check_tiny(spec, ("vit",), "model.encoder: image captioning")
-        from hftool.tasks.image_classification import _tiny_vit
-
-        model, processor = _tiny_vit(_overrides(cfg, "encoder"), {}, cfg.data.image_size or DEFAULT_SIDE)
-        return model.vit, processor
-    token, overrides = cfg.model.token, _overrides(cfg, "encoder").model.config_overrides
+        model, processor = vision.tiny_vit(overrides, {}, cfg.data.image_size or DEFAULT_SIDE)
+        # Built as the encoder-decoder rebuilds it when it loads (AutoModel: with its pooler), so
+        # the run saves every weight a reload expects.
+        return AutoModel.from_config(model.config), processor
+    token = cfg.model.token
     config = models.load("model", AutoConfig, spec, token, **overrides)
     models.check_config_overrides(config, overrides)
     model = (models.load("model", AutoModel, spec, token, config=config) if cfg.model.pretrained
@@ -365,7 +352,7 @@ def _decoder(cfg, spec: str, texts: list[str], run_dir):
     """A causal LM with cross-attention layers (new, randomly initialised) and its tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
-    overrides = _overrides(cfg, "decoder").model.config_overrides
+    overrides = dict(cfg.model.config_overrides.get("decoder") or {})
     if models.tiny_arch(spec) is not None:
         models.check_tiny(spec, ("gpt2",), "model.decoder: image captioning")
         if not texts and run_dir is None:
@@ -381,12 +368,13 @@ def _decoder(cfg, spec: str, texts: list[str], run_dir):
     return model, tokenizer
 
 
-def draw_attention(model, tokenizer, pixels: torch.Tensor, ids: list[int], entry: dict, path: Path) -> None:
+def draw_attention(model, tokenizer, pixels, ids: list[int], entry: dict, path: Path) -> None:
     """One panel per generated token: the image under the decoder's cross-attention (mean over
     layers and heads) on the encoder's grid of patches."""
     import math
 
     import matplotlib
+    import torch
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

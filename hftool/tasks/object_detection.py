@@ -14,21 +14,62 @@ tensors (see hftool.metrics.detection) so they gather across processes without d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from hftool import logs, models
+from hftool import logs, models, vision
+from hftool.config import Option, TrainConfig
 from hftool.data import images
 from hftool.data.detection import BoxCheck, category_ids, read_by_hftool, to_xyxy
 from hftool.errors import HftoolError
 from hftool.outputs import atomic_path, check_output
-from hftool.tasks.base import Parts, Task, find_column
-from hftool.tasks.image_classification import IMAGE_COLUMNS, one_thread
+from hftool.tasks.base import Options, Parts, Task, find_column
 
 OBJECT_COLUMNS = ("objects", "annotations", "objects_list")
 MAX_DETECTIONS = 100  # boxes per image scored by COCO's AP (maxDets=100)
 REPORT = "per_class_ap.tsv"
+
+
+@dataclass
+class DetectionData(images.ImageData):
+    choices = {"box_format": ("xywh", "xyxy")}
+    # The objects column; None auto-detects objects/annotations/objects_list.
+    label_column: str | None = None
+    # Folder the images of a COCO JSON file are in (file_name is relative to it). None looks
+    # beside the JSON file, then in the folders below it and beside it (COCO's annotations/ next
+    # to train2017/).
+    images_dir: str | None = None
+    # How JSONL and hub boxes are written: xywh (COCO: x, y, width, height) or xyxy (Pascal VOC
+    # corners). COCO JSON and VOC XML files say it themselves.
+    box_format: str = "xywh"
+    # Boxes in [0, 1] fractions of the image size rather than pixels.
+    box_normalized: bool = False
+    # Probability of a horizontal flip in training; boxes move with the pixels.
+    hflip: float = 0.5
+    # Strength of the training colour jitter (brightness, contrast, saturation; hue a quarter of
+    # it); 0 leaves colours alone, which keeps short runs fast.
+    color_jitter: float = 0.0
+
+    def check(self) -> None:
+        super().check()
+        self.require("hflip", 0 <= self.hflip <= 1, "in [0, 1]")
+        self.require("color_jitter", 0 <= self.color_jitter <= 1, "in [0, 1]")
+
+
+@dataclass
+class DetectionTrain(TrainConfig):
+    # Learning rate of the vision backbone; None trains it at `lr`. DETR fine-tunes its
+    # pretrained ResNet ten times slower than the transformer (1e-5 vs 1e-4).
+    backbone_lr: float | None = None
+
+    def check(self) -> None:
+        super().check()
+        self.require("backbone_lr", self.backbone_lr is None or self.backbone_lr >= 0, ">= 0")
+
+
+@dataclass
+class DetectionState:
+    category_ids: list[int] | None  # COCO's own id of each class (predict gives them back), else None
 
 
 class Geometry:
@@ -57,6 +98,7 @@ class DetectionTransform:
 
     def __init__(self, geometry: Geometry, train: bool, hflip: float = 0.5, jitter: float = 0.0,
                  skip_bad: bool = False):
+        import torch
         from torchvision.transforms import v2
 
         self.geometry, self.skip_bad = geometry, skip_bad
@@ -68,8 +110,9 @@ class DetectionTransform:
         self.augment = v2.Compose(steps) if steps else None
         self.normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(geometry.mean, geometry.std)])
 
-    def apply(self, image: torch.Tensor, boxes: list[list[float]]):
+    def apply(self, image, boxes: list[list[float]]):
         """uint8 CHW image + absolute xyxy boxes -> (normalised float image, moved xyxy boxes)."""
+        import torch
         from torchvision import tv_tensors
         from torchvision.transforms.v2 import functional as F
 
@@ -84,40 +127,34 @@ class DetectionTransform:
         return self.normalise(pixels).as_subclass(torch.Tensor), box_tensor.as_subclass(torch.Tensor)
 
     def __call__(self, batch: dict) -> dict:
-        with one_thread():
-            return self._apply(batch)
+        import torch
 
-    def _apply(self, batch: dict) -> dict:
-        out = {"pixel_values": [], "labels": [], "orig_size": []}
-        if "index" in batch:
-            out["index"] = []
-        for i, entry in enumerate(batch["image"]):
-            try:
-                image = images.decode(entry)
-            except (ValueError, OSError) as err:
-                message = f"{entry.get('path') or 'an image stored in the data'}: cannot be decoded ({err})"
-                if not self.skip_bad:
-                    raise images.ImageDecodeError(f"{message}; remove it or pass data.skip_bad_images=true") from None
-                logs.warn(f"data.skip_bad_images: skipping {message}")
-                continue
-            keep = [not c for c in batch["crowd"][i]]  # crowds are no target: COCO only ignores them
-            boxes = [b for b, k in zip(batch["boxes"][i], keep) if k]
-            pixels, moved = self.apply(image, boxes)
-            height, width = pixels.shape[-2:]
-            cx, cy = (moved[:, 0] + moved[:, 2]) / 2 / width, (moved[:, 1] + moved[:, 3]) / 2 / height
-            w, h = (moved[:, 2] - moved[:, 0]) / width, (moved[:, 3] - moved[:, 1]) / height
-            classes = [c for c, k in zip(batch["classes"][i], keep) if k]
-            out["pixel_values"].append(pixels)
-            out["labels"].append({"class_labels": torch.tensor(classes, dtype=torch.long),
-                                  "boxes": torch.stack([cx, cy, w, h], dim=-1)})
-            out["orig_size"].append(torch.tensor(image.shape[-2:]))
+        with vision.one_thread():
+            decoded = images.readable(batch["image"], images.decode, self.skip_bad)
+            out = {"pixel_values": [], "labels": [], "orig_size": []}
             if "index" in batch:
-                out["index"].append(batch["index"][i])
+                out["index"] = []
+            for i, image in decoded:
+                keep = [not c for c in batch["crowd"][i]]  # crowds are no target: COCO only ignores them
+                boxes = [b for b, k in zip(batch["boxes"][i], keep) if k]
+                pixels, moved = self.apply(image, boxes)
+                height, width = pixels.shape[-2:]
+                cx, cy = (moved[:, 0] + moved[:, 2]) / 2 / width, (moved[:, 1] + moved[:, 3]) / 2 / height
+                w, h = (moved[:, 2] - moved[:, 0]) / width, (moved[:, 3] - moved[:, 1]) / height
+                classes = [c for c, k in zip(batch["classes"][i], keep) if k]
+                out["pixel_values"].append(pixels)
+                out["labels"].append({"class_labels": torch.tensor(classes, dtype=torch.long),
+                                      "boxes": torch.stack([cx, cy, w, h], dim=-1)})
+                out["orig_size"].append(torch.tensor(image.shape[-2:]))
+                if "index" in batch:
+                    out["index"].append(batch["index"][i])
         return out
 
 
 def collate(features: list[dict]) -> dict:
     """Pad images to the batch's largest height and width (bottom and right); pixel_mask marks real pixels."""
+    import torch
+
     height = max(f["pixel_values"].shape[1] for f in features)
     width = max(f["pixel_values"].shape[2] for f in features)
     pixels = torch.zeros(len(features), 3, height, width)
@@ -179,18 +216,28 @@ def _image_size(entry) -> tuple[int, int]:
 
 class ObjectDetection(Task):
     name = "object-detection"
+    recipe = "detr"
+    options = Options(model=vision.VisionModel, data=DetectionData, train=DetectionTrain)
+    architectures = ("ForObjectDetection",)
     default_metric = "map"
     pipeline_task = "object-detection"
     meta_keys = ("index", "orig_size")
+    # DETR's loss is normalised by the boxes of the whole batch (and of every process): eval_loss is
+    # the mean of batch losses, so it moves with the batch size; mAP does not.
+    exact_eval_loss = False
+    predict_options = (
+        Option("threshold", float, "Object detection: lowest score of a box shown (default 0.5)."),
+        Option("draw", Path, "Object detection: write PNGs with the boxes drawn into this folder."),
+    )
 
     # ------------------------------------------------------------------------------ data
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> image, width, height, boxes (xyxy pixels), classes, crowd, area; (rows, class names)."""
         import datasets
 
-        from hftool.data.sources import source_dir
+        from hftool.data.columns import source_dir
 
-        column = find_column(ds, source, cfg.data.image_column, IMAGE_COLUMNS, "image", "image_column")
+        column = find_column(ds, source, cfg.data.image_column, images.IMAGE_COLUMNS, "image", "image_column")
         image_type = datasets.Image(decode=False)
         feature = ds.features[column]
         if isinstance(feature, datasets.Image) or isinstance(feature, dict) and {"bytes", "path"} <= set(feature):
@@ -288,9 +335,7 @@ class ObjectDetection(Task):
         return ds.with_transform(self._transform(parts, cfg, train=True))
 
     def eval_features(self, parts, cfg, ds):
-        """Evaluation rows carry their index; the metric holds their ground truth under it."""
-        columns = ds.select_columns(["boxes", "classes", "crowd", "area"]).to_dict()
-        parts.extra["truth"] = {i: {k: columns[k][i] for k in columns} for i in range(len(ds))}
+        """Evaluation rows carry their index: the metric's ground truth is the row of that index."""
         return ds.add_column("index", list(range(len(ds)))).with_transform(self._transform(parts, cfg, train=False))
 
     def collate(self, parts):
@@ -299,8 +344,6 @@ class ObjectDetection(Task):
     # ----------------------------------------------------------------------------- model
     def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None) -> Parts:
         spec = model_path or cfg.model.name
-        if not 0 <= cfg.data.color_jitter <= 1:
-            raise HftoolError(f"data.color_jitter must be in [0, 1], got {cfg.data.color_jitter}")
         fields = {}
         if labels is not None and model_path is None:
             fields = models.label_maps(labels)
@@ -315,7 +358,7 @@ class ObjectDetection(Task):
         config = model.config
         if labels is None:
             labels = [config.id2label[i] for i in range(config.num_labels)]
-        return Parts(model, processor, labels, extra={"category_ids": getattr(config, "category_ids", None)})
+        return Parts(model, processor, labels, state=DetectionState(getattr(config, "category_ids", None)))
 
     def param_groups(self, parts, cfg, model):
         """The default groups, each split in two when train.backbone_lr gives the backbone its own rate."""
@@ -334,17 +377,21 @@ class ObjectDetection(Task):
         return [g for g in split if g["params"]]
 
     # --------------------------------------------------------------------------- metrics
-    def metric(self, parts):
+    def metric(self, parts, rows):
         from hftool.metrics import CocoMeanAP
 
-        return CocoMeanAP(parts.extra.get("truth", {}), parts.labels)
+        columns = rows.select_columns(["boxes", "classes", "crowd", "area"]).to_dict()
+        truth = {i: {k: columns[k][i] for k in columns} for i in range(len(rows))}
+        return CocoMeanAP(truth, parts.labels)
 
-    def _detections(self, parts, outputs, sizes: torch.Tensor, threshold: float) -> list[dict]:
+    def _detections(self, parts, outputs, sizes, threshold: float) -> list[dict]:
         """The processor's post-processing: per image, scores, class ids and xyxy boxes in pixels of `sizes`."""
         return parts.processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
 
     def eval_outputs(self, parts, outputs, batch):
         """Each image's best K boxes (K = MAX_DETECTIONS), fixed-size: padding has score -1."""
+        import torch
+
         found = self._detections(parts, outputs, batch["orig_size"], threshold=-1.0)
         n, k = len(found), MAX_DETECTIONS
         device = batch["pixel_values"].device
@@ -357,7 +404,7 @@ class ObjectDetection(Task):
             boxes[i, :m], scores[i, :m], labels[i, :m] = f["boxes"][order], f["scores"][order], f["labels"][order]
         return {"index": batch["index"], "boxes": boxes, "scores": scores, "labels": labels}
 
-    def prediction_records(self, parts, batches, order):
+    def prediction_records(self, parts, batches, order, rows):
         """Per image (eval.save_predictions): its scored boxes, best first, xyxy pixels, label names."""
         records = []
         for b in batches:
@@ -372,6 +419,7 @@ class ObjectDetection(Task):
     def predict(self, parts, cfg, inputs, batch_size, threshold: float = 0.5, draw: str | None = None):
         """Image files or folders -> {image, objects: [{label, score, box (xyxy pixels)[, category_id]}]}."""
         import datasets
+        import torch
 
         paths = []
         for given in images.input_paths(inputs):
@@ -384,7 +432,7 @@ class ObjectDetection(Task):
         features = self.features(parts, cfg, rows)
         model = parts.model.eval()
         device = next(model.parameters()).device
-        ids = parts.extra.get("category_ids")
+        ids = parts.state.category_ids
         results = []
         for start in range(0, len(features), batch_size):
             batch = collate([features[i] for i in range(start, min(start + batch_size, len(features)))])
@@ -407,12 +455,16 @@ class ObjectDetection(Task):
                 draw_boxes(result, target)
         return results
 
+    def card_usage(self, parts, cfg):
+        return ('```python\nfrom transformers import pipeline\n\ndetector = pipeline("object-detection", model=".")\n'
+                'print(detector("image.png", threshold=0.5))\n```\n')
+
     def format_prediction(self, prediction):
         found = "; ".join(f"{o['label']} {o['score']:.3f} [{', '.join(f'{v:.0f}' for v in o['box'])}]"
                           for o in prediction["objects"])
         return f"{prediction['image']}\t{found or '(no boxes)'}"
 
-    def write_reports(self, run_dir, metrics):
+    def write_reports(self, parts, run_dir, metrics, records):
         """per_class_ap.tsv: AP@[.5:.95] per class from the final evaluation (-1: no such object there)."""
         lines = ["class\tap"] + [f"{k[len('eval_ap_'):]}\t{v:.4f}" for k, v in metrics.items() if k.startswith("eval_ap_")]
         (Path(run_dir) / REPORT).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -459,14 +511,11 @@ def _tiny_detr(cfg, fields: dict, side: int):
 
 def _pretrained(cfg, spec: str, fields: dict, new_head: bool, side: int | None):
     """A local model dir, run dir or hub id and its image processor; a new label set gets a new head."""
-    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+    from transformers import AutoModelForObjectDetection
 
-    token = cfg.model.token
-    _, model = models.pretrained_with_head(cfg, spec, AutoModelForObjectDetection, fields, new_head)
-    processor = models.load("image processor", AutoImageProcessor, spec, token)
+    _, model, processor = vision.pretrained(cfg, spec, AutoModelForObjectDetection, fields, new_head)
     if side:  # the longer side becomes `side`: small images train much faster than DETR's 800-1333
         settings = processor.to_dict()
         settings["size"] = {"shortest_edge": side, "longest_edge": side}
         processor = type(processor).from_dict(settings)
     return model, processor
-

@@ -10,13 +10,14 @@ and scores it against the reference with BLEU, chrF and ROUGE (hftool.metrics.Te
 from __future__ import annotations
 
 import hashlib
-
-import torch
+import json
+from dataclasses import dataclass
 
 from hftool import models
-from hftool.data.batching import pad_collate
+from hftool.config import DataConfig, EvalConfig
 from hftool.errors import HftoolError
-from hftool.tasks.base import Parts, Task, find_column
+from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
+from hftool.tasks.base import Options, Parts, Reading, Task, find_column
 
 SOURCE_COLUMNS = ("source", "src", "input", "inputs", "text", "document", "article", "dialogue", "question")
 TARGET_COLUMNS = ("target", "tgt", "output", "outputs", "summary", "highlights", "answer", "translation")
@@ -24,13 +25,63 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"  # T5's special tokens, in T5's order (pad 0 starts the decoder)
 
 
+@dataclass
+class Seq2SeqData(DataConfig):
+    # Source and target columns; None auto-detects source/src/input/... and
+    # target/tgt/output/summary/... (and a hub `translation` column of {lang: text}).
+    source_column: str | None = None
+    target_column: str | None = None
+    # Languages of parallel text files ({split}.{lang}[.gz] in --data DIR), of columns named after
+    # them (en, de) and keys of a hub `translation` column.
+    source_lang: str | None = None
+    target_lang: str | None = None
+    # Text put before every source, e.g. "translate English to German: " for T5, which was
+    # pretrained with task prefixes; "" for models trained without them.
+    source_prefix: str = ""
+    # Token budget of a source; longer sources are truncated. 128 covers sentence pairs at a
+    # fraction of the 512-token cost.
+    max_length: int = 128
+    # Token budget of a target; longer targets are truncated in training, and evaluation
+    # generates at most this many tokens unless model.generation_config says.
+    max_target_length: int = 128
+
+    def check(self) -> None:
+        super().check()
+        for name in ("max_length", "max_target_length"):
+            self.require(name, getattr(self, name) > 0, "positive")
+
+
+@dataclass
+class Seq2SeqEval(EvalConfig):
+    # The metrics to compute, without the eval_ prefix (e.g. [bleu, chrf]); None computes all
+    # that the task offers.
+    metrics: list | None = None
+
+
+@dataclass
+class Seq2SeqState:
+    """What evaluation reads from the run's config: the metrics to compute and how long a
+    generated text may get."""
+
+    metrics: list[str]
+    max_new_tokens: int
+
+
 class Seq2Seq(Task):
     name = "seq2seq"
+    recipe = "seq2seq"
+    options = Options(model=GenerativeModel, data=Seq2SeqData, eval=Seq2SeqEval)
+    architectures = ("ForConditionalGeneration", "MTModel")  # T5, BART, mBART; Marian
     default_metric = "bleu"
     pipeline_task = "text2text-generation"  # the hub's tag; transformers 5 has no such pipeline
+    generate_options = TEXT_GENERATION_OPTIONS
+    generation_separator = "\n"  # the output is a new text, not a continuation: it goes below its input
+
+    def reading(self, cfg):
+        return Reading(langs=(cfg.data.source_lang, cfg.data.target_lang))
 
     # ----------------------------------------------------------------------------- data
-    def prepare(self, cfg, ds, source, labels=None):
+    def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns `source` and `target`, both non-empty text (predict takes raw texts)."""
         import datasets
 
@@ -75,6 +126,8 @@ class Seq2Seq(Task):
                 raise HftoolError(f"model '{spec}' ({type(config).__name__}) is not an encoder-decoder model; the seq2seq "
                                   "recipe needs one such as T5, BART or Marian (a decoder-only model: use the gpt2 recipe)")
             # fp32 master weights for training (mixed precision autocasts); inference keeps the checkpoint's dtype.
+            import torch
+
             model = models.load("model", AutoModelForSeq2SeqLM, spec, token, config=config,
                                 dtype=torch.float32 if model_path is None else "auto")
         generation = model.generation_config
@@ -83,18 +136,15 @@ class Seq2Seq(Task):
             if getattr(generation, key) is None:
                 setattr(generation, key, value)
         if model_path is None:  # a new run: the recipe's decoding settings, used by evaluation and predict
-            from hftool.tasks.causal_lm import _update_generation_config
-
-            _update_generation_config(generation, cfg.model.generation_config)
+            update_generation_config(generation, cfg.model.generation_config)
         from hftool.metrics.text_overlap import check_names
 
-        # Evaluation settings from the run's config: what to score, how long a generated text may get.
-        extra = {"metrics": check_names(cfg.eval.metrics), "max_new_tokens": cfg.data.max_target_length}
+        state = Seq2SeqState(metrics=check_names(cfg.eval.metrics), max_new_tokens=cfg.data.max_target_length)
         best = cfg.train.metric_for_best or self.default_metric
-        if model_path is None and best not in (*extra["metrics"], "loss", "gen_len"):  # else found after training
+        if model_path is None and best not in (*state.metrics, "loss", "gen_len"):  # else found after training
             raise HftoolError(f"eval.metrics leaves out {best}, which picks the best checkpoint; add it, or set "
-                              f"train.metric_for_best to one of {', '.join(extra['metrics'])}")
-        return Parts(model, tokenizer, extra=extra)
+                              f"train.metric_for_best to one of {', '.join(state.metrics)}")
+        return Parts(model, tokenizer, state=state)
 
     # ------------------------------------------------------------------------- features
     def features(self, parts, cfg, ds):
@@ -118,6 +168,8 @@ class Seq2Seq(Task):
                       new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16])
 
     def collate(self, parts):
+        from hftool.data.batching import pad_collate
+
         pad = pad_collate({"input_ids": parts.processor.pad_token_id, "labels": -100})
 
         def collate(features):
@@ -126,13 +178,14 @@ class Seq2Seq(Task):
         return collate
 
     # ----------------------------------------------------------------------- evaluation
-    def metric(self, parts):
+    def metric(self, parts, rows):
         from hftool.metrics import TextOverlap
 
-        return TextOverlap(parts.extra.get("metrics"), tokenizer=parts.processor)
+        return TextOverlap(parts.state.metrics, tokenizer=parts.processor)
 
     def eval_outputs(self, parts, outputs, batch):
         """Reference ids and per-example loss (the generated ids come from eval_generate)."""
+        import torch
         from accelerate.utils import pad_across_processes
 
         labels = batch["labels"]
@@ -146,10 +199,10 @@ class Seq2Seq(Task):
         from accelerate.utils import pad_across_processes
 
         generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                   **generate_limits(model.generation_config, parts.extra.get("max_new_tokens")))
+                                   **generate_limits(model.generation_config, parts.state.max_new_tokens))
         return {"predictions": pad_across_processes(generated[:, 1:], dim=1, pad_index=-100)}
 
-    def prediction_records(self, parts, batches, order):
+    def prediction_records(self, parts, batches, order, rows):
         """Per example (eval.save_predictions): the generated text beside the reference."""
         texts = {}
         for key in ("predictions", "references"):
@@ -171,8 +224,29 @@ class Seq2Seq(Task):
                            GenerationOptions(batch_size=batch_size, **limits))
         return [{"source": r["prompt"][len(prefix):], "generated_text": r["generated_text"]} for r in results]
 
+    def card_usage(self, parts, cfg):
+        """The model and its generate(): transformers 5 has no text2text or translation pipeline."""
+        source = json.dumps(cfg.data.source_prefix + "The red dog sees the old table.", ensure_ascii=False)
+        limits = "".join(f", {k}={v}" for k, v in generate_limits(parts.model.generation_config,
+                                                                   cfg.data.max_target_length).items())
+        return ("```python\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n\n"
+                'tokenizer = AutoTokenizer.from_pretrained(".")\nmodel = AutoModelForSeq2SeqLM.from_pretrained(".")\n'
+                f"inputs = tokenizer([{source}], return_tensors=\"pt\")\n"
+                f"print(tokenizer.batch_decode(model.generate(**inputs{limits}), skip_special_tokens=True))\n```\n\n"
+                "Generation settings come from `generation_config.json`; `hftool generate . -p TEXT` "
+                "takes beams, sampling and streaming flags.\n")
+
     def format_prediction(self, prediction):
         return prediction["generated_text"]
+
+    def generate(self, parts, cfg, prompts, on_text=None, options=None, **flags):
+        """Transform prompts (each after data.source_prefix, as in training)."""
+        from hftool.generation import GenerationOptions, generate
+
+        prefix = cfg.data.source_prefix
+        options = options or GenerationOptions.from_flags(**flags)
+        results = generate(parts.model, parts.processor, [prefix + p for p in prompts], options, on_text)
+        return [{**r, "prompt": r["prompt"][len(prefix):]} for r in results]
 
 
 def _is_translation_dict(ds) -> bool:
@@ -242,10 +316,8 @@ def tiny_mbart_config(tokenizer, overrides: dict):
 
     Why mBART: learned absolute positions give word order from the first steps, and its pre-norm
     layers get past the early plateau where the decoder models the target language without
-    reading the source. On the embedded toy translation (8 epochs, seeds 0/1/2/42) it passed
-    BLEU 90 by the fifth epoch and ended at 99.8-100 every time; BART of the same size
-    (post-norm) stayed on the plateau for one seed of three, and T5 of the same size (relative
-    position biases only) stalled near BLEU 40, swapping subject and object. Dropout is off: runs that short do not overfit.
+    reading the source; BART and T5 of the same size stalled on it (benchmarks/README.md).
+    Dropout is off: runs that short do not overfit.
     """
     from transformers import MBartConfig
 

@@ -3,26 +3,43 @@
 from __future__ import annotations
 
 import hashlib
-
-import torch
+from dataclasses import dataclass
 
 from hftool import models
-from hftool.data.batching import pad_collate
+from hftool.config import DataConfig
 from hftool.data.checks import check_texts
-from hftool.data.labels import label_names
+from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, has_labels, label_ids, label_names, ranked, with_top_k
 from hftool.errors import HftoolError
-from hftool.tasks.base import Parts, Task, find_column
+from hftool.tasks.base import Options, Parts, Task, find_column
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question1", "question", "content", "review",
                 "document", "query")
 PAIR_COLUMNS = {"sentence1": "sentence2", "premise": "hypothesis", "question1": "question2", "text": "text_pair"}
-LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "coarse_label")
+
+
+@dataclass
+class TextClassificationData(DataConfig):
+    # Column names; None auto-detects the usual ones (text/sentence/..., label/labels/...).
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    # Token budget per example; longer inputs are truncated. 128 covers most sentence tasks at a
+    # fraction of the 512-token cost.
+    max_length: int = 128
+
+    def check(self) -> None:
+        super().check()
+        self.require("max_length", self.max_length > 0, "positive")
 
 
 class TextClassification(Task):
     name = "text-classification"
+    recipe = "bert-cls"
+    options = Options(model=models.TextModel, data=TextClassificationData)
+    architectures = ("ForSequenceClassification",)
     default_metric = "accuracy"
     pipeline_task = "text-classification"
+    predict_options = (TOP_K_OPTION,)
 
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns text, [text_pair], label (class id); label names come from `ds` when None."""
@@ -43,25 +60,10 @@ class TextClassification(Task):
                                   f"holds {values[bad]!r}, not text; fix or remove the row")
             if labels is None and require_labels:  # training data, its first pass: warned once
                 check_texts(values, source, text if name == "text" else pair)
-        if require_labels or any(c in ds.column_names for c in (data.label_column, *LABEL_COLUMNS) if c):
+        if require_labels or has_labels(ds, data.label_column):
             label = find_column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")
-            names = label_names(ds, label, source) if labels is None else labels
-            if not names:
-                raise HftoolError(f"{source}: the label column '{label}' is empty; every row needs a label")
-            feature = ds.features[label]
-            raw = [feature.names[v] if hasattr(feature, "names") and v is not None and v >= 0 else v
-                   for v in ds[label]]
-            ids = {name: i for i, name in enumerate(names)}
-            columns["label"] = []
-            for row, value in enumerate(raw, 1):
-                key = str(value) if value is not None else ""
-                if key not in ids:
-                    if value is None or value == "":
-                        raise HftoolError(f"{source} row {row}: no label in column '{label}'; every row needs one")
-                    raise HftoolError(f"{source} row {row}: label {value!r} is not one the model was trained on "
-                                      f"({', '.join(names)}); fix the row or add the class to the training data")
-                columns["label"].append(ids[key])
-            labels = names
+            labels = label_names(ds, label, source) if labels is None else labels
+            columns["label"] = label_ids(ds, label, labels, source)
         import datasets
 
         return datasets.Dataset.from_dict(columns), labels
@@ -106,6 +108,8 @@ class TextClassification(Task):
                       new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16])
 
     def collate(self, parts):
+        from hftool.data.batching import pad_collate
+
         collate = pad_collate({"input_ids": parts.processor.pad_token_id})
 
         def without_length(features):
@@ -113,28 +117,37 @@ class TextClassification(Task):
 
         return without_length
 
-    def metric(self, parts):
+    def metric(self, parts, rows):
         from hftool.metrics import Accuracy, PrecisionRecallF1, combine
 
         return combine([Accuracy(), PrecisionRecallF1(num_classes=len(parts.labels))])
 
     def eval_outputs(self, parts, outputs, batch):
+        import torch
+
         logits = outputs.logits.float()
         losses = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
         return {"predictions": logits.argmax(-1), "references": batch["labels"], "loss": losses}
 
-    def predict(self, parts, cfg, inputs, batch_size):
+    def predict(self, parts, cfg, inputs, batch_size, top_k: int = 1):
         import datasets
+        import torch
 
         from hftool.evaluation import run_batches
 
         rows, _ = self.prepare(cfg, datasets.Dataset.from_dict({"text": list(inputs)}), "input", require_labels=False)
+        k = min(top_k, len(parts.labels))
         results = []
         for batch, outputs in run_batches(parts.model, self.features(parts, cfg, rows), self.collate(parts), batch_size):
-            probs = torch.softmax(outputs.logits.float(), dim=-1)
-            scores, ids = probs.max(-1)
-            results += [{"label": parts.labels[i], "score": round(s, 6)} for i, s in zip(ids.tolist(), scores.tolist())]
+            scores, ids = torch.softmax(outputs.logits.float(), dim=-1).topk(k, dim=-1)
+            results += [ranked(parts.labels, row_ids, row_scores, top_k > 1)
+                        for row_ids, row_scores in zip(ids.tolist(), scores.tolist())]
         return [{"text": text, **result} for text, result in zip(inputs, results)]
 
+    def card_usage(self, parts, cfg):
+        return ('```python\nfrom transformers import pipeline\n\nclassifier = pipeline("text-classification", model=".")\n'
+                'print(classifier(["a wonderful film", "a dull, clumsy script"], top_k=None))\n```\n')
+
     def format_prediction(self, prediction):
-        return f"{prediction['label']}\t{prediction['score']:.4f}\t{prediction['text']}"
+        return with_top_k(f"{prediction['label']}\t{prediction['score']:.4f}\t{prediction['text']}", prediction)
+

@@ -15,18 +15,44 @@ series recursively, each forecast feeding the next window.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from hftool import models
-from hftool.data import timeseries
+from hftool.config import DataConfig, Option
 from hftool.errors import HftoolError
 from hftool.outputs import atomic_path, check_output
-from hftool.tasks.base import Parts, Task
+from hftool.tasks.base import Options, Parts, Reading, Task
 
 DEFAULT_HORIZON = 30  # steps `predict` forecasts unless told: the textbook's 30 days
+
+
+@dataclass
+class ForecastingData(DataConfig):
+    choices = {"holdout": ("random", "tail")}
+    # The date column; None takes the first column named like a date (date, ds, timestamp,
+    # month, ...), else the first column.
+    date_column: str | None = None
+    # The columns to forecast, together; None takes every column but the date.
+    value_columns: list | None = None
+    # hourly | daily | weekly | monthly | quarterly | yearly or a pandas alias (15min, W-MON);
+    # None infers it from the dates. Missing dates on that grid are added and interpolated.
+    freq: str | None = None
+    # Past steps the model reads to predict the next one. 30 is the textbook month of daily
+    # values; a monthly series wants at least a year (12).
+    context_length: int = 30
+    # The seasonal-naive baseline's period; None uses the frequency's usual one (24 hourly, 7
+    # daily, 52 weekly, 12 monthly, 4 quarterly).
+    season_length: int | None = None
+    # How validation is held out when there is no validation data: random rows (seeded), or
+    # tail: the last rows in file order, with data.context_length rows before them as history
+    # for the first windows (the model is scored on the future it has not seen).
+    holdout: str = "random"
+
+    def check(self) -> None:
+        super().check()
+        self.require("context_length", self.context_length > 0, "positive")
+        self.require("season_length", self.season_length is None or self.season_length > 0, "positive")
 
 
 class TimeSeriesForecasting(Task):
@@ -34,20 +60,32 @@ class TimeSeriesForecasting(Task):
     default_metric = "rmse"
     # Original-unit values for the metric only; the model sees past_values and labels.
     meta_keys = ("target", "naive", "seasonal")
+    recipe = "lstm-forecast"
+    options = Options(data=ForecastingData)
+    architectures = ("TimeSeriesForecaster",)
+    predict_options = (
+        Option("horizon", int, "Forecasting: steps to forecast past the end of the series (default 30).", min=1),
+    )
     # `hftool predict RUN_DIR` forecasts from the end of the run's own series.
     inputs_optional = True
+    writes_output = True
 
     def __init__(self):
         # Sources whose gaps were reported: training reads a file's rows whole, then its
         # training part, which would say the same thing twice.
         self._reported: set[str] = set()
 
+    def reading(self, cfg):
+        return Reading(holdout=cfg.data.holdout, history=cfg.data.context_length)
+
     # ------------------------------------------------------------------------------ data
-    def prepare(self, cfg, ds, source, labels=None):
+    def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> a regular series: `date` (ISO) and `values` (one float per value column).
 
         `labels` are the value columns (a trained model's, for evaluate and predict)."""
         import datasets
+
+        from hftool.data import timeseries
 
         data = cfg.data
         if labels is not None and not data.value_columns:
@@ -70,6 +108,7 @@ class TimeSeriesForecasting(Task):
         Scored targets start once a window and a season of history exist before them, so the
         model and both baselines are scored on the same steps."""
         import datasets
+        import numpy as np
 
         config = parts.model.config
         context, season = config.context_length, config.season_length
@@ -99,6 +138,9 @@ class TimeSeriesForecasting(Task):
 
     # ----------------------------------------------------------------------------- model
     def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None) -> Parts:
+        import numpy as np
+
+        from hftool.data import timeseries
         from hftool.forecaster import CELLS, ForecasterConfig, TimeSeriesForecaster
 
         spec = model_path or cfg.model.name
@@ -123,7 +165,7 @@ class TimeSeriesForecasting(Task):
         return Parts(model, scaler, list(model.config.columns))
 
     # --------------------------------------------------------------------------- metrics
-    def metric(self, parts):
+    def metric(self, parts, rows):
         from hftool.metrics.forecasting import ForecastErrors
 
         return ForecastErrors()
@@ -140,7 +182,9 @@ class TimeSeriesForecasting(Task):
         """Forecast `horizon` steps past the end of a series: the run's own data (no inputs) or
         one table file of history. Returns one {"date", "step", <column>: value} per step;
         with `output`, also writes it as CSV and a PNG of history and forecast beside it."""
+        import numpy as np
         import pandas as pd
+        import torch
 
         from hftool.data import load_source
 
@@ -184,19 +228,22 @@ class TimeSeriesForecasting(Task):
     def format_prediction(self, prediction):
         return "\t".join([prediction["date"], *(f"{v:.4f}" for k, v in prediction.items() if k not in ("date", "step"))])
 
-    def write_reports(self, run_dir, metrics):
-        """The model card's usage: hftool predict (transformers has no forecasting pipeline)."""
-        card = Path(run_dir) / "README.md"
-        if card.is_file():
-            text = card.read_text(encoding="utf-8")
-            start = text.find("```python\nfrom transformers import pipeline")
-            if start >= 0:
-                end = text.index("```\n", start + 3) + 4
-                usage = ("```\nhftool predict path/to/this/folder --horizon 30 --output forecast.csv\n```\n\n"
-                         "or, in Python, `hftool.api.predict(\"path/to/this/folder\", [], horizon=30)`; the model alone "
-                         "loads with `AutoModel.from_pretrained` once `hftool.forecaster` is imported, and reads values "
-                         "scaled by `scaler.json`.\n")
-                card.write_text(text[:start] + usage + text[end:], encoding="utf-8")
+    def card_metadata(self, parts, cfg):
+        """library_name hftool: transformers loads the model once `import hftool` registered it."""
+        return {**super().card_metadata(parts, cfg), "library_name": "hftool"}
+
+    def card_usage(self, parts, cfg):
+        """The model through transformers' AutoModel (transformers has no forecasting pipeline)."""
+        return ("```python\nimport json\n\nimport torch\nfrom transformers import AutoModel\n\n"
+                "import hftool  # registers its forecaster with transformers' Auto classes (no remote code)\n\n"
+                'model = AutoModel.from_pretrained(".").eval()\n'
+                'scaler = json.load(open("scaler.json"))  # the training data\'s mean and std per column\n'
+                'mean, std = torch.tensor(scaler["mean"]), torch.tensor(scaler["std"])\n'
+                "# your last context_length values, one column per series (scaler[\"columns\"]), in data units\n"
+                "history = mean.repeat(model.config.context_length, 1)\n"
+                "forecast = model.forecast(((history - mean) / std)[None], horizon=7)[0] * std + mean\n"
+                "print(forecast)\n```\n\n"
+                "or `hftool predict . --horizon 30 --output forecast.csv` (dates, values and a plot).\n")
 
     def save(self, parts, run_dir, model=None, state_dict=None):
         if model is not None:
@@ -204,7 +251,9 @@ class TimeSeriesForecasting(Task):
         parts.processor.save_pretrained(run_dir)
 
 
-def collate(features: list[dict]) -> dict[str, torch.Tensor]:
+def collate(features: list[dict]) -> dict:
+    import torch
+
     batch = {k: torch.tensor([f[k] for f in features], dtype=torch.float32) for k in ("past_values", "labels")}
     for key in TimeSeriesForecasting.meta_keys:  # original units, kept exact for the metric
         if key in features[0]:
@@ -212,7 +261,7 @@ def collate(features: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def write_forecast(path: Path, predictions: list[dict], columns: list[str], dates, values: np.ndarray) -> Path:
+def write_forecast(path: Path, predictions: list[dict], columns: list[str], dates, values) -> Path:
     """The forecast as CSV at `path` and a PNG of the recent history and the forecast beside it."""
     import csv
 

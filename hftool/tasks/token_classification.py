@@ -14,15 +14,14 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from hftool import models
-from hftool.data.batching import pad_collate
+from hftool.config import DataConfig
 from hftool.data.conll import TAG
 from hftool.errors import HftoolError
-from hftool.tasks.base import Parts, Task, find_column
+from hftool.tasks.base import Options, Parts, Task, find_column
 
 TOKEN_COLUMNS = ("tokens", "words")
 TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner")
@@ -30,6 +29,31 @@ TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner")
 # character on its own, as BERT's pre-tokenizer and CoNLL's tokenisation split punctuation.
 WORD = re.compile(r"\w+|[^\w\s]")
 REPORT = "entity_metrics.tsv"
+
+
+@dataclass
+class TokenClassificationData(DataConfig):
+    # Column names; None auto-detects tokens/words and ner_tags/tags/labels/ner.
+    text_column: str | None = None
+    label_column: str | None = None
+    # Subword budget per window; a sentence longer than this is split into overlapping windows of
+    # whole words, never cut. 128 covers most sentences at a fraction of the 512-token cost.
+    max_length: int = 128
+    # Tokens shared by consecutive windows of a text longer than max_length. Each word is scored
+    # in the window where it has the most context, so 32 gives every word at least ~16 tokens of
+    # context on the side where a window was cut.
+    stride: int = 32
+    # Also train a word's later subwords (B- becomes I-) instead of only its first. False is the
+    # usual choice: the first subword is the one predicted and scored.
+    label_all_tokens: bool = False
+    # Tag names for data whose tags are integer ids without names (a hub ClassLabel names them
+    # otherwise), e.g. [O, B-PER, I-PER]; index = id. None: tags are names, or the hub's names.
+    tag_names: list | None = None
+
+    def check(self) -> None:
+        super().check()
+        self.require("max_length", self.max_length > 0, "positive")
+        self.require("stride", self.stride >= 0, "0 or more")
 
 
 def to_iob2(tags: list[str]) -> list[str]:
@@ -96,6 +120,9 @@ def home_windows(pieces: list[int], spans: list[tuple[int, int]]) -> list[int]:
 
 class TokenClassification(Task):
     name = "token-classification"
+    recipe = "bert-ner"
+    options = Options(model=models.TextModel, data=TokenClassificationData)
+    architectures = ("ForTokenClassification",)
     default_metric = "f1"
     pipeline_task = "token-classification"
     meta_keys = ("word_ids", "example_id")
@@ -253,6 +280,8 @@ class TokenClassification(Task):
         return ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names, desc="Tokenizing")
 
     def collate(self, parts):
+        from hftool.data.batching import pad_collate
+
         collate = pad_collate({"input_ids": parts.processor.pad_token_id, "labels": -100, "word_ids": -100})
 
         def without_length(features):
@@ -260,13 +289,14 @@ class TokenClassification(Task):
 
         return without_length
 
-    def metric(self, parts):
+    def metric(self, parts, rows):
         from hftool.metrics import Seqeval
 
         return Seqeval(parts.labels)
 
     def eval_outputs(self, parts, outputs, batch):
         # Widths differ between processes (dynamic padding); gathering needs one width.
+        import torch
         from accelerate.utils import pad_across_processes
 
         logits, labels = outputs.logits.float(), batch["labels"]
@@ -278,7 +308,7 @@ class TokenClassification(Task):
         losses = token_losses.sum(-1) / (labels != -100).sum(-1).clamp(min=1)
         return {**rows, "example_ids": batch["example_id"], "loss": losses}
 
-    def prediction_records(self, parts, batches, order):
+    def prediction_records(self, parts, batches, order, rows):
         """One record per sentence (its windows joined): predicted and reference tags per word."""
         from hftool.metrics.tagging import sentence_tags
 
@@ -290,6 +320,7 @@ class TokenClassification(Task):
 
     def predict(self, parts, cfg, inputs, batch_size):
         import datasets
+        import torch
         from seqeval.metrics.sequence_labeling import get_entities
 
         from hftool.evaluation import run_batches
@@ -320,12 +351,21 @@ class TokenClassification(Task):
             results.append({"text": text, "entities": entities})
         return results
 
+    def card_usage(self, parts, cfg):
+        """aggregation_strategy="first": a word takes its first subword's tag, as training and
+        `hftool predict` read it ("simple" splits a word whose subwords disagree)."""
+        return ('```python\nfrom transformers import pipeline\n\n'
+                'tagger = pipeline("token-classification", model=".", aggregation_strategy="first")\n'
+                'print(tagger("Angela Merkel visited Paris"))\n```\n\n'
+                '`aggregation_strategy="first"` gives each word its first subword\'s tag, as training and '
+                '`hftool predict` do: the same entities.\n')
+
     def format_prediction(self, prediction):
         found = "; ".join(f"{e['type']} {json.dumps(e['text'], ensure_ascii=False)} {e['start']}-{e['end']} "
                           f"{e['score']:.4f}" for e in prediction["entities"])
         return f"{prediction['text']}\t{found or '(no entities)'}"
 
-    def write_reports(self, run_dir, metrics):
+    def write_reports(self, parts, run_dir, metrics, records):
         """entity_metrics.tsv: precision, recall, F1 and support per entity type, then overall."""
         kinds = [k[len("eval_"):-len("_support")] for k in metrics if k.startswith("eval_") and k.endswith("_support")]
         lines = ["type\tprecision\trecall\tf1\tsupport"]

@@ -1,0 +1,382 @@
+"""The task contract, checked for every registered task on its embedded-default recipe, made tiny.
+
+A new task gets these checks by registering: its recipe trains a few steps on the first rows of
+its own sample, and each check below runs on that. Per-task test files keep only what is
+specific to their task. `TwoPlayer` (below) is a task that owns its step, with two models and
+two optimizers: the loop must checkpoint and resume both exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from hftool import api
+from hftool.config import load_config, new_config, valid_keys
+from hftool.tasks import TASKS
+from hftool.tasks.base import Parts, Task, Update
+from tests.conftest import REPO, client_namespace, readme_clients, run_card_snippets
+
+# A few steps on the first rows of the recipe's own data: every hook runs, nothing takes long.
+TINY = ["train.max_steps=4", "train.batch_size=4", "train.eval_batch_size=8", "data.max_train_samples=48",
+        "data.max_eval_samples=12", "train.logging_steps=1", "train.eval_steps=4", "train.save_steps=2",
+        "eval.save_predictions=true"]
+
+
+# ------------------------------------------------------------------------- a task owning its step
+@dataclass
+class TwoPlayerState:
+    other: torch.nn.Module  # the second model; the loop trains it, save() writes it
+
+
+class Affine(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(1, 1))
+
+    def forward(self, x):
+        return x @ self.weight
+
+
+class TwoPlayer(Task):
+    """y = a(x) + b(x): `a` and `b` take turns, each with its own AdamW (b with GAN-style betas)."""
+
+    name = "two-player"
+    default_metric = "loss"
+
+    def prepare(self, cfg, ds, source, labels=None, require_labels=True):
+        return ds.select_columns(["x", "y"]), None
+
+    def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None):
+        a, b = Affine(), Affine()
+        if model_path is not None:
+            saved = torch.load(Path(model_path) / "players.pt")
+            a.load_state_dict(saved["a"])
+            b.load_state_dict(saved["b"])
+        return Parts(a, None, state=TwoPlayerState(b))
+
+    def features(self, parts, cfg, ds):
+        return ds
+
+    def collate(self, parts):
+        def collate(rows):
+            return {k: torch.tensor([[r[k]] for r in rows], dtype=torch.float32) for k in ("x", "y")}
+        return collate
+
+    def updates(self, parts, cfg):
+        return [Update("a", parts.model, [{"params": list(parts.model.parameters())}]),
+                Update("b", parts.state.other, [{"params": list(parts.state.other.parameters())}], lr=cfg.train.lr / 2,
+                       betas=(0.5, 0.999))]
+
+    def train_step(self, parts, batch, step):
+        a, b, x, y = step.models["a"], step.models["b"], batch["x"], batch["y"]
+        loss_a = ((a(x) + b(x).detach() - y) ** 2).mean()
+        step.backward(loss_a)
+        step.update("a")
+        loss_b = ((a(x).detach() + b(x) - y) ** 2).mean()
+        step.backward(loss_b)
+        step.update("b")
+        return {"loss": loss_b, "loss_a": loss_a}
+
+    def eval_forward(self, parts, model, batch):
+        return model(batch["x"]) + parts.state.other(batch["x"])
+
+    def eval_outputs(self, parts, outputs, batch):
+        return {"loss": ((outputs - batch["y"]) ** 2).squeeze(-1)}
+
+    def metric(self, parts, rows):
+        return _NoMetric()
+
+    def prediction_records(self, parts, batches, order, rows):
+        return [{"index": i, "loss": float(v)} for i, v in enumerate(x for b in batches for x in b["loss"])]
+
+    def save(self, parts, run_dir, model=None, state_dict=None):
+        if model is not None:
+            torch.save({"a": model.state_dict(), "b": parts.state.other.state_dict()}, Path(run_dir) / "players.pt")
+
+    def card_usage(self, parts, cfg):
+        return "a test task\n"
+
+
+class _NoMetric:
+    """The loop's metric contract with nothing to compute: eval_loss is the score."""
+
+    def add_batch(self, **_):
+        pass
+
+    def compute(self):
+        return {}
+
+
+@pytest.fixture
+def two_player(monkeypatch, tmp_path):
+    """TwoPlayer registered, and a recipe for it on 64 rows of y = 3x + 1."""
+    import csv
+
+    monkeypatch.setitem(TASKS, TwoPlayer.name, TwoPlayer)
+    data = tmp_path / "line.csv"
+    generator = torch.Generator().manual_seed(0)
+    xs = torch.rand(64, generator=generator).tolist()
+    with open(data, "w", newline="") as f:
+        csv.writer(f).writerows([("x", "y"), *((x, 3 * x + 1) for x in xs)])
+    recipe = tmp_path / "two-player.yaml"
+    recipe.write_text(f"task: two-player\ndata: {{train: {data}}}\ntrain: {{lr: 0.05, epochs: 1}}\n")
+    return recipe
+
+
+# ------------------------------------------------------------------------------------ helpers
+def recipe_of(name: str) -> str:
+    return TASKS[name].recipe
+
+
+def finetune(recipe: str, run: Path, *overrides: str, resume: bool = False, stop_at: int | None = None):
+    """api.finetune on the recipe made tiny; with `stop_at`, a SIGTERM arrives at that step."""
+    from hftool.training import Trainer, TrainingStopped
+
+    cfg = load_config(recipe, overrides=[*TINY, *overrides, f"output_dir={run}"])
+    if stop_at is None:
+        return api.finetune(cfg, resume=resume)
+    after_step = Trainer._after_step
+
+    def interrupted(self, end_of_epoch):
+        done = after_step(self, end_of_epoch)
+        if self.state.global_step == stop_at:
+            self.stop_signal = signal.SIGTERM
+        return done
+
+    Trainer._after_step = interrupted
+    try:
+        with pytest.raises(TrainingStopped):
+            api.finetune(cfg)
+    finally:
+        Trainer._after_step = after_step
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """name -> (run dir, metrics) of each task's tiny run, trained on first use."""
+    done: dict[str, tuple[Path, dict]] = {}
+
+    def get(name: str) -> tuple[Path, dict]:
+        if name not in done:
+            done[name] = finetune(recipe_of(name), tmp_path_factory.mktemp(name) / "run")
+        return done[name]
+
+    return get
+
+
+def eval_metrics(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.startswith("eval_")}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+NAMES = list(TASKS)
+
+
+# -------------------------------------------------------------------------------- the checks
+def test_task_modules_import_no_heavy_library():
+    """The CLI reads every task's declarations at start-up; `hftool --help` must stay fast."""
+    code = "import sys, hftool.tasks; print([m for m in ('torch', 'transformers', 'datasets') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_no_task_module_imports_another():
+    import re
+
+    for path in (REPO / "hftool" / "tasks").glob("*.py"):
+        if path.name in ("__init__.py", "base.py"):
+            continue
+        imported = set(re.findall(r"hftool\.tasks\.(\w+)", path.read_text(encoding="utf-8")))
+        assert imported <= {"base"}, f"{path.name} imports {imported - {'base'}}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dry_run_prints_every_key_of_the_tasks_options(cli, name):
+    import yaml
+
+    result = cli("finetune", recipe_of(name), "--dry-run")
+    assert result.code == 0, result.err
+
+    def keys(mapping, prefix=""):
+        out = []
+        for key, value in mapping.items():
+            nested = isinstance(value, dict) and key in ("model", "data", "train", "eval") and not prefix
+            out += keys(value, f"{key}.") if nested else [prefix + key]
+        return out
+
+    assert keys(yaml.safe_load(result.out)) == valid_keys(new_config(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_optimizer_step_changes_every_parameter_that_gets_a_gradient(name, tmp_path):
+    """And nothing else: a parameter missing from the optimizer, or a frozen one that moves, fails.
+    (A parameter whose gradient is exactly 0 may keep its value: DETR's first decoder layer starts
+    from zero queries.)"""
+    from hftool.training import Trainer
+
+    cfg = load_config(recipe_of(name), overrides=[*TINY, "train.max_steps=1"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    named = {(m, n): p for m, model in trainer.models.items() for n, p in model.named_parameters()}
+    before = {key: p.detach().clone() for key, p in named.items()}
+    graded = set()
+    for key, p in named.items():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda p, key=key: graded.add(key) if p.grad.any() else None)
+    trainer.train()
+    changed = {key for key, p in named.items() if not torch.equal(before[key], p.detach())}
+    assert graded and graded <= changed, sorted(graded - changed)
+    assert all(named[key].requires_grad for key in changed)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metrics_are_present_and_finite(runs, name):
+    run, metrics = runs(name)
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    task = TASKS[name]
+    assert f"eval_{task.default_metric}" in saved and "eval_loss" in saved
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in saved.values()), saved
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_evaluate_reproduces_metrics_json_and_the_reloaded_model_predicts_the_same(runs, name, tmp_path):
+    """The run dir reloaded: the same metrics, and the same prediction for every example."""
+    run, metrics = runs(name)
+    out = tmp_path / "again.json"
+    again = api.evaluate(str(run), overrides=["eval.save_predictions=true"], output=out)
+    assert eval_metrics(again) == pytest.approx(eval_metrics(metrics), rel=1e-5, abs=1e-7)
+    assert read_jsonl(api.predictions_path(out)) == read_jsonl(run / "predictions.jsonl")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_resume_after_a_stop_matches_an_unbroken_run(runs, name, tmp_path):
+    """Stopped mid-epoch at step 2 (as SIGTERM stops it), resumed: the same model and metrics."""
+    run, metrics = runs(name)
+    broken = tmp_path / "broken"
+    finetune(recipe_of(name), broken, stop_at=2)
+    assert not (broken / "metrics.json").exists()
+    _, resumed = finetune(recipe_of(name), broken, resume=True)
+    assert eval_metrics(resumed) == pytest.approx(eval_metrics(metrics), rel=1e-6, abs=1e-7)
+    assert read_jsonl(broken / "predictions.jsonl") == read_jsonl(run / "predictions.jsonl")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_two_process_evaluation_equals_one_process(runs, name, tmp_path):
+    run, _ = runs(name)
+    outputs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"{processes}.json"
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
+                   "-m", "hftool", "evaluate", str(run), "-b", "3", "-o", str(out), "eval.save_predictions=true"]
+        done = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[processes] = json.loads(out.read_text()), read_jsonl(api.predictions_path(out))
+    if not TASKS[name].exact_eval_loss:  # a mean of batch losses: the batches differ
+        for metrics, _ in outputs.values():
+            metrics.pop("eval_loss")
+    assert outputs[2][0] == pytest.approx(outputs[1][0], rel=1e-5, abs=1e-7)
+    assert outputs[2][1] == outputs[1][1]  # every example once, in data order
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_malformed_row_is_one_line_naming_the_row(cli, name, tmp_path):
+    """The recipe's own rows as JSONL (images as files beside it), row 3's first column empty."""
+    from hftool.data import load_source
+
+    cfg = load_config(recipe_of(name))
+    rows = load_source(cfg.data.train)["train"].select(range(8))
+    records = []
+    for n, row in enumerate(rows):
+        record = {}
+        for key, value in row.items():
+            if isinstance(value, dict) and "bytes" in value:  # an image stored in the data: a file beside it
+                path = tmp_path / f"{n}.png"
+                path.write_bytes(value["bytes"])
+                value = path.name
+            record[key] = value
+        records.append(record)
+    records[2][next(iter(records[2]))] = None
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r, default=str) + "\n" for r in records), encoding="utf-8")
+    result = cli("finetune", recipe_of(name), "--data", data, "-o", tmp_path / "run", *TINY)
+    assert result.code == 2, result.err[-2000:]
+    last = result.err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "Traceback" not in result.err
+    assert "row 3" in last or "line 3" in last, last
+
+
+# ------------------------------------------------------------------ loading a run in other tools
+@pytest.mark.parametrize("name", NAMES)
+def test_model_card_metadata_is_what_the_hub_reads(runs, name):
+    """The card's YAML through huggingface_hub, offline: library, task, tags, no base model (tiny
+    models start from scratch), and every final eval metric as a model-index result on the data
+    and split it was computed on; the model-index converts back to the same results."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    run, metrics = runs(name)
+    data = ModelCard.load(run / "README.md").data
+    assert data.library_name and data.pipeline_tag and {"hftool", name} <= set(data.tags)
+    assert data.base_model is None and data.datasets is None  # a tiny model on an embedded sample
+    assert {r.metric_name: r.metric_value for r in data.eval_results} == pytest.approx(eval_metrics(metrics))
+    sample = load_config(recipe_of(name)).data.train
+    assert {(r.task_type, r.dataset_name, r.dataset_split) for r in data.eval_results} == \
+           {(data.pipeline_tag, sample, "validation")}
+    assert model_index_to_eval_results(data.to_dict()["model-index"]) == (run.name, data.eval_results)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_card_python_runs_as_written(runs, name, tmp_path):
+    """Each python block of the card, in a fresh interpreter from inside the run dir: no error,
+    some output, and no weight the saved model lacks ("newly initialized")."""
+    run, _ = runs(name)
+    run_card_snippets(run, tmp_path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_readme_names_the_client_that_loads_each_run(runs, name):
+    """Every task's recipe has a row; its library is the card's library_name and its code loads the run."""
+    from huggingface_hub import ModelCard
+
+    run, _ = runs(name)
+    library, commands = readme_clients()[recipe_of(name)]
+    assert library == ModelCard.load(run / "README.md").data.library_name
+    assert commands
+    for command in commands:
+        assert eval(command, client_namespace(run)) is not None, command
+
+
+# ------------------------------------------------------------------------ the task-owned step
+def test_a_task_owning_its_step_trains_two_models_and_resumes_them_exactly(two_player, tmp_path):
+    run, metrics = finetune(str(two_player), tmp_path / "unbroken", "train.max_steps=10", "train.eval_steps=5",
+                            "data.max_eval_samples=null", "data.max_train_samples=null")
+    log = read_jsonl(run / "log.jsonl")
+    assert all("loss_a" in r for r in log if r["type"] == "train")  # the task's other loss is logged
+    evals = [r["eval_loss"] for r in log if r["type"] == "eval"]
+    assert evals[-1] < evals[0]
+    broken = tmp_path / "broken"
+    finetune(str(two_player), broken, "train.max_steps=10", "train.eval_steps=5", "data.max_eval_samples=null",
+             "data.max_train_samples=null", stop_at=3)
+    _, resumed = finetune(str(two_player), broken, "train.max_steps=10", "train.eval_steps=5",
+                          "data.max_eval_samples=null", "data.max_train_samples=null", resume=True)
+    assert resumed["eval_loss"] == metrics["eval_loss"]
+    unbroken, again = (torch.load(path / "players.pt") for path in (run, broken))
+    for player in ("a", "b"):
+        assert torch.equal(unbroken[player]["weight"], again[player]["weight"])
+    state = torch.load(sorted((broken / "checkpoints").iterdir())[-1] / "optimizer_1.bin", weights_only=False)
+    assert state["param_groups"][0]["betas"] == (0.5, 0.999)  # b's own optimizer was checkpointed
