@@ -45,6 +45,8 @@ FAMILIES = {
     "seq2seq": ("seq2seq", ["model.config_overrides={d_model: 32, encoder_ffn_dim: 64, decoder_ffn_dim: 64, "
                             "encoder_attention_heads: 2, decoder_attention_heads: 2}"]),
     "forecast": ("lstm-forecast", ["data.context_length=8", "model.config_overrides={hidden_size: 8}"]),
+    "video": ("video-cls", ["data.train={videos}", "data.image_size=16", "data.num_frames=4",
+                            "model.config_overrides={num_hidden_layers: 1}"]),
 }
 
 
@@ -74,7 +76,8 @@ class Runs:
 
             recipe, extra = FAMILIES[family]
             out = self.root / family
-            overrides = [o.replace("{data}", str(self.data)) for o in extra] + COMMON + [f"output_dir={out}"]
+            overrides = [o.replace("{data}", str(self.data)).replace("{videos}", str(self.videos)) for o in extra]
+            overrides += COMMON + [f"output_dir={out}"]
             try:
                 api.finetune(load_config(recipe, overrides=overrides), recipe=recipe)
             except BaseException:
@@ -82,6 +85,16 @@ class Runs:
                 raise
             self.built[family] = out
         return self.built[family]
+
+    @property
+    def videos(self) -> Path:
+        """Class folders of tiny clips (a bar sliding left or right), written on first use."""
+        folder = self.root / "videos"
+        if not folder.is_dir():
+            from tests.test_video import write_class_folders
+
+            write_class_folders(folder, 4)
+        return folder
 
     def copy(self, family: str, tmp: Path) -> Path:
         return Path(shutil.copytree(self(family), tmp / f"{family}-run"))
@@ -424,6 +437,27 @@ def forecast_run_without_scaler(runs, tmp):
     return ["predict", run, "--horizon", "3"], [run]
 
 
+@case(r"image processor cannot be loaded .*preprocessor_config\.json")
+def video_run_without_processor(runs, tmp):
+    run = without(runs, "video", tmp, "preprocessor_config.json")
+    return ["predict", run, runs.videos / "left" / "0.mp4"], [run]
+
+
+@case(r"config\.json: its id2label .* is not the run's label map \(left, right")
+def video_run_whose_labels_were_renamed(runs, tmp):
+    run = runs.copy("video", tmp)
+    config = json.loads((run / "config.json").read_text())
+    config["id2label"] = {k: f"class{k}" for k in config["id2label"]}
+    (run / "config.json").write_text(json.dumps(config))
+    return ["evaluate", run], [run]
+
+
+@case(r"--output .*preds\.jsonl already exists; pass --overwrite")
+def video_predict_output_exists(runs, tmp):
+    out = existing(tmp, "preds.jsonl")
+    return ["predict", runs("video"), runs.videos / "left" / "0.mp4", "-o", out], [out, runs("video")]
+
+
 @case(r"model cannot be loaded .*no file named model\.safetensors")
 def text_run_without_weights(runs, tmp):
     run = without(runs, "text", tmp, "model.safetensors")
@@ -572,6 +606,20 @@ def image_folder_with_an_empty_class(runs, tmp):
         _shape_png(runs, tmp / "pets" / "bird" / f"{name}.png")
     (tmp / "pets" / "dog").mkdir()
     return ["finetune", "vit-cls", "--data", tmp / "pets", "-o", tmp / "run", "--max-steps", "1"], [tmp / "pets"]
+
+
+@case(r"clips/right holds no videos, so class 'right' would be dropped")
+def video_folder_with_an_empty_class(runs, tmp):
+    shutil.copytree(runs.videos / "left", tmp / "clips" / "left")
+    (tmp / "clips" / "right").mkdir()
+    return ["finetune", "video-cls", "--data", tmp / "clips", "-o", tmp / "run", "--max-steps", "1"], [tmp / "clips"]
+
+
+@case(r"videos\.csv: column 'label' mixes label types: row 1 has '1' \(integer\), row 2 has 'left' \(name\)")
+def video_labels_written_two_ways(runs, tmp):
+    left, right = sorted((runs.videos / "left").iterdir())[:2], sorted((runs.videos / "right").iterdir())[:2]
+    data = write_csv(tmp / "videos.csv", [[left[0], 1], [left[1], "left"], [right[0], 2], [right[1], 2]], ["video", "label"])
+    return ["finetune", "video-cls", "--data", data, "-o", tmp / "run", "--max-steps", "1"], [data]
 
 
 @case(r"coco\.json: a COCO file needs an \"annotations\" list")

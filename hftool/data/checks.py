@@ -38,7 +38,7 @@ CHECKS = {check.name: check for check in (
           "{source}: column '{column}' mixes label types: row {row_a} has {value_a!r} ({kind_a}), row {row_b} has "
           "{value_b!r} ({kind_b}); write every label the same way"),
     Check("empty_class_folder", "error",
-          "{folder} holds no images, so class '{label}' would be dropped; add images or remove the folder"),
+          "{folder} holds no {items}, so class '{label}' would be dropped; add {items} or remove the folder"),
     Check("empty_texts", "warning",
           "{source}: {count} of {total} rows have an empty or 'NaN' text in column '{column}' (first: row {row}); "
           "they train on no text"),

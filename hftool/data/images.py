@@ -87,7 +87,7 @@ def _class_folders(root: Path, name: str, train: bool = False) -> tuple[list[str
         if not files and train:
             from hftool.data.checks import Findings
 
-            Findings().add("empty_class_folder", folder=folder, label=folder.name)
+            Findings().add("empty_class_folder", folder=folder, label=folder.name, items="images")
         paths += [str(f.resolve()) for f in files]
         labels += [folder.name] * len(files)
     return paths, labels

@@ -202,7 +202,7 @@ class VideoClassification(Task):
 
         plot_confusion(records, parts.labels, Path(run_dir) / "confusion_matrix.png")
 
-    def card_usage(self):
+    def card_usage(self, parts, cfg):
         return ("```python\nfrom transformers import pipeline\n"
                 "pipe = pipeline(\"video-classification\", model=\"path/to/this/folder\")\n"
                 "pipe(\"clip.mp4\")  # or the frames: a (frames, height, width, 3) uint8 array\n```\n\n"
