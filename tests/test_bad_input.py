@@ -741,6 +741,16 @@ def test_code_in_a_model_dir_never_runs_even_when_stdin_answers_yes(tmp_path):
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {model} needs custom code")
 
 
+def test_doctor_reports_a_model_that_needs_custom_code_without_running_it(cli, tmp_path):
+    """doctor is a check that ran and failed (exit 1), not a usage error."""
+    model = evil_model(tmp_path)
+    result = cli("doctor", "bert-cls", "--model", model, "--data", write_csv(tmp_path / "t.csv", sentiment_rows(8, 0),
+                                                                            ["text", "label"]))
+    assert result.code == 1, result.err[-2000:]
+    assert "needs custom code" in result.out and "hftool never runs code shipped in a model dir" in result.out
+    assert not (tmp_path / "ran").exists()
+
+
 def test_resume_on_a_finished_run_says_so_and_changes_nothing(runs, cli, tmp_path):
     run = runs.copy("text", tmp_path)
     before = tree(run)
