@@ -1,7 +1,8 @@
 """Model specs -> models: an existing local path | a hub id | tiny:<arch>.
 
-A local path always wins (a model dir or an hftool run dir, which is one). Hub ids fail fast
-when offline, saying what to pass instead. `tiny:<arch>` builds a small randomly initialised
+A local path always wins (a model dir or an hftool run dir, which is one; an `hftool export` dir
+loads as its onnxruntime graphs, hftool.export.OnnxModel). Hub ids fail fast when offline, saying
+what to pass instead. `tiny:<arch>` builds a small randomly initialised
 model from a config, with a tokenizer trained on the run's own training text.
 """
 
@@ -108,6 +109,11 @@ def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: 
         if not path.is_dir():
             raise HftoolError(f"{spec} is not a model directory (no config.json); pass a saved model or run dir")
         check_model_dir(path)
+        if kind == "model" and _loads_weights(loader):
+            from hftool.export import OnnxModel, is_export
+
+            if is_export(path):  # the export's graphs stand in for the weights it does not have
+                return OnnxModel.load(path, kwargs.get("config"))
         try:
             loaded = loader.from_pretrained(str(path), **kwargs)
         except (OSError, ValueError) as err:
@@ -155,6 +161,13 @@ def _no_vocabulary(path: Path) -> str:
     present = [name for name in TOKENIZER_FILES if (path / name).is_file()]
     return (f"{path / (present[0] if present else 'tokenizer.json')}: missing or empty, so the tokenizer has no "
             "vocabulary; restore the model's tokenizer files (tokenizer.json)")
+
+
+def _loads_weights(loader: Any) -> bool:
+    """Whether `loader` loads a model (not its config)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    return loader is not AutoConfig and not (isinstance(loader, type) and issubclass(loader, PretrainedConfig))
 
 
 def check_reachable(spec: str, token: str | None = None) -> None:

@@ -44,6 +44,61 @@ CHECKS = {check.name: check for check in (
           "they train on no text"),
 )}
 
+# The row checks `hftool validate` runs on every row (#26), in the same table: each message names
+# the file and row, then the fix after its last "; " (validate reports the two apart).
+CHECKS.update({check.name: check for check in (
+    Check("unreadable_data", "error", "{message}"),  # the task's reader stopped here: its own one-line error
+    Check("empty_text", "warning", "{source} row {row}: column '{column}' is empty; write the text or remove the row"),
+    Check("missing_label", "error", "{source} row {row}: no label in column '{column}'; give every row a label"),
+    Check("unseen_label", "error",
+          "{source} {at}: {what} {label!r} in column '{column}' is not in the training data; "
+          "fix the row or add the class to the training data"),
+    Check("duplicate_row", "warning", "{source} {at}: the same {what} as {first_at}; remove one of them"),
+    Check("conflicting_labels", "warning",
+          "{source} {at}: the same text as {first_at}, labelled {label!r} here and {first_label!r} there; "
+          "keep the right label"),
+    Check("tag_outside_scheme", "error",
+          "{source} {at}, word {word}: tag {tag!r} is not O or B-/I-/E-/S-<type>; fix the tag"),
+    Check("i_without_b", "warning",
+          "{source} {at}, word {word}: {tag!r} follows {previous!r}, so no B- opens the entity; "
+          "begin it with B-{kind}"),
+    Check("tag_count_mismatch", "error",
+          "{source} {at}: {tokens} tokens but {tags} tags in column '{column}'; give every token one tag"),
+    Check("unreadable_file", "error", "{source} row {row}: {path}: {reason}; fix the path or remove the row"),
+    Check("empty_file", "error", "{source} row {row}: {path} is empty (0 bytes); replace the file or remove the row"),
+    Check("unusual_mode", "warning",
+          "{source} row {row}: {path} is a {mode} image, which training converts to RGB; check it looks right "
+          "converted, or convert it yourself"),
+    Check("box_outside_image", "warning",
+          "{source} row {row}: box {box} reaches outside the {width}x{height} image, so training clips or drops it; "
+          "check data.box_format, or fix the box"),
+    Check("box_empty", "error",
+          "{source} row {row}: box {box} has zero or negative size; fix the corners (or data.box_format)"),
+    Check("unknown_category", "error",
+          "{source} row {row}: category {label!r} is not in the training data; fix the row or add the class"),
+    Check("duplicate_image_id", "error",
+          "{source} row {row}: image id {image_id} is also row {first}'s, so one image's boxes land on the other; "
+          "give every image its own id"),
+    Check("empty_caption", "error", "{source} row {row}: an empty caption in column '{column}'; write it or remove it"),
+    Check("empty_side", "error", "{source} row {row}: the {side} text in column '{column}' is empty; write it or remove the row"),
+    Check("length_ratio", "warning",
+          "{source} row {row}: {target} target words for {source_words} source words, over {limit}x off the data's "
+          "usual target/source ratio ({usual}), often a misaligned pair; check the row"),
+    Check("not_a_number", "error",
+          "{source} row {row}: {value!r} in column '{column}' is not a number; fix it, or leave the cell empty "
+          "to have it interpolated"),
+    Check("not_a_date", "error", "{source} row {row}: {value!r} in column '{column}' is not a date; fix the value"),
+    Check("unsorted_dates", "error",
+          "{source} row {row}: date {value} is not after the previous row's ({previous}); sort the rows by date, "
+          "one per date"),
+    Check("date_gap", "warning",
+          "{source} row {row}: {missing} step(s) missing before {value} (frequency {freq}); training fills them by "
+          "interpolation, add the rows if you have them"),
+    Check("leakage", "warning",
+          "{source} row {row}: {count} validation rows are exact copies of training rows (first: this one, "
+          "training row {first}); remove them from one split, or the validation score is optimistic"),
+)})
+
 
 @dataclass
 class Finding:
