@@ -202,6 +202,7 @@ def validate(
     eval_data: Annotated[Optional[str], typer.Option(help="Validation data (default: the source's own).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print {errors, warnings, summary} as JSON.")] = False,
     report_dir: Annotated[Optional[Path], typer.Option(help="Also write report.json and summary.png (histograms) here.")] = None,
+    overwrite: OverwriteOutputs = False,
 ) -> None:
     """Check every row of the data as finetune reads it and list every problem (file, row, column, fix); exit 2 on errors."""
     from hftool.config import load_config
@@ -210,7 +211,7 @@ def validate(
     recipe, positional, keyvals = _split_overrides(recipe, overrides)
     if positional:
         raise HftoolError(f"unexpected argument '{positional[0]}': overrides are KEY=VALUE")
-    report = check(load_config(recipe, {"data.train": data, "data.eval": eval_data}, keyvals), report_dir)
+    report = check(load_config(recipe, {"data.train": data, "data.eval": eval_data}, keyvals), report_dir, overwrite)
     typer.echo(json.dumps(report.as_json(), indent=2, ensure_ascii=False, default=str) if as_json else report.text())
     if report_dir is not None:
         typer.echo(f"report written to {report_dir}", err=True)

@@ -458,6 +458,19 @@ def video_predict_output_exists(runs, tmp):
     return ["predict", runs("video"), runs.videos / "left" / "0.mp4", "-o", out], [out, runs("video")]
 
 
+@case(r"--report-dir file .*report\.json already exists; pass --overwrite")
+def validate_report_over_an_existing_report(runs, tmp):
+    report = existing(tmp / "report", "report.json")
+    return ["validate", "bert-cls", "--data", runs.data / "train.csv", "--report-dir", report.parent], [report.parent]
+
+
+@case(r"output dir .*project is not an hftool export \(no export\.json\); refusing to delete it")
+def export_overwrite_of_a_folder_that_is_not_an_export(runs, tmp):
+    project = tmp / "project"
+    text(project, "notes.txt", "mine")
+    return ["export", runs("text"), "-o", project, "--overwrite"], [project, runs("text")]
+
+
 @case(r"model cannot be loaded .*no file named model\.safetensors")
 def text_run_without_weights(runs, tmp):
     run = without(runs, "text", tmp, "model.safetensors")
