@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hftool import __version__
 from hftool.config import RunConfig, to_dict
+from hftool.outputs import atomic_write_text
 
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "evaluate", "timm", "tokenizers")
 
@@ -23,11 +24,10 @@ def write_all(run_dir: Path, cfg: RunConfig, task, parts, metrics: dict, records
     """Every file a finished run leaves beside its weights; the task's own through its
     write_reports hook (records: the final evaluation's per-example results)."""
     provenance = collect_provenance(cfg, sources, command, precision)
-    (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
+    atomic_write_text(run_dir / "provenance.json", json.dumps(provenance, indent=2))
     plot_curves(run_dir / "log.jsonl", run_dir / "curves.svg",
                 (cfg.train.metric_for_best or task.default_metric).removeprefix("eval_"))
-    (run_dir / "README.md").write_text(model_card(run_dir, cfg, task, parts, metrics, provenance, recipe),
-                                       encoding="utf-8")
+    atomic_write_text(run_dir / "README.md", model_card(run_dir, cfg, task, parts, metrics, provenance, recipe))
     task.write_reports(parts, run_dir, metrics, records)
 
 

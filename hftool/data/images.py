@@ -74,8 +74,9 @@ def is_image_folder(path: Path) -> bool:
                for p in path.iterdir())
 
 
-def _class_folders(root: Path, name: str) -> tuple[list[str], list[str]]:
-    """(paths, class names) of a folder whose subfolders are the classes."""
+def _class_folders(root: Path, name: str, train: bool = False) -> tuple[list[str], list[str]]:
+    """(paths, class names) of a folder whose subfolders are the classes. In training data an
+    empty class folder is an error: its class would silently not exist."""
     stray = next((p for p in sorted(root.iterdir()) if p.is_file() and is_image(p)), None)
     if stray is not None:
         raise HftoolError(f"{stray} is not inside a class folder; {name} needs one subfolder per class "
@@ -83,6 +84,10 @@ def _class_folders(root: Path, name: str) -> tuple[list[str], list[str]]:
     paths, labels = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = image_files(folder)
+        if not files and train:
+            from hftool.data.checks import Findings
+
+            Findings().add("empty_class_folder", folder=folder, label=folder.name, items="images")
         paths += [str(f.resolve()) for f in files]
         labels += [folder.name] * len(files)
     return paths, labels
@@ -101,7 +106,7 @@ def read_image_folder(path: Path):
     roots = split_folders or {"train": path}
     splits = {}
     for split, root in roots.items():
-        paths, labels = _class_folders(root, str(path))
+        paths, labels = _class_folders(root, str(path), train=split == "train")
         if paths:
             splits[split] = datasets.Dataset.from_dict({"image": paths, "label": labels})
     if "train" not in splits:
