@@ -23,3 +23,14 @@ def write_json(path: Path, data: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_png(path: Path, image) -> None:
+    """A uint8 image tensor [C, H, W] (C = 1: greyscale, 3: RGB) as a PNG, written atomically."""
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).cpu().numpy()
+    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)  # uint8: L or RGB
+    tmp = path.with_name(f".{path.name}.tmp")
+    picture.save(tmp, format="PNG")
+    os.replace(tmp, path)
