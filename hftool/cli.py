@@ -248,6 +248,9 @@ def generate(
         typer.echo(piece, nl=False)
 
     if task.writes_output:  # the task writes its own files (images)
+        if task.prompts_optional and output is None:
+            raise HftoolError("image generators write PNG files: pass --output samples.png (the grid; each image "
+                              "beside it as samples-<i>.png)")
         options["output"] = output
     results = api.generate(model, prompts, on_text=show if stream else None, mixed_precision=mixed_precision,
                            seed=seed, batch_size=batch_size or 8, **options)

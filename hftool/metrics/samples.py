@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 
 import datasets
@@ -74,10 +75,11 @@ class FeatureModel(torch.nn.Module):
 
     @classmethod
     def _inception(cls, path: Path) -> FeatureModel:
-        import importlib.util
-
-        if importlib.util.find_spec("torch_fidelity") is None:
-            raise HftoolError(f"eval.features={path} (Inception weights) needs torch-fidelity: pip install torch-fidelity")
+        try:
+            import torch_fidelity  # noqa: F401 (torchmetrics' Inception is torch-fidelity's)
+        except ImportError:
+            raise HftoolError(f"eval.features={path} (Inception weights) needs torch-fidelity: pip install "
+                              "torch-fidelity (or hftool[fid])") from None
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         try:
@@ -97,11 +99,11 @@ class FeatureModel(torch.nn.Module):
         logits = self.network(pixel_values=self.transform(images)).logits
         return self._captured[0].flatten(1).float(), logits.float()
 
-    def class_map(self, labels: list[str]) -> torch.Tensor:
-        """For each of the classifier's classes, the id of the same class name in `labels` (-1: none)."""
+    def class_map(self, labels: list[str]) -> torch.Tensor | None:
+        """For each of the classifier's classes, the id of the same class name in `labels` (-1: none);
+        None for Inception, whose classes are not the data's (no eval_class_accuracy then)."""
         if self.classes is None:
-            raise HftoolError("eval_class_accuracy needs a classifier: set eval.features to an image-classification "
-                              "run dir (Inception has no classes of this data)")
+            return None
         missing = [name for name in labels if name not in self.classes]
         if missing:
             raise HftoolError(f"eval.features: the classifier does not know class '{missing[0]}' of this data (it "
@@ -181,7 +183,9 @@ class SampleQuality(evaluate.Metric):
             fid.update(real[second], real=True)
             fid.update(compared, real=False)
             out[f"fid{self.suffix}{name}"] = float(fid.compute())
-            kid = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=100, subset_size=min(1000, half))
+            with warnings.catch_warnings():  # that it keeps every feature: these are the evaluation's, kept already
+                warnings.simplefilter("ignore", UserWarning)
+                kid = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=100, subset_size=min(1000, half))
             kid.update(real[second], real=True)
             kid.update(compared, real=False)
             with torch.random.fork_rng(devices=[]):  # KID draws subsets with torch's global generator
