@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 
 
 class DCGANConfig(PreTrainedConfig):
@@ -105,3 +105,9 @@ class DCGANDiscriminator(_DCGANModel):
         if self.label_embedding is not None:
             logits = logits + (self.label_embedding(labels) * features).sum(1)
         return logits
+
+
+# `import hftool` runs this (see hftool/__init__.py): AutoModel.from_pretrained(RUN) then loads a
+# gan run's generator without remote code.
+AutoConfig.register(DCGANConfig.model_type, DCGANConfig, exist_ok=True)
+AutoModel.register(DCGANConfig, DCGANGenerator, exist_ok=True)

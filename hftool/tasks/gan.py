@@ -276,13 +276,19 @@ class Gan(Task):
             model.save_pretrained(str(run_dir), state_dict=state_dict, safe_serialization=True)
         parts.state.discriminator.save_pretrained(str(Path(run_dir) / "discriminator"), safe_serialization=True)
 
-    def card_usage(self):
+    def card_metadata(self, parts, cfg):
+        meta = super().card_metadata(parts, cfg)
+        return {**meta, "library_name": "hftool", "pipeline_tag": "unconditional-image-generation"}
+
+    def card_usage(self, parts, cfg):
+        labels = "torch.arange(8) % generator.config.num_classes" if parts.labels else "None"
         return imagegen.CARD_GRID + (
-            "```bash\nhftool generate path/to/this/folder --num-images 16 --seed 0 -o samples.png\n```\n\n"
-            "```python\nimport torch\nfrom hftool.dcgan import DCGANGenerator\n\n"
-            "generator = DCGANGenerator.from_pretrained(\"path/to/this/folder\")\n"
-            "images = generator.sample(16, labels=torch.arange(16) % generator.config.num_classes)  # in [-1, 1]; "
-            "labels=None if unconditional\n```\n")
+            "```bash\nhftool generate . --num-images 16 --seed 0 -o samples.png\n```\n\n"
+            "In Python, `import hftool` registers the DCGAN with transformers' AutoModel (no remote code):\n\n"
+            "```python\nimport torch\nfrom transformers import AutoModel\n\nimport hftool  # noqa: F401\n\n"
+            "generator = AutoModel.from_pretrained(\".\")  # the generator; the discriminator is in discriminator/\n"
+            f"images = generator.sample(8, labels={labels}, generator=torch.Generator().manual_seed(0))\n"
+            "print(images.shape)  # [8, channels, side, side] in [-1, 1]\n```\n")
 
     # ------------------------------------------------------------------------- inference
     def predict(self, parts, cfg, inputs, batch_size, **options):

@@ -244,17 +244,31 @@ class ImageGPT(Task):
         return torch.cat(out)
 
     # ------------------------------------------------------------------------------ save
-    def card_usage(self):
+    def card_metadata(self, parts, cfg):
+        meta = super().card_metadata(parts, cfg)
+        return {**meta, "pipeline_tag": "unconditional-image-generation"}
+
+    def card_usage(self, parts, cfg):
+        """hftool generate, then transformers alone: sample from the start (or a class) token,
+        pixel tokens only, and map the tokens to the processor's colour clusters."""
+        first = ("(model.config.num_clusters + torch.arange(4) % model.config.num_labels)[:, None]  # each class's token"
+                 if parts.state.conditional else "torch.full((4, 1), model.config.vocab_size - 1)  # the start token")
         return imagegen.CARD_GRID + (
-            "```bash\nhftool generate path/to/this/folder --num-images 16 --seed 0 -o samples.png\n"
-            "hftool generate path/to/this/folder --prompt-image digit.png --num-images 8 -o completions.png\n```\n\n"
-            "In transformers (an unconditional model; a conditional one starts from token num_clusters + class id):\n\n"
-            "```python\nimport torch\nfrom transformers import ImageGPTForCausalImageModeling, ImageGPTImageProcessor\n\n"
-            "model = ImageGPTForCausalImageModeling.from_pretrained(\"path/to/this/folder\")\n"
-            "processor = ImageGPTImageProcessor.from_pretrained(\"path/to/this/folder\")  # its colour clusters\n"
-            "start = torch.full((4, 1), model.config.vocab_size - 1)\n"
-            "ids = model.generate(start, max_new_tokens=model.config.n_positions, do_sample=True, top_k=0)[:, 1:]\n"
-            "pixels = processor.clusters[ids]  # [4, side * side, 3] in [-1, 1]\n```\n")
+            "```bash\nhftool generate . --num-images 16 --seed 0 -o samples.png\n"
+            "hftool generate . --prompt-image digit.png --num-images 8 -o completions.png  # lower halves\n```\n\n"
+            "In transformers, no hftool needed:\n\n"
+            "```python\nimport numpy as np\nimport torch\nfrom PIL import Image\n"
+            "from transformers import ImageGPTForCausalImageModeling, ImageGPTImageProcessor\n\n"
+            "model = ImageGPTForCausalImageModeling.from_pretrained(\".\")\n"
+            "processor = ImageGPTImageProcessor.from_pretrained(\".\")  # its colour clusters\n"
+            f"start = {first}\n"
+            "pixel_tokens = model.config.num_clusters\n"
+            "ids = model.generate(start, max_new_tokens=model.config.n_positions, do_sample=True, top_k=0,\n"
+            "                     suppress_tokens=list(range(pixel_tokens, model.config.vocab_size)))[:, 1:]\n"
+            "side = int(model.config.n_positions ** 0.5)\n"
+            "pixels = np.asarray(processor.clusters)[ids.numpy()].reshape(len(ids), side, side, 3)  # in [-1, 1]\n"
+            "Image.fromarray(((pixels[0] + 1) * 127.5).round().astype(np.uint8)).save(\"sample.png\")\n"
+            "print(ids.shape)\n```\n")
 
     # ------------------------------------------------------------------------- inference
     def predict(self, parts, cfg, inputs, batch_size, **options):
