@@ -361,10 +361,13 @@ def test_igpt_learns_the_sprites(tmp_path):
 @pytest.mark.slow
 def test_conditional_gan_samples_are_the_class_asked_for(tmp_path):
     """A classifier trained on the sprites (resnet18 from scratch) names the class of at least
-    80% of the embedded default's samples as the class each was generated for."""
+    80% of the embedded default's samples as the class each was generated for. The classifier
+    trains in fp32: under bf16 autocast resnet18 from scratch reached 0.49 accuracy in these 63
+    steps (1.0 in fp32); the gan itself runs at the recipe's precision."""
     cfg = load_config("vit-cls", overrides=["data.train=sample:sprites", "data.image_size=16", "train.epochs=1",
                                             "model.name=timm:resnet18", "model.pretrained=false", "data.hflip=0",
-                                            "data.crop_scale_min=0.8", f"output_dir={tmp_path / 'classifier'}"])
+                                            "data.crop_scale_min=0.8", "train.mixed_precision=no",
+                                            f"output_dir={tmp_path / 'classifier'}"])
     classifier, classified = api.finetune(cfg)
     assert classified["eval_accuracy"] >= 0.95
     _, metrics = api.finetune(load_config("gan", overrides=[f"eval.features={classifier}",

@@ -59,8 +59,11 @@ class FeatureModel(torch.nn.Module):
                               "pt_inception-2015-12-05 weights file")
         import json
 
-        architectures = json.loads((path / "config.json").read_text(encoding="utf-8")).get("architectures") or []
-        if not any(a.endswith("ForImageClassification") for a in architectures):
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        architectures = config.get("architectures") or []
+        # A timm run's config.json is timm's own (no "architectures"); TimmWrapper loads it as a classifier.
+        timm = config.get("model_type") == "timm_wrapper"
+        if not timm and not any(a.endswith("ForImageClassification") for a in architectures):
             raise HftoolError(f"eval.features={spec} holds a {', '.join(architectures) or 'model'}, not an image "
                               "classifier; pass a vit-cls run dir trained on the same kind of images")
         from transformers import AutoImageProcessor, AutoModelForImageClassification
