@@ -243,4 +243,6 @@ def evaluating(*modules):
             m.train(mode)
 
 
+# The model card's command (from inside the run dir: -o samples.png would replace the run's own grid).
+CARD_GENERATE = "hftool generate . --num-images 16 --seed 0 -o generated.png\n"
 CARD_GRID = "Samples of the final model (the last evaluation's grid; each evaluation's is in `samples/`):\n\n![samples](samples.png)\n\n"

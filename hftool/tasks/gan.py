@@ -283,7 +283,7 @@ class Gan(Task):
     def card_usage(self, parts, cfg):
         labels = "torch.arange(8) % generator.config.num_classes" if parts.labels else "None"
         return imagegen.CARD_GRID + (
-            "```bash\nhftool generate . --num-images 16 --seed 0 -o samples.png\n```\n\n"
+            "```bash\n" + imagegen.CARD_GENERATE + "```\n\n"
             "In Python, `import hftool` registers the DCGAN with transformers' AutoModel (no remote code):\n\n"
             "```python\nimport torch\nfrom transformers import AutoModel\n\nimport hftool  # noqa: F401\n\n"
             "generator = AutoModel.from_pretrained(\".\")  # the generator; the discriminator is in discriminator/\n"

@@ -251,10 +251,10 @@ class ImageGPT(Task):
     def card_usage(self, parts, cfg):
         """hftool generate, then transformers alone: sample from the start (or a class) token,
         pixel tokens only, and map the tokens to the processor's colour clusters."""
-        first = ("(model.config.num_clusters + torch.arange(4) % model.config.num_labels)[:, None]  # each class's token"
+        first = ("(model.config.num_clusters + torch.arange(4) % model.config.num_labels)[:, None]  # class tokens"
                  if parts.state.conditional else "torch.full((4, 1), model.config.vocab_size - 1)  # the start token")
         return imagegen.CARD_GRID + (
-            "```bash\nhftool generate . --num-images 16 --seed 0 -o samples.png\n"
+            "```bash\n" + imagegen.CARD_GENERATE +
             "hftool generate . --prompt-image digit.png --num-images 8 -o completions.png  # lower halves\n```\n\n"
             "In transformers, no hftool needed:\n\n"
             "```python\nimport numpy as np\nimport torch\nfrom PIL import Image\n"
