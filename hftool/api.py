@@ -7,6 +7,7 @@
     api.evaluate(run_dir)                        # re-scores the run's own validation data
     api.predict(run_dir, ["a wonderful film"])   # [{'text': ..., 'label': ..., 'score': ...}]
     api.generate("runs/gpt2", ["Once upon a time"])  # [{'prompt': ..., 'generated_text': ...}]
+    api.export("runs/bert-cls", "exports/bert-cls")  # ONNX + parity check; predict/evaluate then run it
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def finetune(cfg: RunConfig, recipe: str = "", resume: bool = False, overwrite: 
     """Train, evaluate and save a run. Returns (run_dir, metrics as in metrics.json)."""
     from hftool.training import Trainer
 
+    if (Path(cfg.model.name).expanduser() / "export.json").is_file():
+        raise HftoolError(f"{cfg.model.name} is an ONNX export (hftool export): it predicts and evaluates, but trains from "
+                          "the run dir it was exported from (its export.json names it)")
     run_dir = prepare_run_dir(cfg, recipe or cfg.task, resume, overwrite)
     trainer = Trainer(cfg, run_dir, recipe=recipe, resume=resume, command=command)
     trainer.setup()
@@ -207,6 +211,15 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
     return task.predict(parts, cfg, list(inputs), batch_size, **options)
 
 
+def export(model: str | Path, output: str | Path, fmt: str = "onnx", overwrite: bool = False, atol: float = 1e-4,
+           examples: int = 16, batch_size: int = 8, quantize: str | None = None) -> dict:
+    """Export a run dir to ONNX and check it against the run on its validation examples; see
+    hftool.export.export. Returns the export.json written beside the graphs."""
+    from hftool.export import export as export_run
+
+    return export_run(model, output, fmt, overwrite, atol, examples, batch_size, quantize)
+
+
 def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_precision: str | None = None,
              **flags) -> list[dict]:
     """Continue prompts with a causal LM, transform them with a seq2seq model (a run's
@@ -249,9 +262,13 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
     flags = {k: v for k, v in flags.items() if k in accepted}
     cfg = run_config(model, None if mixed_precision is None else [f"train.mixed_precision={mixed_precision}"], task=name)
     parts = task.build(cfg, None, model_path=model)
+    from hftool.export import OnnxModel
     from hftool.models import cast_for_inference
     from hftool.runtime import inference_dtype
 
+    if isinstance(parts.model, OnnxModel):
+        logs.info("generating with onnxruntime (the export's fp32 graphs)")
+        return task.generate(parts, cfg, prompts, on_text, options=options, **flags)
     device, dtype = "cuda" if torch.cuda.is_available() else "cpu", inference_dtype(cfg.train.mixed_precision)
     cast_for_inference(parts.model, dtype, device)
     precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

@@ -122,6 +122,7 @@ def finetune(
     resume: Annotated[bool, typer.Option(help="Continue the run in --output-dir from its latest checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --output-dir.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
+    validate: Annotated[bool, typer.Option("--validate", help="Check every row first (as `hftool validate`); train only if no errors.")] = False,
     num_processes: NumProcesses = None,
     num_machines: NumMachines = 1,
     machine_rank: MachineRank = 0,
@@ -151,6 +152,10 @@ def finetune(
             raise HftoolError("a multi-process run needs --output-dir, so every process writes to the same run")
         cfg.output_dir = str(api.default_run_dir(recipe))
         relaunch(launch, ["-o", cfg.output_dir])
+    if validate and int(os.environ.get("RANK", "0")) == 0:  # before a relaunch: checked once, not per process
+        from hftool.validate import refuse_bad_data
+
+        refuse_bad_data(cfg, recipe)
     relaunch(launch)
     run_dir, metrics = api.finetune(cfg, recipe=recipe, resume=resume, overwrite=overwrite, command=_command_line())
     if int(os.environ.get("RANK", "0")) == 0:
@@ -185,6 +190,30 @@ def doctor(
     typer.echo(json.dumps(checks.as_json(found), indent=2) if as_json else checks.report(found))
     if any(c.status == "fail" for c in found):
         raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    recipe: Annotated[str, typer.Argument(help="The recipe whose data to check, as for finetune.")],
+    overrides: Overrides = None,
+    data: Annotated[Optional[str], typer.Option(help="Training data: file, folder, hub name[:config].")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Validation data (default: the source's own).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {errors, warnings, summary} as JSON.")] = False,
+    report_dir: Annotated[Optional[Path], typer.Option(help="Also write report.json and summary.png (histograms) here.")] = None,
+) -> None:
+    """Check every row of the data as finetune reads it and list every problem (file, row, column, fix); exit 2 on errors."""
+    from hftool.config import load_config
+    from hftool.validate import validate as check
+
+    recipe, positional, keyvals = _split_overrides(recipe, overrides)
+    if positional:
+        raise HftoolError(f"unexpected argument '{positional[0]}': overrides are KEY=VALUE")
+    report = check(load_config(recipe, {"data.train": data, "data.eval": eval_data}, keyvals), report_dir)
+    typer.echo(json.dumps(report.as_json(), indent=2, ensure_ascii=False, default=str) if as_json else report.text())
+    if report_dir is not None:
+        typer.echo(f"report written to {report_dir}", err=True)
+    if report.errors:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -291,6 +320,86 @@ def generate(
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+
+
+@app.command("eval-suite")
+def eval_suite(
+    suite: Annotated[Path, typer.Argument(help="Suite file (YAML): models, datasets, an optional baseline and gates.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where results.jsonl, leaderboard.md, report.html and the cache go; a re-run reuses it.")],
+    overrides: Overrides = None,
+    ci: Annotated[bool, typer.Option(help="Print a short summary for CI logs instead of the leaderboard.")] = False,
+    batch_size: BatchSize = None,
+    num_processes: NumProcesses = None,
+    num_machines: NumMachines = 1,
+    machine_rank: MachineRank = 0,
+    main_process_ip: MainProcessIp = None,
+    main_process_port: MainProcessPort = 29500,
+    evaluate_only: Annotated[bool, typer.Option(hidden=True, help="Score the uncached pairs and stop (the launched processes).")] = False,
+) -> None:
+    """Score every model x dataset of a suite with 95% intervals, compare with the baseline, check the gates (exit 1 on a failure)."""
+    from hftool import suite as suites
+    from hftool.launch import Launch, in_distributed_run, run_workers, strip_flags
+
+    path, positional, keyvals = _split_overrides(str(suite), overrides)
+    if positional:
+        raise HftoolError(f"unexpected argument '{positional[0]}': overrides are KEY=VALUE (e.g. eval.bootstrap=2000)")
+    plan = suites.plan(suites.parse(path), output_dir, keyvals)
+    launch = Launch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
+    todo = len(suites.uncached(plan))
+    if evaluate_only or in_distributed_run():
+        suites.evaluate(plan, batch_size, _command_line())
+        if evaluate_only or int(os.environ.get("RANK", "0")) > 0:
+            return
+    elif launch.wanted and todo:
+        # The processes score; this one then reads their results from the cache, compares and gates.
+        code = run_workers(launch, [*strip_flags(sys.argv[1:]), "--evaluate-only"])
+        if code or machine_rank > 0:  # machine 0 compares, gates and writes
+            sys.exit(code)
+    else:
+        suites.evaluate(plan, batch_size, _command_line())
+    outcome = suites.finish(plan, todo)
+    typer.echo(suites.summary(outcome, output_dir, ci))
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run dirs to show side by side, or one eval-suite output dir.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write (one offline file).")],
+) -> None:
+    """Write one offline HTML page for a run, runs side by side (metrics, curves, config diff), or a suite's results."""
+    from hftool import report_html
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".tmp-{output.name}")
+    if len(runs) == 1 and (runs[0] / "results.jsonl").is_file():
+        from hftool.suite import saved_rows
+
+        report_html.suite_report(runs[0], saved_rows(runs[0]), tmp)
+    else:
+        report_html.runs_report(runs, tmp)
+    os.replace(tmp, output)
+    typer.echo(f"wrote {output}")
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="A run dir written by `hftool finetune`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the export into.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="onnx | safetensors (merged LoRA weights: needs LoRA support).")] = "onnx",
+    atol: Annotated[float, typer.Option(help="Largest absolute difference from PyTorch the parity check allows.")] = 1e-4,
+    examples: Annotated[int, typer.Option(help="Validation examples of the run the parity check runs on.")] = 16,
+    quantize: Annotated[Optional[str], typer.Option(help="dynamic-int8: also write int8 graphs (text and image classifiers), which predict then runs, and report their validation metrics.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --output.")] = False,
+    batch_size: BatchSize = 8,
+) -> None:
+    """Export a run to ONNX (tokenizer/processor beside it) and check it against PyTorch on the run's validation examples: exit 1 if they differ by more than --atol."""
+    from hftool import api
+
+    manifest = api.export(model, output, fmt, overwrite, atol, examples, batch_size or 8, quantize)
+    typer.echo(json.dumps({k: manifest[k] for k in ("parity", "quantization") if k in manifest}, indent=2))
+    typer.echo(f"export saved to {output}", err=True)
 
 
 @app.command()

@@ -22,7 +22,7 @@ import torch
 
 from hftool import api
 from hftool.config import load_config, new_config, valid_keys
-from hftool.tasks import TASKS
+from hftool.tasks import TASKS, get_task
 from hftool.tasks.base import Parts, Task, Update
 from tests.conftest import REPO, client_namespace, readme_clients, run_card_snippets
 
@@ -294,6 +294,31 @@ def test_two_process_evaluation_equals_one_process(runs, name, tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_per_example_statistics_recompute_the_metrics(runs, name):
+    """What `hftool eval-suite` resamples for its intervals: the task's resampler, fed batch by
+    batch and counting every example once, gives the metrics the task's metric computes."""
+    from hftool.data import load_splits
+    from hftool.evaluation import eval_loader, eval_order, evaluate_model
+    from hftool.runtime import inference_accelerator
+
+    run, _ = runs(name)
+    cfg, task = api.run_config(str(run)), get_task(name)
+    splits, sources = load_splits(cfg.data, task.reading(cfg), cfg.train.seed, cfg.model.token)
+    parts = task.build(cfg, None, model_path=str(run))
+    rows, _ = task.prepare(cfg, splits["validation"], sources["validation"], parts.labels)
+    features = task.eval_features(parts, cfg, rows)
+    accelerator = inference_accelerator(cfg.train.mixed_precision)
+    loader = accelerator.prepare(eval_loader(features, task.collate(parts), 3))  # several batches
+    stats = task.resampler(parts, rows)
+    metrics = evaluate_model(accelerator, accelerator.prepare(parts.model), loader, task, parts, rows, stats=stats,
+                             order=eval_order(features))
+    again = stats.compute()
+    shared = sorted(again.keys() & {k.removeprefix("eval_") for k in metrics})
+    assert task.default_metric in shared and len(stats) in (len(rows), len(features)), shared  # examples or blocks
+    assert {k: again[k] for k in shared} == pytest.approx({k: metrics[f"eval_{k}"] for k in shared}, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_a_malformed_row_is_one_line_naming_the_row(cli, name, tmp_path):
     """The recipe's own rows as JSONL (images as files beside it), row 3's first column empty."""
     from hftool.data import load_source
@@ -318,6 +343,76 @@ def test_a_malformed_row_is_one_line_naming_the_row(cli, name, tmp_path):
     last = result.err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "Traceback" not in result.err
     assert "row 3" in last or "line 3" in last, last
+
+
+# ----------------------------------------------------------------------------------- export
+EXPORTABLE = [name for name in NAMES if TASKS[name].onnx_graphs is not Task.onnx_graphs]
+
+
+def predict_inputs(name: str, tmp_path: Path) -> list[str]:
+    """Three inputs for `predict` from the recipe's own validation data: image files, or texts."""
+    from hftool.data import load_source
+
+    if TASKS[name].inputs_optional:
+        return []  # a forecast from the end of the run's own series
+    rows = load_source(load_config(recipe_of(name)).data.train)["validation"].select(range(3))
+    if "image" in rows.column_names:
+        paths = [tmp_path / f"{n}.png" for n in range(3)]
+        for path, image in zip(paths, rows["image"]):
+            path.write_bytes(image["bytes"])
+        return [str(p) for p in paths]
+    column = next(c for c in rows.column_names if isinstance(rows[0][c], (str, list)))
+    return [" ".join(v) if isinstance(v, list) else v[:60] for v in rows[column]]  # words of NER rows joined
+
+
+def assert_same_predictions(got, expected, where: str = "prediction") -> None:
+    """The same labels, texts and tokens; numbers within the parity tolerance plus predict's
+    rounding (scores to 4 decimals, boxes to 0.01 pixel); boxes overlapping at IoU > 0.99."""
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys(), where
+        for key in expected:
+            if key == "box":
+                assert iou(got[key], expected[key]) > 0.99 or got[key] == pytest.approx(expected[key], abs=0.02), where
+            assert_same_predictions(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert len(got) == len(expected), where
+        for n, (a, b) in enumerate(zip(got, expected)):
+            assert_same_predictions(a, b, f"{where}[{n}]")
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, abs=0.02 if ".box" in where else 2e-4), where
+    else:
+        assert got == expected, where
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    width, height = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, width) * max(0.0, height)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_the_onnx_export_passes_its_parity_check_and_predicts_as_the_run(runs, name, tmp_path):
+    """Exported, checked against PyTorch on the run's validation examples, and then predict (and
+    evaluate, for one-pass graphs) on the export give what they give on the run in fp32."""
+    run, _ = runs(name)
+    out = tmp_path / "onnx"
+    manifest = api.export(run, out)
+    assert manifest["parity"]["passed"] and manifest["parity"]["examples"] > 0, manifest["parity"]
+    assert json.loads((out / "export.json").read_text()) == manifest
+    assert not list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))  # graphs, no PyTorch weights
+    inputs = predict_inputs(name, tmp_path)
+    threshold = {"threshold": 0.0} if any(o.name == "threshold" for o in TASKS[name].predict_options) else {}
+    torch.manual_seed(0)  # a sampling language model draws the same numbers on both sides
+    expected = api.predict(str(run), inputs, overrides=["train.mixed_precision=no"], **threshold)
+    torch.manual_seed(0)
+    assert_same_predictions(api.predict(str(out), inputs, **threshold), expected)
+    if "model" in manifest["graphs"]:
+        # The graphs compute no loss: eval_loss is there only where the task computes it from the outputs.
+        again = eval_metrics(api.evaluate(str(out)))
+        reference = eval_metrics(api.evaluate(str(run), overrides=["train.mixed_precision=no"]))
+        assert f"eval_{TASKS[name].default_metric}" in again
+        assert again == pytest.approx({k: v for k, v in reference.items() if k in again}, abs=1e-4)
 
 
 # ------------------------------------------------------------------ loading a run in other tools

@@ -24,10 +24,14 @@ Declarations (class attributes):
     exact_eval_loss      eval_loss does not depend on batching or process count (False: a batch mean)
     writes_output        predict and generate write --output themselves (a forecast's CSV and PNG,
                          generated images), not the CLI
+    quantizable          `hftool export --quantize dynamic-int8` applies (the classifiers)
 
 Hooks, in the order a run calls them (`parts` is what `build` returned):
 
     reading(cfg) -> Reading                      how the data layer reads this task's sources
+    validate_rows(cfg, ds, source, findings, labels) -> Summary
+                                                 `hftool validate`: every raw row checked, each
+                                                 problem reported to `findings` with its row
     model_specs(cfg) -> [str]                    the model specs a run loads (hftool doctor)
     prepare(cfg, ds, source, labels, require_labels) -> (rows, labels)
                                                  raw rows -> canonical columns, validated; labels
@@ -58,6 +62,9 @@ Hooks, in the order a run calls them (`parts` is what `build` returned):
                                                  gathered eval outputs -> one dict per example
     evaluated(parts, model, run_dir, step)       after each evaluation in training (main process):
                                                  files of the model at that step (sample grids)
+    resampler(parts, rows) -> ExampleStats       per-example statistics the metrics are recomputed
+                                                 from for bootstrap resamples (`hftool eval-suite`;
+                                                 default: the loss only)
     save(parts, run_dir, model, state_dict)      the run dir's model files
     write_reports(parts, run_dir, metrics, records)
                                                  task files beside metrics.json, from the final
@@ -72,6 +79,11 @@ Hooks, in the order a run calls them (`parts` is what `build` returned):
     generate(parts, cfg, prompts, on_text, **options) -> [dict]
                                                  `hftool generate`: prompts -> generated outputs
     format_generation(results) -> str            what `hftool generate` prints
+    onnx_graphs(parts, cfg, batch) -> [hftool.export.Graph]
+                                                 `hftool export`: the graphs to export, traced on
+                                                 `batch`; default: not exportable yet
+    onnx_feed(parts, batch) -> dict              a collated batch -> the graphs' inputs (or
+                                                 generate's, for tasks that export a decoder)
 
 A collated batch may carry `meta_keys` for eval_outputs only (e.g. which sentence a window of a
 long one belongs to); the loop calls the model with `model_inputs(batch)`, which drops them.
@@ -86,6 +98,7 @@ from typing import Any, Generic, TypeVar
 
 from hftool.config import DataConfig, EvalConfig, ModelConfig, Option, TrainConfig
 from hftool.data.columns import find_column
+from hftool.errors import HftoolError
 
 S = TypeVar("S")
 
@@ -188,6 +201,7 @@ class Task:
     # eval_loss is exact whatever the batching (per-example losses); False where the model's loss
     # is normalised over a batch and cannot be split by example (DETR's, over the batch's boxes).
     exact_eval_loss: bool = True
+    quantizable: bool = False  # `hftool export --quantize dynamic-int8` applies
 
     def model_inputs(self, batch: dict) -> dict:
         """The batch without meta_keys: what the model is called with."""
@@ -196,6 +210,16 @@ class Task:
     # ------------------------------------------------------------------------------ data
     def reading(self, cfg) -> Reading:
         return Reading()
+
+    def validate_rows(self, cfg, ds, source: str, findings, labels: list[str] | None = None):
+        """`hftool validate`: check every raw row of one split, reporting each problem to
+        `findings` (hftool.data.checks.Findings, collecting) with its row, and describe the split
+        (hftool.data.validation.Summary). `labels`: the training split's classes (None when `ds`
+        is the training split). The task's reader (prepare) runs after this hook and reports the
+        first error the hook missed, so the default (count the rows) is safe for any task."""
+        from hftool.data.validation import Summary
+
+        return Summary(rows=len(ds))
 
     def model_specs(self, cfg) -> list[str]:
         """The model specs a run loads (`hftool doctor` checks each resolves offline)."""
@@ -313,6 +337,15 @@ class Task:
         model evaluated and the step it is at: files that show the model at that step (a
         generator's sample grid). Nothing by default; `hftool evaluate` does not call it."""
 
+    def resampler(self, parts: Parts, rows):
+        """A hftool.metrics.resampling.ExampleStats that evaluation feeds with each gathered batch
+        of eval_outputs, from which the metrics are recomputed for any reweighting of the examples
+        (`hftool eval-suite`'s bootstrap intervals and paired tests); `rows` as metric's. Default:
+        the loss only."""
+        from hftool.metrics.resampling import ExampleStats
+
+        return ExampleStats()
+
     # ---------------------------------------------------------------------------- saving
     def save(self, parts: Parts, run_dir: Path, model=None, state_dict: dict | None = None) -> None:
         """Write the run dir's model files: weights + config (when `model` is given) and the
@@ -361,6 +394,20 @@ class Task:
     def format_generation(self, results: list[dict]) -> str:
         """What `hftool generate` prints: each prompt with its generated text."""
         return "\n\n".join(r["prompt"] + self.generation_separator + r["generated_text"] for r in results)
+
+    # ---------------------------------------------------------------------------- export
+    def onnx_graphs(self, parts: Parts, cfg, batch: dict) -> list:
+        """The ONNX graphs `hftool export` writes (hftool.export.Graph: a PyTorch module, example
+        inputs, output names, dynamic axes), traced on `batch`: two collated examples. A graph
+        named `model` is a forward pass (`model(**inputs)` on the export); `decoder` (with
+        `encoder`) is what generate decodes with. A task that cannot be exported keeps this
+        default, or overrides it to raise the reason."""
+        raise HftoolError(f"{self.name} models are not exportable to ONNX yet")
+
+    def onnx_feed(self, parts: Parts, batch: dict) -> dict:
+        """A collated batch as the exported graphs' inputs, for the parity check (the inputs of
+        generate, for tasks that export a decoder). Default: the model inputs but the labels."""
+        return {k: v for k, v in self.model_inputs(batch).items() if k != "labels"}
 
 
 # Re-exported: what a task module needs from the shared layers to declare itself.

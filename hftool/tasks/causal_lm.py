@@ -179,6 +179,11 @@ class CausalLM(Task):
         # for its record (the model's loss would be the batch's).
         return {"loss_sum": loss_sum, "tokens": tokens, "loss": loss_sum / tokens.clamp(min=1)}
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import PerplexityStats
+
+        return PerplexityStats()
+
     # ---------------------------------------------------------------------------- inference
     def predict(self, parts, cfg, inputs, batch_size):
         from hftool.generation import GenerationOptions, generate
@@ -198,6 +203,27 @@ class CausalLM(Task):
         from hftool.generation import GenerationOptions, generate
 
         return generate(parts.model, parts.processor, prompts, options or GenerationOptions.from_flags(**flags), on_text)
+
+    # -------------------------------------------------------------------------------- export
+    def onnx_graphs(self, parts, cfg, batch):
+        """decoder.onnx: prompt or new tokens + past key/values -> logits + present key/values."""
+        from hftool.export import causal_lm_graphs
+
+        return causal_lm_graphs(parts.model, batch["input_ids"][:, :5])
+
+    def onnx_feed(self, parts, batch):
+        """Prompts for the parity check's generation: the first 4 to 12 tokens of each block, left
+        padded as `hftool generate` pads a batch, so padding and positions are checked too."""
+        import torch
+
+        blocks, real = batch["input_ids"], batch["attention_mask"].sum(-1).tolist()
+        lengths = [max(1, min(4 + (row * 5) % 9, int(n))) for row, n in enumerate(real)]
+        width = max(lengths)
+        ids = torch.full((len(blocks), width), parts.processor.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(blocks), width, dtype=torch.long)
+        for row, n in enumerate(lengths):
+            ids[row, width - n:], mask[row, width - n:] = blocks[row, :n], 1
+        return {"input_ids": ids, "attention_mask": mask}
 
 
 def _pack(ids, block: int):

@@ -77,12 +77,25 @@ class ImageClassification(Task):
     default_metric = "accuracy"
     pipeline_task = "image-classification"
     predict_options = (TOP_K_OPTION,)
+    quantizable = True
 
     # ------------------------------------------------------------------------------ data
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns image (datasets Image, not decoded) and label (class id); see
         images.image_rows for how paths are read and checked."""
         return images.labelled_rows(ds, source, cfg.data, labels, require_labels)
+
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Missing, empty, unreadable and unusual images; missing/unseen/mixed labels; repeated
+        images (the same bytes), and the same image under two labels."""
+        from hftool.data import validation
+
+        column = find_column(ds, source, cfg.data.image_column, images.IMAGE_COLUMNS, "image", "image_column")
+        summary = validation.Summary(rows=len(ds))
+        summary.keys = validation.images(validation.image_entries(ds, column), source, findings, summary)
+        values = validation.labelled(ds, source, cfg.data.label_column, findings, labels, summary)
+        summary.counts["repeated images"] = validation.duplicates(summary.keys, source, findings, "image", values)
+        return summary
 
     def _transform(self, parts: Parts, cfg, train: bool) -> vision.ImageTransform:
         d = cfg.data
@@ -151,6 +164,11 @@ class ImageClassification(Task):
             out["top_k"] = logits.topk(TOP_K, dim=-1).indices
         return out
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import ClassStats
+
+        return ClassStats(parts.labels, top_k=TOP_K if len(parts.labels) > TOP_K else None)
+
     def write_reports(self, parts, run_dir, metrics, records):
         """confusion_matrix.png of the final evaluation."""
         from hftool.reports import plot_confusion
@@ -184,6 +202,12 @@ class ImageClassification(Task):
 
     def format_prediction(self, prediction):
         return with_top_k(f"{prediction['label']}\t{prediction['score']:.4f}\t{prediction['image']}", prediction)
+
+    def onnx_graphs(self, parts, cfg, batch):
+        """model.onnx: pixel_values (batch x 3 x the processor's crop) -> logits; HF and timm models alike."""
+        from hftool.export import model_graph
+
+        return [model_graph(parts.model, batch, {"pixel_values": {0: "batch"}}, ["logits"])]
 
     # ------------------------------------------------------------------------------ save
     def save(self, parts, run_dir, model=None, state_dict=None):

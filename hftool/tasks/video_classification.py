@@ -131,6 +131,23 @@ class VideoClassification(Task):
             rows = rows.add_column("label", [ids[i] for i in kept])
         return rows, labels
 
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Missing, empty and unreadable videos; missing/unseen/mixed labels; repeated clips."""
+        import datasets
+
+        from hftool.data import validation
+        from hftool.data.columns import source_dir
+
+        column = find_column(ds, source, cfg.data.video_column, videos.VIDEO_COLUMNS, "video", "video_column")
+        if isinstance(ds.features[column], datasets.Video):
+            ds = ds.cast_column(column, datasets.Video(decode=False))
+        entries = [videos.entry_path(v, source_dir(ds)) if v else "" for v in ds[column]]
+        summary = validation.Summary(rows=len(ds))
+        summary.keys = validation.videos(entries, source, findings, summary)
+        values = validation.labelled(ds, source, cfg.data.label_column, findings, labels, summary)
+        summary.counts["repeated clips"] = validation.duplicates(summary.keys, source, findings, "video", values)
+        return summary
+
     def _transform(self, parts: Parts, cfg, train: bool):
         from hftool import video, vision
 
@@ -194,6 +211,11 @@ class VideoClassification(Task):
             out["top_k"] = scores.topk(TOP_K, dim=-1).indices
         return out
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import ClassStats
+
+        return ClassStats(parts.labels, top_k=TOP_K if len(parts.labels) > TOP_K else None, per_label=True)
+
     def write_reports(self, parts, run_dir, metrics, records):
         """confusion_matrix.png of the final evaluation."""
         from pathlib import Path
@@ -202,13 +224,20 @@ class VideoClassification(Task):
 
         plot_confusion(records, parts.labels, Path(run_dir) / "confusion_matrix.png")
 
-    def card_usage(self):
-        return ("```python\nfrom transformers import pipeline\n"
-                "pipe = pipeline(\"video-classification\", model=\"path/to/this/folder\")\n"
-                "pipe(\"clip.mp4\")  # or the frames: a (frames, height, width, 3) uint8 array\n```\n\n"
-                "transformers 5.x decodes a path with torchcodec (which needs FFmpeg's libraries); without it, "
-                "pass the frames. A `timm:<name>` run is hftool's frame model: `import hftool.video` first "
-                "registers it with transformers.\n")
+    def card_usage(self, parts, cfg):
+        """pipeline() on a clip's frames: transformers 5.x decodes a path only with torchcodec, which
+        needs FFmpeg's libraries, while a (frames, height, width, 3) array always works."""
+        from hftool import vision
+
+        frame_model = cfg.model.name.startswith(TIMM_PREFIX)
+        height, width = vision.geometry(parts.processor).crop
+        return ("```python\nimport numpy as np\nfrom transformers import pipeline\n"
+                + ("\nimport hftool.video  # registers hftool's frame model with transformers\n" if frame_model else "")
+                + "\nclassifier = pipeline(\"video-classification\", model=\".\")\n"
+                f"frames = np.random.default_rng(0).integers(0, 256, ({parts.state.num_frames}, {height}, {width}, 3), "
+                "dtype=np.uint8)  # a decoded clip: (frames, height, width, 3)\n"
+                "print(classifier(frames))\n```\n\n"
+                "With torchcodec installed, the pipeline also takes a path: `classifier(\"clip.mp4\")`.\n")
 
     # ------------------------------------------------------------------------- inference
     def predict(self, parts, cfg, inputs, batch_size, top_k: int = 1):
