@@ -207,6 +207,11 @@ class ImageGPT(Task):
         probe = [LinearProbe(seed=state.seed)] if state.probe_layer is not None else []
         return combine([BitsPerDim(), *probe, *sample_metrics(state.features, state.class_map is not None)])
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import BitsPerDimStats
+
+        return BitsPerDimStats()
+
     def prediction_records(self, parts, batches, order, rows):
         """Per evaluation row: its loss (nats per token) and bits per pixel token."""
         import math
