@@ -301,8 +301,9 @@ def export(model: str | Path, output: str | Path, fmt: str = "onnx", overwrite: 
 
 def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_precision: str | None = None,
              **flags) -> list[dict]:
-    """Continue prompts with a causal LM, or transform them with a seq2seq model (a run's
-    data.source_prefix goes before each): a run dir, a local model dir or a hub id.
+    """Continue prompts with a causal LM, transform them with a seq2seq model (a run's
+    data.source_prefix goes before each), or make images with an image generator (igpt, gan: no
+    prompts): a run dir, a local model dir or a hub id.
 
     Args:
         options: hftool.generation.GenerationOptions; None keeps the model's generation_config
@@ -311,23 +312,33 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
         mixed_precision: auto | no | bf16 | fp16: the dtype the weights are cast to for
             generation (see hftool.runtime.inference_dtype). None: the run's
             train.mixed_precision (auto for a model dir that is not a run).
+        flags: The task's generate_options (`num_images`, `label`, ... for image generators;
+            `output` for tasks that write files), seed and batch_size. None: not given.
 
     Returns:
-        One {"prompt", "generated_text"} per returned sequence, in prompt order.
+        Text: one {"prompt", "generated_text"} per returned sequence, in prompt order. Images:
+        one dict per image (see the task's generate).
     """
     import torch
 
     from hftool.tasks import get_task
 
-    if not prompts:
-        raise HftoolError("nothing to generate: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     if mixed_precision == "fp16" and not torch.cuda.is_available():  # a run trained in fp16 falls back to fp32 here
         raise HftoolError("--mixed-precision fp16 needs a CUDA GPU; use bf16 (or no) on this machine")
     name = model_task(model) or DEFAULT_GENERATE_TASK
     task = get_task(name)
     if not task.generate_options:
-        raise HftoolError(f"{model} is a {name} model; `hftool generate` needs a causal language model "
-                          "(a gpt2 run, or any model with a ...ForCausalLM/LMHeadModel architecture) or a seq2seq one")
+        raise HftoolError(f"{model} is a {name} model; `hftool generate` needs a model that generates: a causal "
+                          "language model (a gpt2 run, or any ...ForCausalLM/LMHeadModel), a seq2seq one, or an "
+                          "image generator (igpt, gan)")
+    if not prompts and not task.prompts_optional:
+        raise HftoolError("nothing to generate: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    accepted = {option.name for option in task.generate_options} | {"seed", "batch_size"} | (
+        {"output"} if task.writes_output else set())
+    for key, value in flags.items():  # the CLI passes every task's flags; those not given are None
+        if value is not None and key not in accepted:
+            raise HftoolError(f"--{key.replace('_', '-')} is not supported for {name} models; leave it out")
+    flags = {k: v for k, v in flags.items() if k in accepted}
     cfg = run_config(model, None if mixed_precision is None else [f"train.mixed_precision={mixed_precision}"], task=name)
     parts = _build(task, cfg, model)
     from hftool.export import OnnxModel

@@ -285,10 +285,10 @@ def predict(
 @app.command()
 @_task_options("generate_options")
 def generate(
-    model: Annotated[str, typer.Argument(help="A model that generates (a language model): a run dir, a local model dir or a hub id.")],
+    model: Annotated[str, typer.Argument(help="A model that generates (a language model, an image generator): a run dir, a local model dir or a hub id.")],
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt to continue (repeatable).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option(help="More prompts: one per line, or JSONL with a \"prompt\" field.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per returned sequence here.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per returned sequence here (image generators: the grid of images, and each image beside it).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling: the same seed gives the same output.")] = None,
     stream: Annotated[bool, typer.Option(help="Print text as it is generated (one prompt at a time).")] = False,
     batch_size: BatchSize = 8,
@@ -296,7 +296,7 @@ def generate(
     overwrite: OverwriteOutputs = False,
     **options,
 ) -> None:
-    """Generate from prompts with a model whose task generates (language models continue them, seq2seq models transform them); prints the outputs (and writes JSONL with --output)."""
+    """Generate with a model whose task generates: language models continue prompts, seq2seq models transform them, image generators (igpt, gan) make images; prints the outputs (and writes them with --output)."""
     from hftool import api
     from hftool.data import read_inputs
     from hftool.outputs import check_output, write_jsonl
@@ -306,8 +306,9 @@ def generate(
         check_output(output, overwrite, [model], what="--output")  # before the model loads
     prompts = list(prompt or []) + (read_inputs(prompts_file, ("prompt", "text")) if prompts_file else [])
     shown = []  # prompt indices already begun on the terminal
+    task = get_task(api.model_task(model) or api.DEFAULT_GENERATE_TASK)
     # A continuation goes on the prompt's line; a new text (a translation) below its input.
-    separator = get_task(api.model_task(model) or api.DEFAULT_GENERATE_TASK).generation_separator
+    separator = task.generation_separator
 
     def show(index: int, piece: str) -> None:
         if not shown or shown[-1] != index:
@@ -315,13 +316,18 @@ def generate(
             shown.append(index)
         typer.echo(piece, nl=False)
 
+    if task.writes_output:  # the task writes its own files (images)
+        if task.prompts_optional and output is None:
+            raise HftoolError("image generators write PNG files: pass --output samples.png (the grid; each image "
+                              "beside it as samples-<i>.png)")
+        options["output"] = output
     results = api.generate(model, prompts, on_text=show if stream else None, mixed_precision=mixed_precision,
                            seed=seed, batch_size=batch_size or 8, **options)
     if stream:
         typer.echo()
     else:
-        typer.echo("\n\n".join(r["prompt"] + separator + r["generated_text"] for r in results))
-    if output is not None:
+        typer.echo(task.format_generation(results))
+    if output is not None and not task.writes_output:
         write_jsonl(output, results)
 
 

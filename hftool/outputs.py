@@ -145,6 +145,17 @@ def write_json(path: str | Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
+def write_png(path: Path, image) -> None:
+    """A uint8 image tensor [C, H, W] (C = 1: greyscale, 3: RGB) as a PNG, written atomically."""
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).cpu().numpy()
+    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)  # uint8: L or RGB
+    tmp = path.with_name(f".{path.name}.tmp")
+    picture.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
 def honour_umask(folder: Path, pattern: str = "*.safetensors") -> None:
     """Give the files matching `pattern` in `folder` the mode a plain open() gives (0666 less the
     umask). safetensors writes its files through a private temporary file, so weights come out

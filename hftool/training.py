@@ -37,7 +37,7 @@ from hftool.runtime import make_accelerator, resolve_mixed_precision
 CHECKPOINT = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
 LOG_FILE = "log.jsonl"
-LOWER_IS_BETTER = re.compile(r"loss|perplexity|error|wer|cer|mae|mse|rmse|mape")
+LOWER_IS_BETTER = re.compile(r"loss|perplexity|error|wer|cer|mae|mse|rmse|mape|bits_per|fid|kid")
 
 
 @dataclass
@@ -158,6 +158,10 @@ class Trainer:
             self._plan_micro_batch()
         self._build_loaders()
         self._build_optimizer()
+        for kept in task.checkpointed(parts):  # registered before a resume loads the checkpoint
+            if isinstance(kept, torch.nn.Module):
+                kept.to(acc.device)
+            acc.register_for_checkpointing(kept)
         self.state.num_processes = acc.num_processes
         self.state.gradient_accumulation_steps = t.gradient_accumulation_steps
         self.state.batch_size = t.batch_size
@@ -342,6 +346,7 @@ class Trainer:
             if state.batches_in_epoch:  # resume mid-epoch at the next unseen batch
                 loader = acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
             for batch in loader:
+                self.step.number = state.global_step
                 with acc.accumulate(*self.models.values()):
                     losses = self.task.train_step(self.parts, batch, self.step)
                 loss = losses["loss"]
@@ -416,7 +421,7 @@ class Trainer:
     def _evaluate_and_checkpoint(self) -> bool:
         """Evaluate, track the best, checkpoint. Returns True when patience has run out."""
         t, state = self.cfg.train, self.state
-        metrics = self.evaluate()
+        metrics = self.evaluate(state.global_step)
         state.last_eval = {"step": state.global_step, **metrics}
         self._log("eval", metrics)
         key = f"eval_{self.metric_name}"
@@ -433,15 +438,20 @@ class Trainer:
         self.save_checkpoint()
         return t.early_stopping_patience is not None and state.evals_without_improvement >= t.early_stopping_patience
 
-    def evaluate(self) -> dict[str, float]:
-        """Metrics on the eval data. The gathered per-example outputs of the latest evaluation are
-        kept (self.eval_batches): finish() turns the final one into records for the task's report
-        files and, with eval.save_predictions, predictions.jsonl."""
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Metrics on the eval data of the model as it is after `step` optimizer steps. The
+        gathered per-example outputs of the latest evaluation are kept (self.eval_batches):
+        finish() turns the final one into records for the task's report files and, with
+        eval.save_predictions, predictions.jsonl. The task's `evaluated` hook then writes what
+        shows the model at that step; the last call is always the run's final model."""
         from hftool.evaluation import evaluate_model
 
         self.eval_batches = []
-        return evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts, self.eval_rows,
-                              batches=self.eval_batches)
+        metrics = evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts, self.eval_rows,
+                                 batches=self.eval_batches)
+        if self.accelerator.is_main_process:
+            self.task.evaluated(self.parts, self.accelerator.unwrap_model(self.model), self.run_dir, step)
+        return metrics
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -544,11 +554,11 @@ class Trainer:
         if t.load_best_at_end and state.best_step is not None and state.best_step != state.last_eval.get("step"):
             best = self.run_dir / "checkpoints" / f"step-{state.best_step:07d}"
             acc.load_state(str(best))
-            final_eval = self.evaluate()
+            final_eval = self.evaluate(state.best_step)
             logs.info(f"loaded the best checkpoint (step {state.best_step}, eval_{self.metric_name}="
                       f"{state.best_metric:.4f}) as the run's model")
         if getattr(self, "eval_batches", None) is None:
-            self.evaluate()  # no evaluation ran in this process (resumed after the last one)
+            self.evaluate(state.global_step)  # no evaluation ran in this process (resumed after the last one)
         acc.wait_for_everyone()
         metrics = dict(final_eval)
         if hasattr(self, "last_train_loss"):

@@ -146,7 +146,9 @@ def readme_clients() -> dict[str, tuple[str, list[str]]]:
 def client_namespace(run: Path) -> dict:
     """What the README's loading code names: the clients, and RUN."""
     import timm
-    from transformers import AutoModel, AutoModelForSeq2SeqLM, pipeline
+    from transformers import (AutoModel, AutoModelForSeq2SeqLM, ImageGPTForCausalImageModeling,
+                              ImageGPTImageProcessor, pipeline)
 
     return {"timm": timm, "AutoModel": AutoModel, "AutoModelForSeq2SeqLM": AutoModelForSeq2SeqLM,
-            "pipeline": pipeline, "RUN": str(run)}
+            "ImageGPTForCausalImageModeling": ImageGPTForCausalImageModeling,
+            "ImageGPTImageProcessor": ImageGPTImageProcessor, "pipeline": pipeline, "RUN": str(run)}

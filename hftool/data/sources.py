@@ -15,6 +15,7 @@ import re
 import warnings
 from pathlib import Path
 
+from hftool.data import idx
 from hftool.data.checks import Findings
 from hftool.data.encoding import read_text
 from hftool.data.images import is_image_folder, read_image_folder
@@ -235,6 +236,8 @@ def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line",
 
     if is_voc(path):  # Pascal VOC: Annotations/*.xml beside JPEGImages/
         return read_voc(path)
+    if idx.is_idx_folder(path):  # MNIST-style idx files
+        return idx.read_idx_folder(path)
     if is_yolo(path):  # Ultralytics: images/ and labels/, names in data.yaml or classes.txt
         return read_yolo(path)
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FOLDER_EXTENSIONS)
@@ -294,6 +297,10 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
 
         return read_yolo(path.parent, path)
     if path.is_file():
+        if idx.is_idx(path):  # MNIST-style images (with their labels file beside them)
+            if not idx.IMAGES.match(path.name):
+                raise HftoolError(f"{spec} holds idx labels; pass the images file (*-idx3-ubyte) or their folder")
+            return datasets.DatasetDict(train=idx.read_idx(path))
         return datasets.DatasetDict(train=read_file(path, encoding, txt_unit))
     if path.is_dir():
         if all(langs) and _is_parallel_folder(path):
