@@ -666,7 +666,7 @@ def caption_data_without_captions(runs, tmp):
     return ["evaluate", runs("caption"), "--data", data], [data, runs("caption")]
 
 
-@case(r"is a image-classification model; `hftool generate` needs a causal language model")
+@case(r"is a image-classification model; `hftool generate` needs a model that generates")
 def generate_with_an_image_classifier(runs, tmp):
     return ["generate", runs("image"), "-p", "x"], [runs("image")]
 
