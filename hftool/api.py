@@ -7,11 +7,13 @@
     api.evaluate(run_dir)                        # re-scores the run's own validation data
     api.predict(run_dir, ["a wonderful film"])   # [{'text': ..., 'label': ..., 'score': ...}]
     api.generate("runs/gpt2", ["Once upon a time"])  # [{'prompt': ..., 'generated_text': ...}]
+    api.export("runs/lora", "merged", merge=True)  # a plain model dir, adapters merged
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -207,6 +209,45 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
     return task.predict(parts, cfg, list(inputs), batch_size, **options)
 
 
+def export(model: str, output: str | Path, format: str = "safetensors", merge: bool = False) -> Path:
+    """Write a run as a plain model dir (safetensors weights, config, tokenizer or processor) that
+    transformers' from_pretrained and pipeline() load; `merge` folds an adapter run's adapters
+    into its base first. OUTPUT must not exist or be empty: nothing is overwritten.
+
+    Returns:
+        The output dir.
+    """
+    from hftool import adapters
+    from hftool.tasks import get_task
+
+    if format != "safetensors":
+        raise HftoolError(f"--format {format}: this version of hftool exports safetensors only")
+    out = Path(output).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HftoolError(f"{out} already exists and is not empty; choose another -o (export never overwrites)")
+    if not Path(model).expanduser().is_dir():
+        raise HftoolError(f"{model} is not a model or run directory; pass the folder a run wrote (runs/...)")
+    cfg = run_config(model)
+    task = get_task(cfg.task)
+    if merge and not adapters.is_adapter_dir(model):
+        raise HftoolError(f"--merge: {model} has no adapters to merge (it was trained with model.peft=none); "
+                          "leave out --merge")
+    if adapters.is_adapter_dir(model) and not merge:
+        raise HftoolError(f"{model} holds LoRA adapters, not a full model; add --merge to fold them into the base")
+    parts = task.build(cfg, None, model_path=model)
+    if merge:
+        parts.model = adapters.merge(parts.model)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # renamed into place once complete
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    task.save(parts, tmp, model=parts.model)
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    os.replace(tmp, out)
+    logs.info(f"exported {model} to {out}" + (" with its adapters merged" if merge else ""))
+    return out
+
+
 def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_precision: str | None = None,
              **flags) -> list[dict]:
     """Continue prompts with a causal LM, or transform them with a seq2seq model (a run's
@@ -227,8 +268,6 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
 
     from hftool.tasks import get_task
 
-    if not prompts:
-        raise HftoolError("nothing to generate: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     if mixed_precision == "fp16" and not torch.cuda.is_available():  # a run trained in fp16 falls back to fp32 here
         raise HftoolError("--mixed-precision fp16 needs a CUDA GPU; use bf16 (or no) on this machine")
     name = model_task(model) or DEFAULT_GENERATE_TASK
@@ -236,6 +275,14 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
     if not task.generate_options:
         raise HftoolError(f"{model} is a {name} model; `hftool generate` needs a causal language model "
                           "(a gpt2 run, or any model with a ...ForCausalLM/LMHeadModel architecture) or a seq2seq one")
+    accepted = {option.name for option in task.generate_options}
+    for flag, value in flags.items():
+        if value is not None and flag not in accepted | {"seed", "batch_size"}:
+            raise HftoolError(f"--{flag.replace('_', '-')} is not supported for {name} models; leave it out")
+    others = [option for option in task.generate_options if option.prompts]  # --chat
+    if not prompts and not any(flags.get(option.name) for option in others):
+        ways = ["--prompt TEXT (repeatable)", "--prompts-file FILE", *(f"--{o.name.replace('_', '-')} TEXT" for o in others)]
+        raise HftoolError(f"nothing to generate: pass {', '.join(ways[:-1])} or {ways[-1]}")
     cfg = run_config(model, None if mixed_precision is None else [f"train.mixed_precision={mixed_precision}"], task=name)
     parts = task.build(cfg, None, model_path=model)
     from hftool.models import cast_for_inference

@@ -56,13 +56,7 @@ def _task_options(kind: str, check_min: bool = True):
     """Add to a command the options every registered task declares for it (`predict_options` or
     `generate_options`), each once; the command receives them in `**options`, those not given as
     None. `check_min` lets the command line reject values below an option's minimum."""
-    from hftool.tasks import TASKS
-
-    declared: dict[str, object] = {}
-    for task in TASKS.values():
-        for option in getattr(task, kind):
-            if declared.setdefault(option.name, option) != option:
-                raise RuntimeError(f"two tasks declare --{option.name} differently; share one Option")
+    declared = _declared(kind)
 
     def decorate(command):
         signature = inspect.signature(command, eval_str=True)
@@ -79,6 +73,18 @@ def _task_options(kind: str, check_min: bool = True):
         return run
 
     return decorate
+
+
+def _declared(kind: str) -> dict:
+    """name -> Option of every option the registered tasks declare for `kind`, each once."""
+    from hftool.tasks import TASKS
+
+    declared: dict[str, object] = {}
+    for task in TASKS.values():
+        for option in getattr(task, kind):
+            if declared.setdefault(option.name, option) != option:
+                raise RuntimeError(f"two tasks declare --{option.name} differently; share one Option")
+    return declared
 
 
 def _annotation(option, check_min: bool):
@@ -225,7 +231,7 @@ def generate(
     prompts_file: Annotated[Optional[Path], typer.Option(help="More prompts: one per line, or JSONL with a \"prompt\" field.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per returned sequence here.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling: the same seed gives the same output.")] = None,
-    stream: Annotated[bool, typer.Option(help="Print text as it is generated (one prompt at a time).")] = False,
+    stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="Print text as it is generated (one prompt at a time). Default: only for --chat.", show_default=False)] = None,
     batch_size: BatchSize = 8,
     mixed_precision: Annotated[Optional[str], typer.Option(help="Weights in: auto (bf16 where the GPU/CPU has it natively, else fp32) | no (fp32) | bf16 | fp16 (GPU). Default: the run's train.mixed_precision, else auto.", show_default=False)] = None,
     **options,
@@ -236,13 +242,20 @@ def generate(
     from hftool.tasks import get_task
 
     prompts = list(prompt or []) + (read_inputs(prompts_file, ("prompt", "text")) if prompts_file else [])
+    # Prompts given through a task's options (--chat) come after the plain ones, in the results too.
+    asked = [text for option in _declared("generate_options").values() if option.prompts
+             for text in options.get(option.name) or []]
+    stream = bool(asked) if stream is None else stream
     shown = []  # prompt indices already begun on the terminal
-    # A continuation goes on the prompt's line; a new text (a translation) below its input.
+    # A continuation goes on the prompt's line; a new text (a translation, an answer) below its input.
     separator = get_task(api.model_task(model) or api.DEFAULT_GENERATE_TASK).generation_separator
+
+    def heading(index: int) -> str:
+        return (prompts + asked)[index] + (separator if index < len(prompts) else "\n")
 
     def show(index: int, piece: str) -> None:
         if not shown or shown[-1] != index:
-            typer.echo(("\n\n" if shown else "") + prompts[index] + separator, nl=False)
+            typer.echo(("\n\n" if shown else "") + heading(index), nl=False)
             shown.append(index)
         typer.echo(piece, nl=False)
 
@@ -251,11 +264,25 @@ def generate(
     if stream:
         typer.echo()
     else:
-        typer.echo("\n\n".join(r["prompt"] + separator + r["generated_text"] for r in results))
+        per_prompt = len(results) // max(1, len(prompts) + len(asked))
+        typer.echo("\n\n".join(heading(n // per_prompt) + r["generated_text"] for n, r in enumerate(results)))
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+
+
+@app.command()
+def export(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The model dir to write (new or empty).")],
+    format: Annotated[str, typer.Option("--format", help="safetensors (a transformers model dir).")] = "safetensors",
+    merge: Annotated[bool, typer.Option(help="Fold a LoRA run's adapters into its base (model.peft=lora runs).")] = False,
+) -> None:
+    """Write a run as a plain model dir that transformers and pipeline() load."""
+    from hftool import api
+
+    typer.echo(api.export(model, output, format, merge))
 
 
 @app.command()

@@ -19,10 +19,13 @@ PACKAGES = ("torch", "transformers", "datasets", "accelerate", "evaluate", "timm
 
 
 def write_all(run_dir: Path, cfg: RunConfig, task, parts, metrics: dict, records: list[dict], sources: dict[str, str],
-              recipe: str, command: str, precision: str) -> None:
+              recipe: str, command: str, precision: str, parameters: dict | None = None) -> None:
     """Every file a finished run leaves beside its weights; the task's own through its
-    write_reports hook (records: the final evaluation's per-example results)."""
+    write_reports hook (records: the final evaluation's per-example results). `parameters`:
+    trainable and total parameter counts and the adapters' description (Trainer._parameters)."""
     provenance = collect_provenance(cfg, sources, command, precision)
+    if parameters:
+        provenance["parameters"] = parameters
     (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
     plot_curves(run_dir / "log.jsonl", run_dir / "curves.svg")
     (run_dir / "README.md").write_text(model_card(cfg, task, metrics, provenance, recipe), encoding="utf-8")
@@ -160,8 +163,18 @@ def model_card(cfg: RunConfig, task, metrics: dict, provenance: dict, recipe: st
     data_rows = "\n".join(f"- {split}: {d['source']}" + (f" (sha256 {d['sha256'][:16]}...)" if "sha256" in d else "")
                           for split, d in provenance["data"].items())
     versions = ", ".join(f"{k} {v}" for k, v in provenance["packages"].items())
+    parameters = provenance.get("parameters") or {}
+    training, usage = "", task.card_usage()
+    if parameters:
+        from hftool.adapters import card_section
+
+        training = "## Training\n\n" + card_section(parameters["trainable"], parameters["total"],
+                                                     parameters.get("adapters")) + "\n"
+    if parameters.get("adapters"):  # transformers loads the merged folder, not this one
+        usage = ("```bash\nhftool export path/to/this/folder --format safetensors --merge -o merged\n```\n\nthen\n\n"
+                 + usage.replace("path/to/this/folder", "merged"))
     return f"""---
-library_name: transformers
+library_name: {"peft" if parameters.get("adapters") else "transformers"}
 pipeline_tag: {task.pipeline_task or cfg.task}
 tags: [hftool, {cfg.task}]
 ---
@@ -176,7 +189,7 @@ Base model: `{cfg.model.name}`. Task: {cfg.task}.
 |---|---|
 {rows}
 
-## Data
+{training}## Data
 
 {data_rows}
 
@@ -190,7 +203,7 @@ Resolved configuration: `config.yaml`; training log: `log.jsonl`; curves: `curve
 
 ## Use
 
-{task.card_usage()}
+{usage}
 ## Provenance
 
 hftool {provenance['hftool_version']} (commit {provenance['hftool_git_commit'] or 'unknown'}), Python {provenance['python']}; {versions}.

@@ -16,6 +16,7 @@ import hftool
 
 _WHERE = {"Accuracy": "classification", "PrecisionRecallF1": "classification",
           "TopKAccuracy": "classification", "CocoMeanAP": "detection", "GeneratedCaptions": "captioning", "Perplexity": "perplexity",
+          "GeneratedExactMatch": "exact_match",
           "Seqeval": "tagging", "TextOverlap": "text_overlap"}
 __all__ = sorted([*_WHERE, "combine"])
 

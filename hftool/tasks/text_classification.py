@@ -39,6 +39,10 @@ class TextClassification(Task):
     default_metric = "accuracy"
     pipeline_task = "text-classification"
     predict_options = (TOP_K_OPTION,)
+    peft_unsupported = ""
+
+    def peft_heads(self, parts):
+        return ["pre_classifier", "classifier", "score"]  # BERT-likes, DistilBERT, decoder-only classifiers
 
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns text, [text_pair], label (class id); label names come from `ds` when None."""
