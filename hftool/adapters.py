@@ -83,9 +83,7 @@ def loading(cfg):
 
 def load_kwargs() -> dict:
     """from_pretrained arguments for a 4-bit base inside `loading(cfg)` with qlora, else none."""
-    if not _QUANTIZED.get():
-        return {}
-    return _four_bits()
+    return _four_bits() if _QUANTIZED.get() else {}
 
 
 def _four_bits() -> dict:

@@ -126,3 +126,17 @@ def test_qlora_without_cuda_is_one_line_naming_the_fix(cli, tmp_path):
 def test_an_adapter_run_as_the_base_of_another_is_an_error(lora_run, cli, tmp_path):
     result = cli("finetune", "bert-cls", "--model", lora_run, "-o", tmp_path / "run", "model.peft=lora", *TINY)
     assert result.code == 2 and "is an adapter run; merge it first" in result.err
+
+
+def test_lora_on_a_timm_cnn_trains_its_classifier_and_batch_norms_and_reloads(tmp_path):
+    """timm:resnet18 has no linear layer but its classifier: adapters go on the convolutions, and
+    the batch norms, whose running statistics training changes, are saved with them."""
+    run = tmp_path / "resnet"
+    _, metrics = api.finetune(load_config("vit-cls", overrides=[
+        *TINY, "model.name=timm:resnet18", "model.pretrained=false", "model.peft=lora", "data.image_size=32",
+        "train.mixed_precision=no", f"output_dir={run}"]))
+    config = json.loads((run / "adapter_config.json").read_text())
+    assert "conv1" in config["target_modules"] and "timm_model.fc" in config["modules_to_save"]
+    assert "timm_model.layer1.0.bn1" in config["modules_to_save"]
+    again = api.evaluate(str(run))
+    assert {k: v for k, v in again.items()} == pytest.approx({k: v for k, v in metrics.items() if k.startswith("eval_")})

@@ -146,13 +146,15 @@ def test_generate_chat_renders_the_template_and_streams_the_answer(chat_run, cli
     pieces = []
     question = "What is 3 plus 4?"
     results = api.generate(str(chat_run), [], on_text=lambda i, piece: pieces.append((i, piece)),
-                           mixed_precision="no", chat=[question], max_new_tokens=4)
+                           mixed_precision="no", chat=[question], max_new_tokens=4, min_new_tokens=4)
     tokenizer = AutoTokenizer.from_pretrained(chat_run)
     rendered = chat.render(tokenizer, [{"role": "user", "content": question}], generation_prompt=True)
     assert seen == [tokenizer(rendered, add_special_tokens=False)["input_ids"]]  # one BOS: the template's
     assert rendered.endswith("<|assistant|>\n")
-    assert results[0]["prompt"] == question and "".join(p for _, p in pieces) == results[0]["generated_text"]
-    result = cli("generate", chat_run, "--chat", question, "--max-new-tokens", "4", "--mixed-precision", "no")
+    assert results[0]["prompt"] == question and results[0]["generated_text"]
+    assert "".join(p for _, p in pieces) == results[0]["generated_text"]  # streamed, piece by piece
+    result = cli("generate", chat_run, "--chat", question, "--max-new-tokens", "4", "--min-new-tokens", "4",
+                 "--mixed-precision", "no")
     assert result.code == 0, result.err
     assert result.out.startswith(question + "\n" + results[0]["generated_text"])
 
@@ -175,10 +177,11 @@ def test_merged_chat_model_answers_in_pipeline_as_in_hftool(chat_run, tmp_path):
 
     out = api.export(str(chat_run), tmp_path / "merged", merge=True)
     question = "What is the capital of Vornia?"
-    ours = api.generate(str(chat_run), [], mixed_precision="no", chat=[question], max_new_tokens=6)[0]["generated_text"]
+    settings = {"max_new_tokens": 6, "min_new_tokens": 6}  # six tokens, not an early end-of-turn: a real comparison
+    ours = api.generate(str(chat_run), [], mixed_precision="no", chat=[question], **settings)[0]["generated_text"]
     pipe = pipeline("text-generation", model=str(out))
-    theirs = pipe([{"role": "user", "content": question}], max_new_tokens=6, do_sample=False)[0]["generated_text"][-1]
-    assert theirs["role"] == "assistant" and theirs["content"].strip() == ours.strip()
+    theirs = pipe([{"role": "user", "content": question}], do_sample=False, **settings)[0]["generated_text"][-1]
+    assert ours.strip() and theirs["role"] == "assistant" and theirs["content"].strip() == ours.strip()
 
 
 @pytest.mark.slow
@@ -190,3 +193,29 @@ def test_sample_chat_learns_answers_an_untrained_model_does_not_give(tmp_path):
                                                                 f"output_dir={tmp_path / 'untrained'}"]))
     before = api.evaluate(str(untrained), data="sample:chat", split="test")["eval_exact_match"]
     assert before < 0.05 and trained > 0.6, (before, trained)
+
+
+def test_chat_evaluation_is_reproduced_and_exact_across_processes(chat_run, tmp_path):
+    """evaluate on the run dir gives metrics.json again; two processes give what one does, each
+    conversation's answer once (generated answers are gathered at one width)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    metrics = json.loads((chat_run / "metrics.json").read_text())
+    outputs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"{processes}.json"
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
+                   "-m", "hftool", "evaluate", str(chat_run), "-b", "3", "-o", str(out), "eval.save_predictions=true"]
+        done = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[processes] = json.loads(out.read_text()), api.predictions_path(out).read_text().splitlines()
+    assert outputs[1][0] == pytest.approx({k: v for k, v in metrics.items() if k.startswith("eval_")}, rel=1e-5)
+    assert outputs[2][0] == pytest.approx(outputs[1][0], rel=1e-5)
+    records = [json.loads(line) for line in outputs[1][1]]
+    assert [r["index"] for r in records] == list(range(8)) and outputs[2][1] == outputs[1][1]
+    assert {"question", "prediction", "reference", "exact_match"} <= set(records[0])
