@@ -255,7 +255,8 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
 
     Args:
         options: hftool.generation.GenerationOptions; None keeps the model's generation_config
-            (or takes `flags`, the `hftool generate` flags of the model's task).
+            (or takes `flags`, the `hftool generate` flags of the model's task, e.g.
+            `chat=["What is 3 plus 4?"]` for a chat model: answered after the prompts).
         on_text: Streaming callback, see hftool.generation.generate.
         mixed_precision: auto | no | bf16 | fp16: the dtype the weights are cast to for
             generation (see hftool.runtime.inference_dtype). None: the run's

@@ -3,6 +3,7 @@
 
     rows = chat.conversations(ds, source)             # validated [{role, content}] lists, or None
     ids, labels = chat.encode(tokenizer, messages)    # labels: -100 except on the assistant's tokens
+    examples = chat.fit(examples, block)              # each at most `block` tokens
     rows = chat.pack(examples, block)                 # several conversations per row, kept apart
 
 A turn of the assistant is found by rendering the conversation up to it (with the template's
@@ -102,17 +103,23 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(render(tokenizer, messages[:last], generation_prompt=True), add_special_tokens=False)["input_ids"]
 
 
+def fit(examples: list[tuple[list[int], list[int]]], block: int) -> list[tuple[list[int], list[int]]]:
+    """Each (ids, labels) cut to at most `block` tokens; a warning counts the conversations cut."""
+    cut = sum(len(ids) > block for ids, _ in examples)
+    if cut:
+        logs.warn(f"{cut} conversations are longer than data.block_size={block} tokens and were cut; raise "
+                  "data.block_size to keep them whole")
+    return [(ids[:block], labels[:block]) for ids, labels in examples]
+
+
 def pack(examples: list[tuple[list[int], list[int]]], block: int) -> dict[str, list]:
-    """Conversations packed in order into rows of at most `block` tokens, each with position ids
-    that restart at 0: transformers then masks attention between them (its packed-sequence mask,
-    or varlen flash attention on GPUs), so no conversation sees another. A conversation longer
-    than the block is cut at it (counted in a warning)."""
+    """Conversations (each at most `block` tokens: `fit`) packed in order into rows of at most
+    `block` tokens, each with position ids that restart at 0: transformers then masks attention
+    between them (its packed-sequence mask, or varlen flash attention on GPUs), so no
+    conversation sees another."""
     rows: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
     current: dict[str, list] = {key: [] for key in rows}
-    cut = 0
     for ids, labels in examples:
-        if len(ids) > block:
-            ids, labels, cut = ids[:block], labels[:block], cut + 1
         if current["input_ids"] and len(current["input_ids"]) + len(ids) > block:
             for key in rows:
                 rows[key].append(current[key])
@@ -123,7 +130,7 @@ def pack(examples: list[tuple[list[int], list[int]]], block: int) -> dict[str, l
     if current["input_ids"]:
         for key in rows:
             rows[key].append(current[key])
-    if cut:
-        logs.warn(f"{cut} conversations are longer than data.block_size={block} tokens and were cut; raise "
-                  "data.block_size to keep them whole")
+    # Rows differ in width like dynamically padded text: batches group by it, and the loop caps
+    # the CPU kernel caches that new shapes fill (training.bounded_kernel_caches).
+    rows["length"] = [len(ids) for ids in rows["input_ids"]]
     return rows

@@ -187,10 +187,11 @@ class CausalLM(Task):
         import datasets
 
         tokenizer, block = _templated(parts.processor, "the model"), self._block_size(parts, cfg)
-        examples = [chat_data.encode(tokenizer, messages, cfg.data.train_on) for messages in ds["messages"]]
+        examples = chat_data.fit([chat_data.encode(tokenizer, messages, cfg.data.train_on)
+                                  for messages in ds["messages"]], block)
         if pack:
             return datasets.Dataset.from_dict(chat_data.pack(examples, block))
-        rows = {"input_ids": [ids[:block] for ids, _ in examples], "labels": [labels[:block] for _, labels in examples]}
+        rows = {"input_ids": [ids for ids, _ in examples], "labels": [labels for _, labels in examples]}
         rows["length"] = [len(ids) for ids in rows["input_ids"]]
         if prompts:
             rows["prompt_ids"] = [chat_data.prompt_ids(tokenizer, messages)[-block:] for messages in ds["messages"]]
