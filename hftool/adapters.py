@@ -341,7 +341,20 @@ def card_section(trainable: int, total: int, adapters: str | None) -> str:
     if adapters:
         text += (f"\nAdapters: {adapters}. This folder holds the adapters (`{ADAPTER_CONFIG}`, "
                  "`adapter_model.safetensors`), not a full model: `hftool evaluate`, `predict` and `generate` load it "
-                 "as it is, and `hftool export path/to/this/folder --format safetensors --merge -o merged` writes a "
-                 "plain model folder with the adapters merged, for `transformers` and `pipeline()`.\n")
+                 "as it is, and `hftool export . --format safetensors --merge -o merged` writes a plain model "
+                 "folder with the adapters merged, for `transformers` and `pipeline()`.\n")
     return text
+
+
+# Opens the card's first python block of an adapter run: what it loads is the merged folder.
+_MERGE_FIRST = ("from pathlib import Path\n\nfrom hftool import api\n\n"
+                "if not Path(\"merged\").is_dir():  # once: the adapters added into a plain model folder\n"
+                "    api.export(\".\", \"merged\", merge=True)\n")
+
+
+def card_usage(usage: str) -> str:
+    """A task's card "Use" section (code that loads ".") for an adapter run: the code loads the
+    merged folder, which its first python block writes once."""
+    usage = usage.replace('"."', '"merged"')
+    return usage.replace("```python\n", "```python\n" + _MERGE_FIRST + "\n", 1)
 

@@ -165,6 +165,35 @@ def finetune(
 
 
 @app.command()
+def doctor(
+    recipe: Annotated[Optional[str], typer.Argument(help="The recipe to check, as for finetune (none: the machine only).")] = None,
+    overrides: Overrides = None,
+    model: Annotated[Optional[str], typer.Option(help="Model: local dir, hub id or tiny:<arch>.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Training data: file, folder, hub name[:config].")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Validation data.")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Where the run would go (for the disk check).")] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option(help="auto | no | bf16 | fp16.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """Check that a run can start here (versions, device, precision, disk, every model and data file offline); exit 1 if not."""
+    from hftool import doctor as checks
+    from hftool.config import load_config
+
+    if recipe is None:
+        found = checks.environment(load_config(flags={"train.mixed_precision": mixed_precision}))
+    else:
+        recipe, positional, keyvals = _split_overrides(recipe, overrides)
+        if positional:
+            raise HftoolError(f"unexpected argument '{positional[0]}': overrides are KEY=VALUE")
+        flags = {"model.name": model, "data.train": data, "data.eval": eval_data,
+                 "output_dir": str(output_dir) if output_dir else None, "train.mixed_precision": mixed_precision}
+        found = checks.diagnose(load_config(recipe, flags, keyvals))
+    typer.echo(json.dumps(checks.as_json(found), indent=2) if as_json else checks.report(found))
+    if any(c.status == "fail" for c in found):
+        raise typer.Exit(1)
+
+
+@app.command()
 def evaluate(
     model: ModelArg,
     overrides: Overrides = None,

@@ -106,7 +106,8 @@ class DataConfig(Section):
 class TrainConfig(Section):
     section: typing.ClassVar[str] = "train"
     choices: typing.ClassVar[dict[str, tuple]] = {"mixed_precision": ("no", "bf16", "fp16", "auto"),
-                                                   "tracking": ("none", "tensorboard", "wandb", "mlflow")}
+                                                   "tracking": ("none", "tensorboard", "wandb", "mlflow"),
+                                                   "micro_batch_size": (None, "auto")}
     # Passes over the training data; ignored when max_steps is set.
     epochs: float = 3.0
     # Optimizer steps to run in total; overrides epochs (handy for smoke tests).
@@ -125,6 +126,13 @@ class TrainConfig(Section):
     scheduler: str = "linear"
     # Micro-batches per optimizer step (effective batch = batch_size x this x processes).
     gradient_accumulation_steps: int = 1
+    # auto keeps the global batch (batch_size x gradient_accumulation_steps x processes) and picks
+    # the largest per-process micro-batch that fits, accumulation making up the rest: measured
+    # steps on the longest examples (GPU), or peak memory under memory_budget (CPU). None uses
+    # batch_size as it is. A resumed run keeps the choice its checkpoint was written with.
+    micro_batch_size: str | None = None
+    # GiB the auto micro-batch may peak at on CPU; None: 80% of the memory available at start.
+    memory_budget: float | None = None
     # Gradient-norm clipping; 0 disables it.
     max_grad_norm: float = 1.0
     # no | bf16 | fp16 | auto. auto: bf16 autocast where the GPU or CPU computes it natively
@@ -156,13 +164,16 @@ class TrainConfig(Section):
     logging_steps: int = 10
     # none | tensorboard | wandb | mlflow (through Accelerate's trackers).
     tracking: str = "none"
+    # Where the tracker writes (TensorBoard events, W&B's local files, MLflow artifacts); None:
+    # RUN/logs/<tracker>, beside the model rather than among its files.
+    logging_dir: str | None = None
     # torch.compile the model (worth it on GPUs for long runs; compile time dominates short ones).
     compile: bool = False
 
     def check(self) -> None:
         for name in ("batch_size", "gradient_accumulation_steps", "logging_steps"):
             self.require(name, getattr(self, name) > 0, "positive")
-        for name in ("max_steps", "eval_steps", "save_steps", "eval_batch_size"):
+        for name in ("max_steps", "eval_steps", "save_steps", "eval_batch_size", "memory_budget"):
             self.require(name, getattr(self, name) is None or getattr(self, name) > 0, "positive")
         if self.max_steps is None and self.epochs <= 0:
             raise HftoolError(f"train.epochs must be positive, got {self.epochs} (or set --max-steps)")

@@ -3,9 +3,9 @@
 RNN, LSTM and GRU cells (the textbook LSTM(64) + Dense(1)) or a Transformer encoder read the
 window; a linear head maps the last step's state to one value per series. Being a
 PreTrainedModel, it saves and loads like any HF model (config.json + model.safetensors), and the
-Auto classes know it once this module is imported:
+Auto classes know it once hftool is imported (before or after transformers; hftool/__init__.py):
 
-    import hftool.forecaster
+    import hftool
     from transformers import AutoModel
     model = AutoModel.from_pretrained("runs/lstm-forecast")  # -> TimeSeriesForecaster
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import platform
+import re
 import subprocess
 from datetime import datetime, timezone
 from html import escape
@@ -28,7 +29,8 @@ def write_all(run_dir: Path, cfg: RunConfig, task, parts, metrics: dict, records
         provenance["parameters"] = parameters
     (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
     plot_curves(run_dir / "log.jsonl", run_dir / "curves.svg")
-    (run_dir / "README.md").write_text(model_card(cfg, task, metrics, provenance, recipe), encoding="utf-8")
+    (run_dir / "README.md").write_text(model_card(run_dir, cfg, task, parts, metrics, provenance, recipe),
+                                       encoding="utf-8")
     task.write_reports(parts, run_dir, metrics, records)
 
 
@@ -158,30 +160,46 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def model_card(cfg: RunConfig, task, metrics: dict, provenance: dict, recipe: str) -> str:
+def model_card(run_dir: Path, cfg: RunConfig, task, parts, metrics: dict, provenance: dict, recipe: str) -> str:
+    """README.md of a run: YAML metadata as the Hub and huggingface_hub.ModelCard read it
+    (library, task, base model, hub datasets, and every final eval metric as a model-index
+    result), then the metrics, data, command, how to use the model, and provenance."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    meta = task.card_metadata(parts, cfg)
+    evaluated = _dataset(cfg.data.eval or cfg.data.train)
+    split = _split(provenance["data"].get("validation", {}).get("source", ""))
+    results = [EvalResult(task_type=meta["pipeline_tag"], dataset_type=evaluated["id"], dataset_name=evaluated["id"],
+                          dataset_config=evaluated["config"], dataset_split=split, metric_type=key.removeprefix("eval_"),
+                          metric_name=key, metric_value=value)
+               for key, value in metrics.items() if key.startswith("eval_")]
+    hub_datasets = list(dict.fromkeys(d["id"] for d in map(_dataset, (cfg.data.train, cfg.data.eval)) if d["hub"]))
+    bases = meta["base_model"]
+    parameters = provenance.get("parameters") or {}
+    library = "peft" if parameters.get("adapters") else meta["library_name"]  # peft loads adapters onto their base
+    card_data = ModelCardData(model_name=Path(run_dir).name, library_name=library,
+                              pipeline_tag=meta["pipeline_tag"], base_model=bases[0] if len(bases) == 1 else bases or None,
+                              datasets=hub_datasets or None, tags=["hftool", cfg.task], eval_results=results or None)
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     data_rows = "\n".join(f"- {split}: {d['source']}" + (f" (sha256 {d['sha256'][:16]}...)" if "sha256" in d else "")
                           for split, d in provenance["data"].items())
     versions = ", ".join(f"{k} {v}" for k, v in provenance["packages"].items())
-    parameters = provenance.get("parameters") or {}
-    training, usage = "", task.card_usage()
+    training, usage = "", task.card_usage(parts, cfg)
     if parameters:
-        from hftool.adapters import card_section
+        from hftool.adapters import card_section, card_usage
 
         training = "## Training\n\n" + card_section(parameters["trainable"], parameters["total"],
                                                      parameters.get("adapters")) + "\n"
-    if parameters.get("adapters"):  # transformers loads the merged folder, not this one
-        usage = ("```bash\nhftool export path/to/this/folder --format safetensors --merge -o merged\n```\n\nthen\n\n"
-                 + usage.replace("path/to/this/folder", "merged"))
+        if parameters.get("adapters"):  # transformers loads the merged folder, not this one
+            usage = card_usage(usage)
+    base = ", ".join(f"[{b}](https://huggingface.co/{b})" for b in bases) or "none (trained from scratch)"
     return f"""---
-library_name: {"peft" if parameters.get("adapters") else "transformers"}
-pipeline_tag: {task.pipeline_task or cfg.task}
-tags: [hftool, {cfg.task}]
+{card_data.to_yaml()}
 ---
 
 # {recipe or cfg.task} fine-tuned with hftool
 
-Base model: `{cfg.model.name}`. Task: {cfg.task}.
+Task: {cfg.task}. Model: {meta['model']}. Base model: {base}.
 
 ## Evaluation
 
@@ -203,6 +221,8 @@ Resolved configuration: `config.yaml`; training log: `log.jsonl`; curves: `curve
 
 ## Use
 
+Run from this folder (`"."`), or put its path or Hub id in place of `"."`:
+
 {usage}
 ## Provenance
 
@@ -214,6 +234,50 @@ Configuration (secrets redacted):
 {json.dumps(to_dict(cfg), indent=2)}
 ```
 """
+
+
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+def model_origin(spec: str | None) -> list[str]:
+    """The Hub ids a model spec's weights came from (a card's base_model): a hub id itself; a
+    folder of the HF cache (models--org--name/snapshots/...) its id; an hftool run dir its own
+    card's base_model. Nothing for specs with a scheme (tiny:, timm:) and other folders, whose
+    origin is unknown."""
+    if not spec:
+        return []
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return [spec] if HUB_ID.fullmatch(spec) else []
+    cached = next((p.name for p in (path, *path.parents) if p.name.startswith("models--")), None)
+    if cached:
+        return [cached.removeprefix("models--").replace("--", "/")]
+    if (path / "config.yaml").is_file() and (path / "README.md").is_file():  # a run dir: its card knows
+        from huggingface_hub import ModelCard
+
+        base = ModelCard.load(path / "README.md").data.base_model
+        return [base] if isinstance(base, str) else list(base or [])
+    return []
+
+
+def _dataset(spec: str | None) -> dict:
+    """A data spec as a card names it: a hub dataset by id (and config), a sample by its spec, a
+    file or folder by its name (the Data section gives its hash)."""
+    if not spec:
+        return {"id": None, "config": None, "hub": False}
+    if spec.startswith("sample:") or Path(spec).expanduser().exists():
+        return {"id": spec if spec.startswith("sample:") else Path(spec).name, "config": None, "hub": False}
+    name, _, config = spec.partition(":")  # hftool's hub spec: name or name:config
+    return {"id": name, "config": config or None, "hub": True}
+
+
+def _split(source: str) -> str:
+    """The split a validation source's name says (hftool.data names it `spec [split]`); a part
+    held out of the training data (`... (held-out N rows)`, `(last N rows ...)`) is the run's
+    validation split, as is a whole file passed as validation data."""
+    found = re.search(r"\[(\w+)\]", source)
+    held_out = re.search(r"\((held-out|last) \d+ rows", source)
+    return found.group(1) if found and not held_out else "validation"
 
 
 def plot_confusion(records: list[dict], labels: list[str], path: Path) -> None:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from hftool import adapters, logs
 from hftool.config import RunConfig, to_dict, to_yaml
 from hftool.errors import HftoolError
-from hftool.outputs import write_json, write_jsonl
+from hftool.outputs import honour_umask, write_json, write_jsonl
 from hftool.runtime import make_accelerator, resolve_mixed_precision
 
 CHECKPOINT = re.compile(r"^step-(\d+)$")
@@ -89,7 +89,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        from accelerate.utils import DataLoaderConfiguration, set_seed
+        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
         from hftool.data import load_splits
         from hftool.tasks import get_task
@@ -103,11 +103,15 @@ class Trainer:
         elif tracking is not None:
             _require(tracking, tracking, f"tracking={tracking}")
         self.mixed_precision = resolve_mixed_precision(t.mixed_precision)
+        # Logs live beside the model, never among its files: RUN/logs/<tracker> or train.logging_dir.
+        self.logging_dir = (Path(t.logging_dir) if t.logging_dir else self.run_dir / "logs" / tracking) if tracking else None
         self.accelerator = acc = make_accelerator(
             mixed_precision=self.mixed_precision,
             gradient_accumulation_steps=t.gradient_accumulation_steps,
             log_with=tracking,
-            project_dir=str(self.run_dir),
+            # TensorBoard writes into logging_dir/<project name>: give it the folder as those two parts.
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir),
+                                                logging_dir=str(self.logging_dir.parent) if tracking else None),
             # The sampler yields global batches that Accelerate slices across processes, so N
             # processes see exactly the batches one process would (same data order, same result).
             dataloader_config=DataLoaderConfiguration(split_batches=True),
@@ -133,6 +137,8 @@ class Trainer:
             adapters.wrap(cfg, task, parts, self.run_dir, main_process=acc.is_main_process)
             self.train_features = task.train_features(parts, cfg, train_rows)
             self.eval_features = task.eval_features(parts, cfg, self.eval_rows)
+        if t.micro_batch_size == "auto":
+            self._plan_micro_batch()
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             task.save(parts, self.run_dir)  # the tokenizer first: a resumed run reuses it
@@ -145,10 +151,30 @@ class Trainer:
         self.state.gradient_accumulation_steps = t.gradient_accumulation_steps
         self.state.batch_size = t.batch_size
         if tracking:
-            acc.init_trackers("hftool", config=_flat_scalars(to_dict(cfg)))
+            if acc.is_main_process:
+                self.logging_dir.mkdir(parents=True, exist_ok=True)
+            project = self.logging_dir.name if tracking == "tensorboard" else "hftool"  # W&B project, MLflow experiment
+            acc.init_trackers(project, config=_flat_scalars(to_dict(cfg)),
+                              init_kwargs={"wandb": {"dir": str(self.logging_dir)},
+                                           "mlflow": {"logging_dir": str(self.logging_dir)}})
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
         if self.resume:
             self._load_latest_checkpoint()
+
+    def _plan_micro_batch(self) -> None:
+        """train.micro_batch_size=auto: a resumed run takes the split its checkpoint was written
+        with; a new one measures (hftool/planner.py). Either way the global batch is kept."""
+        t = self.cfg.train
+        checkpoints = list_checkpoints(self.run_dir) if self.resume else []
+        if checkpoints:
+            saved = json.loads((checkpoints[-1] / STATE_FILE).read_text())
+            if saved["batch_size"] * saved["gradient_accumulation_steps"] == t.batch_size * t.gradient_accumulation_steps:
+                t.batch_size, t.gradient_accumulation_steps = saved["batch_size"], saved["gradient_accumulation_steps"]
+                self.accelerator.gradient_accumulation_steps = t.gradient_accumulation_steps
+                return
+        from hftool.planner import plan
+
+        plan(self)
 
     def _build_loaders(self) -> None:
         from torch.utils.data import DataLoader
@@ -384,6 +410,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             write_json(tmp / STATE_FILE, state.__dict__)
+            honour_umask(tmp)
             _fsync_dir(tmp)
             os.replace(tmp, final)
             _fsync_dir(root)
@@ -450,6 +477,7 @@ class Trainer:
                 adapters.save(model, self.run_dir, state_dict)
             else:
                 self.task.save(self.parts, self.run_dir, model=model, state_dict=state_dict)
+            honour_umask(self.run_dir)
             write_json(self.run_dir / "metrics.json", metrics)
             from hftool.evaluation import eval_order
 
@@ -471,7 +499,8 @@ class Trainer:
             f"  examples: {len(self.train_features)} train, {len(self.eval_features)} eval",
             f"  epochs: {self.num_epochs} ({self.steps_per_epoch} optimizer steps each)",
             f"  batch: {t.batch_size} per device x {t.gradient_accumulation_steps} accumulation x "
-            f"{acc.num_processes} processes = {effective} effective",
+            f"{acc.num_processes} processes = {effective} effective"
+            + (" (train.micro_batch_size=auto)" if t.micro_batch_size == "auto" else ""),
             f"  optimizer steps: {self.total_steps}; best checkpoint by eval_{self.metric_name} "
             f"({'higher' if self.greater_is_better else 'lower'} is better)",
             f"  precision: {'fp32' if self.mixed_precision == 'no' else self.mixed_precision + ' autocast'}"
@@ -496,8 +525,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             with open(self.run_dir / LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-        scalars = {f"{'train/' if kind == 'train' else ''}{k}": v for k, v in values.items()
-                   if isinstance(v, (int, float))}
+        # Trackers group by prefix: train/loss, train/lr, ... and eval/loss, eval/accuracy, ...
+        scalars = {f"{kind}/{k.removeprefix('eval_')}": v for k, v in values.items() if isinstance(v, (int, float))}
         self.accelerator.log(scalars, step=self.state.global_step)
 
     def _truncate_log(self, step: int) -> None:

@@ -10,6 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import contextlib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,3 +85,52 @@ def sentiment_csv(tmp_path):
             writer.writerows(sentiment_rows(n, seed))
         paths[name] = path
     return paths
+
+
+PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+# What transformers and timm print when a saved model does not hold every weight it should.
+LOAD_WARNINGS = re.compile(r"newly initiali[sz]ed|\bMISSING\b|\bUNEXPECTED\b|unexpected keys|missing keys", re.I)
+
+
+def run_card_snippets(run_dir: Path, workdir: Path) -> list[str]:
+    """Run each ```python block of a run's model card as its own script, as a user would: from a
+    copy of the run dir (the snippets load "."), with an `image.png` there (what image tasks'
+    snippets read), in a fresh interpreter. Returns their outputs; fails on an error, no output,
+    or a load warning."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    copy = workdir / "card-run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    Image.new("RGB", (72, 56), (200, 40, 40)).save(copy / "image.png")
+    blocks = PYTHON_BLOCK.findall((copy / "README.md").read_text(encoding="utf-8"))
+    assert blocks, "the model card has no python block"
+    outputs = []
+    for block in blocks:
+        done = subprocess.run([sys.executable, "-c", block], cwd=copy, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0, f"{block}\n{done.stderr[-3000:]}"
+        assert done.stdout.strip(), block
+        assert not LOAD_WARNINGS.search(done.stderr), f"{block}\n{done.stderr[-3000:]}"
+        outputs.append(done.stdout)
+    return outputs
+
+
+def readme_clients() -> dict[str, tuple[str, list[str]]]:
+    """The README's "Models/outputs" table: recipe -> (library_name, the code that loads RUN)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Models/outputs", 1)[1].split("\n#", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| `")]
+    return {recipe.strip("`"): (library, re.findall(r"`([^`]+)`", code)) for recipe, library, code in rows}
+
+
+def client_namespace(run: Path) -> dict:
+    """What the README's loading code names: the clients, and RUN."""
+    import timm
+    from transformers import AutoModel, AutoModelForSeq2SeqLM, pipeline
+
+    return {"timm": timm, "AutoModel": AutoModel, "AutoModelForSeq2SeqLM": AutoModelForSeq2SeqLM,
+            "pipeline": pipeline, "RUN": str(run)}

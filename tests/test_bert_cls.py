@@ -246,6 +246,50 @@ def test_tracker_config_and_outputs_never_contain_the_token(data, tmp_path):
         assert secret.encode() not in path.read_bytes(), path
 
 
+def test_trackers_write_beside_the_model_with_train_and_eval_prefixes(data, tmp_path):
+    """TensorBoard writes into RUN/logs/tensorboard (or train.logging_dir), never among the
+    model's files, and every scalar is train/... or eval/..."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = trainer_for(data, tmp_path, "train.max_steps=4", "train.eval_steps=2", "train.logging_steps=2",
+                          "train.tracking=tensorboard")
+    trainer.train()
+    trainer.finish()
+    run, logs = tmp_path / "run", tmp_path / "run" / "logs" / "tensorboard"
+    events = list(run.rglob("events.out.tfevents*"))
+    assert events and all(p.is_relative_to(logs) for p in events)
+    tags = set(EventAccumulator(str(logs)).Reload().Tags()["scalars"])
+    assert {"train/loss", "train/lr", "eval/loss", "eval/accuracy"} <= tags
+    assert all(tag.startswith(("train/", "eval/")) and "eval_" not in tag for tag in tags), tags
+
+    elsewhere = tmp_path / "tensorboard"
+    trainer = trainer_for(data, tmp_path / "other", "train.max_steps=2", "train.tracking=tensorboard",
+                          f"train.logging_dir={elsewhere}")
+    trainer.train()
+    trainer.finish()
+    assert list(elsewhere.rglob("events.out.tfevents*")) and not (tmp_path / "other" / "run" / "logs").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_every_file_a_run_writes_has_the_mode_the_umask_gives(data, tmp_path, umask):
+    """Weights included (safetensors writes 0600 files), in the run dir and its checkpoints, so a
+    colleague or a serving container running as another user can read them."""
+    previous = os.umask(umask)
+    try:
+        trainer = trainer_for(data, tmp_path, "train.max_steps=2", "train.save_steps=1", "train.tracking=tensorboard")
+        trainer.train()
+        trainer.finish()
+    finally:
+        os.umask(previous)
+    run = tmp_path / "run"
+    modes = {str(p.relative_to(run)): p.stat().st_mode & 0o777 for p in run.rglob("*")}
+    assert "model.safetensors" in modes and "checkpoints/step-0000001/model.safetensors" in modes
+    wrong = {name: oct(mode) for name, mode in modes.items()
+             if mode != (0o777 if (run / name).is_dir() else 0o666) & ~umask}
+    assert not wrong
+
+
 def test_resume_refuses_a_different_setup(data, tmp_path):
     from hftool.errors import HftoolError
     from hftool.training import Trainer

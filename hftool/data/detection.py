@@ -1,4 +1,4 @@
-"""Object-detection data: COCO JSON and Pascal VOC XML readers, and box checks.
+"""Object-detection data: COCO JSON, Pascal VOC XML and YOLO (Ultralytics) readers, and box checks.
 
 Every reader gives rows in the layout of the hub's detection datasets (cppe-5 and others):
 `image`, `image_id`, `width`, `height` and `objects` = {bbox, category, iscrowd, area} lists,
@@ -179,6 +179,136 @@ def read_voc(path: Path):
         out[split] = _dataset(rows, names, None)
     logs.info(f"{path}: Pascal VOC, {len(parsed)} annotated images, classes {', '.join(names)}; splits "
               + ", ".join(f"{s} {len(d)}" for s, d in out.items()))
+    return datasets.DatasetDict(out)
+
+
+YOLO_CONFIGS = ("data.yaml", "dataset.yaml")
+
+
+def is_yolo(path: Path) -> bool:
+    """Ultralytics' layout: images/ beside labels/ (per split inside both), or a data.yaml."""
+    return (path / "images").is_dir() and (path / "labels").is_dir() or any((path / n).is_file() for n in YOLO_CONFIGS)
+
+
+def _yolo_names(root: Path, config: dict) -> list[str]:
+    """Class names from data.yaml's `names` (a list, or a mapping id -> name), else classes.txt."""
+    names = config.get("names")
+    if isinstance(names, dict):
+        try:
+            ids = sorted(int(i) for i in names)
+        except (TypeError, ValueError):
+            raise HftoolError(f"{root}: data.yaml `names` must map class ids (0, 1, ...) to names") from None
+        if ids != list(range(len(ids))):
+            raise HftoolError(f"{root}: data.yaml `names` must number the classes 0..{len(ids) - 1} without gaps")
+        return [str(names[i] if i in names else names[str(i)]) for i in ids]
+    if isinstance(names, list) and names:
+        return [str(n) for n in names]
+    classes = root / "classes.txt"
+    if classes.is_file():
+        return [line.strip() for line in classes.read_text(encoding="utf-8").splitlines() if line.strip()]
+    raise HftoolError(f"{root}: YOLO data needs class names: a data.yaml with `names:` or a classes.txt (one per line)")
+
+
+def _yolo_splits(root: Path, config: dict) -> dict[str, Path]:
+    """split -> image folder: data.yaml's train/val/test entries, else images/<split> folders,
+    else images/ itself as the training split."""
+    base = root / str(config.get("path") or ".")
+    if not base.is_dir():
+        base = root  # data.yaml files often carry the absolute path of the machine they were made on
+    found = {}
+    for key, split in (("train", "train"), ("val", "validation"), ("test", "test")):
+        entry = config.get(key)
+        if isinstance(entry, str) and entry:
+            folder = (base / entry) if not Path(entry).is_absolute() else Path(entry)
+            if not folder.is_dir():
+                raise HftoolError(f"{root}: data.yaml `{key}: {entry}` is not a folder ({folder}); fix the path")
+            found[split] = folder
+    if found:
+        return found
+    images = root / "images"
+    folders = {SPLIT_ALIASES[p.name.lower()]: p for p in images.iterdir() if p.is_dir() and p.name.lower() in SPLIT_ALIASES}
+    return folders or {"train": images}
+
+
+def _label_folder(images: Path) -> Path:
+    """Ultralytics' rule: the labels of .../images/<split>/ are in .../labels/<split>/."""
+    parts = list(images.parts)
+    if "images" not in parts:
+        raise HftoolError(f"{images}: YOLO image folders live under an `images/` folder, with labels under `labels/`")
+    at = len(parts) - 1 - parts[::-1].index("images")
+    return Path(*parts[:at], "labels", *parts[at + 1:])
+
+
+def read_yolo(root: Path, config_file: Path | None = None):
+    """YOLO (Ultralytics) detection data -> DatasetDict, in the layout of the other readers.
+
+    Label files hold `class cx cy w h` lines, normalised to the image; they become COCO boxes in
+    pixels (headers are read for the image sizes). An image without a label file is background.
+    A label file without an image is reported, as is a line that is not five numbers (error)."""
+    import datasets
+    import yaml
+    from PIL import Image
+
+    from hftool.data.images import image_files
+
+    config_file = config_file or next((root / n for n in YOLO_CONFIGS if (root / n).is_file()), None)
+    config = {}
+    if config_file is not None:
+        try:
+            config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise HftoolError(f"{config_file}: not valid YAML ({err}); fix the file") from None
+        if not isinstance(config, dict):
+            raise HftoolError(f"{config_file}: expected a mapping with `names:` and `train:`")
+    names = _yolo_names(root, config)
+    out, orphans = {}, []
+    for split, folder in _yolo_splits(root, config).items():
+        labels = _label_folder(folder)
+        rows = {"image": [], "image_id": [], "width": [], "height": [], "objects": []}
+        files = image_files(folder)
+        stems = {f.stem for f in files}
+        if labels.is_dir():
+            orphans += [p for p in sorted(labels.glob("*.txt")) if p.stem not in stems]
+        for n, image in enumerate(files):
+            try:
+                with Image.open(image) as opened:
+                    width, height = opened.size
+            except OSError as err:
+                raise HftoolError(f"{image}: not an image Pillow can read ({err}); fix or remove it") from None
+            objects = {"bbox": [], "category": [], "iscrowd": [], "area": []}
+            label_file = labels / f"{image.stem}.txt"
+            if label_file.is_file():
+                for number, line in enumerate(label_file.read_text(encoding="utf-8").splitlines(), 1):
+                    if not line.strip():
+                        continue
+                    fields = line.split()
+                    try:
+                        if len(fields) != 5 or not float(fields[0]).is_integer():
+                            raise ValueError
+                        cls, (cx, cy, w, h) = int(float(fields[0])), map(float, fields[1:5])
+                    except (ValueError, IndexError):
+                        raise HftoolError(f"{label_file}:{number}: expected `class cx cy w h` (5 numbers, box "
+                                          f"normalised to the image), got {line.strip()!r}") from None
+                    if not 0 <= cls < len(names):
+                        raise HftoolError(f"{label_file}:{number}: class {cls} is not one of the {len(names)} "
+                                          "classes in the names; fix the line or the names")
+                    box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
+                    objects["bbox"].append(box)
+                    objects["category"].append(cls)
+                    objects["iscrowd"].append(0)
+                    objects["area"].append(box[2] * box[3])
+            rows["image"].append(str(image.resolve()))
+            rows["image_id"].append(n + 1)
+            rows["width"].append(width)
+            rows["height"].append(height)
+            rows["objects"].append(objects)
+        if not files:
+            raise HftoolError(f"{folder}: no images in this YOLO {split} folder")
+        out[split] = _dataset(rows, names, None)
+    if orphans:
+        logs.warn(f"{root}: {len(orphans)} label file(s) have no image and were left out (first: {orphans[0]})")
+    logs.info(f"{root}: YOLO detection data, {len(names)} classes; splits "
+              + ", ".join(f"{s} {len(d)} images" for s, d in out.items()))
     return datasets.DatasetDict(out)
 
 

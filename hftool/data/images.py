@@ -217,24 +217,29 @@ def image_rows(ds, source: str, configured: str | None, skip_bad: bool):
     return datasets.Dataset.from_dict({"image": [paths[i] for i in kept]}).cast_column("image", image_type), kept
 
 
-def check_images(paths: list[str], given: list, source: str, column: str, skip_bad: bool) -> list[int]:
+def check_images(paths: list[str], given: list, source: str, column: str, skip_bad: bool,
+                 check: Callable[[int], str | None] | None = None, noun: str = "images",
+                 key: str = "skip_bad_images") -> list[int]:
     """Indices of the readable images (header checks); an unreadable one is an error naming it
-    unless `skip_bad`, which skips it and reports the count and the first few."""
+    unless `skip_bad`, which skips it and reports the count and the first few.
+
+    Other media (videos) use the same rule and wording: `check(i)` says why row i cannot be read
+    (None: it can), `noun` and `key` (the data.* option that skips) name them in messages."""
     kept, bad = [], []
     for i, (path, value) in enumerate(zip(paths, given)):
-        reason = "no image path" if not value else check_header(path)
+        reason = f"no {noun[:-1]} path" if not value else check(i) if check else check_header(path)
         if reason is None:
             kept.append(i)
             continue
         if not skip_bad:
             raise HftoolError(f"{path if value else f'{source} row {i + 1}'}: {reason} ({source}, column "
-                              f"'{column}'); fix or remove it, or pass data.skip_bad_images=true")
-        bad.append(f"{path}: {reason}")
+                              f"'{column}'); fix or remove it, or pass data.{key}=true")
+        bad.append(f"{path if value else f'row {i + 1}'}: {reason}")
     if bad:
         shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
-        logs.warn(f"data.skip_bad_images: skipped {len(bad)} of {len(paths)} images in {source} ({shown})")
+        logs.warn(f"data.{key}: skipped {len(bad)} of {len(paths)} {noun} in {source} ({shown})")
     if not kept:
-        raise HftoolError(f"{source}: none of the {len(paths)} images can be read; check the paths in column '{column}'")
+        raise HftoolError(f"{source}: none of the {len(paths)} {noun} can be read; check the paths in column '{column}'")
     return kept
 
 
@@ -244,10 +249,12 @@ def entry_name(entry) -> str:
     return path or "an image stored in the data"
 
 
-def readable(entries: Iterable, load: Callable[[object], T], skip_bad: bool) -> list[tuple[int, T]]:
+def readable(entries: Iterable, load: Callable[[object], T], skip_bad: bool,
+             key: str = "skip_bad_images") -> list[tuple[int, T]]:
     """(position, load(entry)) for every entry that decodes. One that does not stops with an
     ImageDecodeError naming it, or with `skip_bad` is skipped with a warning (the batch is then
-    one shorter). Every image task decodes through this, in training, evaluation and predict."""
+    one shorter). Every image task decodes through this, in training, evaluation and predict;
+    video tasks too, with `key` their data.* option that skips."""
     out = []
     for i, entry in enumerate(entries):
         try:
@@ -255,6 +262,6 @@ def readable(entries: Iterable, load: Callable[[object], T], skip_bad: bool) -> 
         except (ValueError, OSError) as err:
             message = f"{entry_name(entry)}: cannot be decoded ({err})"
             if not skip_bad:
-                raise ImageDecodeError(f"{message}; remove the file or pass data.skip_bad_images=true") from None
-            logs.warn(f"data.skip_bad_images: skipping {message}")
+                raise ImageDecodeError(f"{message}; remove the file or pass data.{key}=true") from None
+            logs.warn(f"data.{key}: skipping {message}")
     return out

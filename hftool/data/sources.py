@@ -145,20 +145,27 @@ def _split_name(stem: str) -> str | None:
     return SPLIT_ALIASES.get(stem.lower().split(".")[0])
 
 
-def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line"):
+def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line", videos: bool = False):
     """A save_to_disk folder, a folder of split files (train.csv, validation.jsonl, test.tsv), a
     folder of text files (no split names), each file one `text` row: a document, or an image
-    folder (class subfolders, optionally inside train/val/test folders)."""
+    folder (class subfolders, optionally inside train/val/test folders); with `videos`, a video
+    folder (class subfolders of clips or of frame folders) instead of an image folder."""
     import datasets
 
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         loaded = datasets.load_from_disk(str(path))
         return _normalise_splits(loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded))
-    from hftool.data.detection import is_voc, read_voc
+    from hftool.data.detection import is_voc, is_yolo, read_voc, read_yolo
 
     if is_voc(path):  # Pascal VOC: Annotations/*.xml beside JPEGImages/
         return read_voc(path)
+    if is_yolo(path):  # Ultralytics: images/ and labels/, names in data.yaml or classes.txt
+        return read_yolo(path)
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FOLDER_EXTENSIONS)
+    if not files and videos:  # a clip folder `{class}/{clip}/*.jpg` is also an image folder: videos first
+        from hftool.data.videos import read_video_folder
+
+        return read_video_folder(path)
     if not files and is_image_folder(path):
         return read_image_folder(path)
     splits = {}
@@ -191,12 +198,13 @@ def _normalise_splits(dd):
 
 
 def load_source(spec: str, encoding: str | None = None, token: str | None = None, txt_unit: str = "line",
-                langs: tuple[str | None, str | None] = (None, None)):
+                langs: tuple[str | None, str | None] = (None, None), videos: bool = False):
     """A data spec -> DatasetDict (split names normalised). A single file is its `train` split.
 
     Args:
         langs: (data.source_lang, data.target_lang): a folder of parallel text files
             ({split}.{lang}[.gz]) is read as source/target rows when both are set.
+        videos: a folder of class folders is read as videos (hftool.data.videos), not images.
     """
     import datasets
 
@@ -205,6 +213,10 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
 
         return load_sample(spec.removeprefix("sample:"))
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):  # an Ultralytics data.yaml
+        from hftool.data.detection import read_yolo
+
+        return read_yolo(path.parent, path)
     if path.is_file():
         return datasets.DatasetDict(train=read_file(path, encoding, txt_unit))
     if path.is_dir():
@@ -212,7 +224,7 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
             from hftool.data.parallel import read_parallel
 
             return read_parallel(path, langs[0], langs[1], encoding)
-        return read_folder(path, encoding, txt_unit)
+        return read_folder(path, encoding, txt_unit, videos)
     looks_like_file = path.suffix.lower() in FOLDER_EXTENSIONS or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec)
     if looks_like_file:
         raise HftoolError(f"data file {spec} does not exist; check the path (or pass a hub dataset as name or name:config)")

@@ -33,12 +33,15 @@ class PrecisionRecallF1(evaluate.Metric):
     from pooled counts (equals accuracy for single-label data); weighted: mean weighted by each
     class's support. Classes are those seen in references or predictions, or `num_classes` when
     given; a class with no predicted (or no true) example scores 0 precision (recall), as
-    scikit-learn does with zero_division=0.
+    scikit-learn does with zero_division=0. With `labels` (class names, index = class id) each
+    class's own precision, recall and F1 come too, as `<label>_precision`, `<label>_recall`,
+    `<label>_f1`.
     """
 
-    def __init__(self, num_classes: int | None = None, **kwargs):
+    def __init__(self, num_classes: int | None = None, labels: list[str] | None = None, **kwargs):
         super().__init__(keep_in_memory=True, **kwargs)
         self.num_classes = num_classes
+        self.labels = labels
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -67,6 +70,9 @@ class PrecisionRecallF1(evaluate.Metric):
         pooled_tp, pooled = true_pos[classes].sum(), support[classes].sum()
         micro = float(pooled_tp / pooled) if pooled else 0.0  # single-label: micro P = R = F1
         result.update(precision_micro=micro, recall_micro=micro, f1_micro=micro)
+        for i, label in enumerate(self.labels or []):
+            for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+                result[f"{label}_{name}"] = float(values[i]) if i < k else 0.0
         return result
 
 

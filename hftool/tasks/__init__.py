@@ -17,6 +17,7 @@ from hftool.tasks.seq2seq import Seq2Seq
 from hftool.tasks.text_classification import TextClassification
 from hftool.tasks.time_series_forecasting import TimeSeriesForecasting
 from hftool.tasks.token_classification import TokenClassification
+from hftool.tasks.video_classification import VideoClassification
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (
     TextClassification,
@@ -27,6 +28,7 @@ TASKS: dict[str, type[Task]] = {task.name: task for task in (
     ImageCaptioning,
     Seq2Seq,
     TimeSeriesForecasting,
+    VideoClassification,
 )}
 
 

@@ -27,6 +27,7 @@ Declarations (class attributes):
 Hooks, in the order a run calls them (`parts` is what `build` returned):
 
     reading(cfg) -> Reading                      how the data layer reads this task's sources
+    model_specs(cfg) -> [str]                    the model specs a run loads (hftool doctor)
     prepare(cfg, ds, source, labels, require_labels) -> (rows, labels)
                                                  raw rows -> canonical columns, validated; labels
                                                  (class names) found in the training data
@@ -60,7 +61,10 @@ Hooks, in the order a run calls them (`parts` is what `build` returned):
     write_reports(parts, run_dir, metrics, records)
                                                  task files beside metrics.json, from the final
                                                  evaluation (records: prediction_records)
-    card_usage() -> str                          the model card's "Use" section (markdown)
+    card_metadata(parts, cfg) -> dict            the model card's library_name, pipeline_tag,
+                                                 base_model (Hub ids) and model (words) for this run
+    card_usage(parts, cfg) -> str                the model card's "Use" section (markdown); its
+                                                 first ```python block runs as written in the run dir
     predict(parts, cfg, inputs, batch_size, **options) -> [dict]
                                                  user inputs -> one JSON-able dict per input
     format_prediction(prediction) -> str         one terminal line
@@ -103,6 +107,7 @@ class Reading:
     langs: tuple[str | None, str | None] = (None, None)  # parallel `{split}.{lang}` folders
     holdout: str = "random"  # random rows (seeded), or `tail`: the end of the data in file order
     history: int = 0  # with holdout=tail: rows before the held-out ones that validation reads
+    videos: bool = False  # a folder of class folders holds videos (clips or frame folders), not images
 
 
 @dataclass
@@ -183,6 +188,10 @@ class Task:
     # ------------------------------------------------------------------------------ data
     def reading(self, cfg) -> Reading:
         return Reading()
+
+    def model_specs(self, cfg) -> list[str]:
+        """The model specs a run loads (`hftool doctor` checks each resolves offline)."""
+        return [cfg.model.name]
 
     def prepare(self, cfg, ds, source: str, labels: list[str] | None = None, require_labels: bool = True):
         raise NotImplementedError
@@ -317,10 +326,22 @@ class Task:
         """Files a finished run leaves beside metrics.json, from its final evaluation's metrics and
         per-example records (prediction_records); none by default."""
 
-    def card_usage(self) -> str:
-        """The model card's "Use" section: how to load the run dir outside hftool."""
-        return ("```python\nfrom transformers import pipeline\n"
-                f"pipe = pipeline(\"{self.pipeline_task}\", model=\"path/to/this/folder\")\n```\n")
+    def card_metadata(self, parts: Parts, cfg) -> dict:
+        """What the model card says about the model: `library_name` (what loads the run dir),
+        `pipeline_tag` (the Hub's task), `base_model` (the Hub ids its weights started from; none
+        for a model trained from scratch) and `model` (the spec it was built from, in words)."""
+        from hftool.reports import model_origin
+
+        pretrained = getattr(cfg.model, "pretrained", True)  # vision models may start from random weights
+        return {"library_name": "transformers", "pipeline_tag": self.pipeline_task or self.name,
+                "base_model": model_origin(cfg.model.name) if pretrained else [], "model": f"`{cfg.model.name}`"}
+
+    def card_usage(self, parts: Parts, cfg) -> str:
+        """The model card's "Use" section (markdown): how to load the run dir outside hftool. Its
+        first ```python block must run as written from inside the run dir, with `image.png` there
+        for image tasks (tests/test_clients.py runs it on every task's run)."""
+        return ("```python\nfrom transformers import pipeline\n\n"
+                f"pipe = pipeline(\"{self.pipeline_task}\", model=\".\")\n```\n")
 
     # ------------------------------------------------------------------------- inference
     def predict(self, parts: Parts, cfg, inputs: list[str], batch_size: int, **options) -> list[dict]:

@@ -307,6 +307,11 @@ class CausalLM(Task):
 
         return generate(parts.model, parts.processor, inputs, GenerationOptions(batch_size=batch_size))
 
+    def card_usage(self, parts, cfg):
+        return ('```python\nfrom transformers import pipeline\n\ngenerator = pipeline("text-generation", model=".")\n'
+                'print(generator("Once upon a time,", max_new_tokens=40)[0]["generated_text"])\n```\n\n'
+                'or `hftool generate . -p "Once upon a time," --stream`.\n')
+
     def format_prediction(self, prediction):
         return prediction["prompt"] + prediction["generated_text"]
 

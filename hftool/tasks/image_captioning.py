@@ -65,6 +65,10 @@ class ImageCaptioning(Task):
     )
     peft_unsupported = ""
 
+    def model_specs(self, cfg):
+        m = cfg.model
+        return [spec for spec in (m.encoder, m.decoder) if spec] if m.encoder or m.decoder else [m.name]
+
     # ------------------------------------------------------------------------------ data
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns image (datasets Image, not decoded) and captions (list of str).
@@ -148,9 +152,10 @@ class ImageCaptioning(Task):
             tokenizer = models.load("tokenizer", AutoTokenizer, spec, m.token)
             image_processor = models.load("image processor", AutoImageProcessor, spec, m.token)
         if getattr(model.encoder, "pooler", None) is not None:
-            # The decoder reads the encoder's hidden states, never its pooled output; parameters
-            # that get no gradient make DDP fail on the next step.
-            model.encoder.pooler = None
+            # The decoder reads the encoder's hidden states, never its pooled output: frozen, as
+            # DDP fails on trainable parameters that get no gradient. Kept (not dropped) so the run
+            # saves it and reloads without "newly initialized" weights.
+            model.encoder.pooler.requires_grad_(False)
         set_special_tokens(model, tokenizer)
         generation = model.generation_config
         if model_path is None and generation.max_new_tokens is None:
@@ -262,6 +267,25 @@ class ImageCaptioning(Task):
                     results[-1]["attention_map"] = str(target)
         return results
 
+    def card_metadata(self, parts, cfg):
+        """The Hub's captioning tag; the encoder's and the decoder's origins when they were built
+        from two models."""
+        from hftool.reports import model_origin
+
+        meta = super().card_metadata(parts, cfg)
+        m = cfg.model
+        if m.encoder and m.decoder:
+            meta["base_model"] = [*model_origin(m.encoder), *model_origin(m.decoder)] if m.pretrained else []
+            meta["model"] = f"encoder `{m.encoder}` + decoder `{m.decoder}`"
+        return {**meta, "pipeline_tag": "image-to-text"}
+
+    def card_usage(self, parts, cfg):
+        return ('```python\nfrom transformers import pipeline\n\n'
+                'captioner = pipeline("image-text-to-text", model=".")\n'
+                'print(captioner(images="image.png", text=""))\n```\n\n'
+                'transformers 5 runs captioners as `image-text-to-text` (`image-to-text` maps to it): the empty '
+                'text prompt becomes the decoder\'s start token.\n')
+
     def format_prediction(self, prediction):
         return f"{prediction['caption']}\t{prediction['image']}"
 
@@ -321,7 +345,9 @@ def _encoder(cfg, spec: str):
     if models.tiny_arch(spec) is not None:
         models.check_tiny(spec, ("vit",), "model.encoder: image captioning")
         model, processor = vision.tiny_vit(overrides, {}, cfg.data.image_size or DEFAULT_SIDE)
-        return model.vit, processor
+        # Built as the encoder-decoder rebuilds it when it loads (AutoModel: with its pooler), so
+        # the run saves every weight a reload expects.
+        return AutoModel.from_config(model.config), processor
     token = cfg.model.token
     config = models.load("model", AutoConfig, spec, token, **overrides)
     models.check_config_overrides(config, overrides)

@@ -1,8 +1,9 @@
 """Image classification: HF ViT and any AutoModelForImageClassification, timm models as timm:<name>.
 
-timm models are wrapped in transformers' TimmWrapperForImageClassification, so a timm run dir
-is an HF model dir like any other (config.json carries timm's pretrained_cfg, which is what its
-image processor reads): evaluate, predict and `pipeline("image-classification")` load it alike.
+timm models are wrapped in transformers' TimmWrapperForImageClassification for training, and a
+timm run dir is saved in timm's own layout (timm's weight names; a config.json with timm's
+pretrained_cfg, which the image processor reads too), which both `timm.create_model` and
+TimmWrapper load: evaluate, predict and `pipeline("image-classification")` load it like an HF one.
 
 Images are decoded and transformed lazily (`with_transform`) inside the DataLoader workers, on
 uint8 tensors with torchvision's v2 transforms (hftool.vision); nothing is decoded up front.
@@ -10,6 +11,7 @@ uint8 tensors with torchvision's v2 transforms (hftool.vision); nothing is decod
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,11 +211,46 @@ class ImageClassification(Task):
 
     # ------------------------------------------------------------------------------ save
     def save(self, parts, run_dir, model=None, state_dict=None):
-        """Weights + config; the processor (a timm model's lives in config.json)."""
-        if model is not None:
+        """Weights + config; the processor (a timm model's lives in config.json). A timm model is
+        saved as timm saves one, which transformers' TimmWrapper loads as well."""
+        if model is not None and parts.state.timm:
+            _save_timm(model, Path(run_dir), state_dict)
+        elif model is not None:
             model.save_pretrained(str(run_dir), state_dict=state_dict, safe_serialization=True)
         if not parts.state.timm:
             parts.processor.save_pretrained(str(run_dir))
+
+    def card_metadata(self, parts, cfg):
+        """A timm run is timm's (library_name timm); timm:<name> started from timm's Hub weights."""
+        meta = super().card_metadata(parts, cfg)
+        if not parts.state.timm:
+            return meta
+        if cfg.model.name.startswith(TIMM_PREFIX):
+            from timm.models import get_pretrained_cfg
+
+            hub_id = get_pretrained_cfg(cfg.model.name[len(TIMM_PREFIX):]).hf_hub_id
+            meta["base_model"] = [hub_id] if cfg.model.pretrained and hub_id else []
+        return {**meta, "library_name": "timm"}
+
+    def card_usage(self, parts, cfg):
+        """timm's two loaders for a timm run (a folder; the weights file into a model built by name),
+        and transformers' pipeline for every run."""
+        pipe = ('```python\nfrom transformers import pipeline\n\nclassifier = pipeline("image-classification", '
+                'model=".")\nprint(classifier("image.png"))\n```\n')
+        if not parts.state.timm:
+            return pipe
+        config = parts.model.config
+        args = "".join(f", {k}={v!r}" for k, v in (config.model_args or {}).items())
+        return ("```python\nimport timm\nimport torch\nfrom PIL import Image\n"
+                "from timm.data import create_transform, resolve_data_config\n\n"
+                'model = timm.create_model("local-dir:.", pretrained=True).eval()  # from the Hub: "hf-hub:<id>"\n'
+                "transform = create_transform(**resolve_data_config(model=model))\nwith torch.no_grad():\n"
+                '    probs = model(transform(Image.open("image.png").convert("RGB"))[None]).softmax(-1)[0]\n'
+                'print(model.pretrained_cfg["label_names"][int(probs.argmax())], float(probs.max()))\n```\n\n'
+                "The weights file alone loads into a model built by name:\n\n"
+                f'```python\nimport timm\n\nmodel = timm.create_model("{config.architecture}", pretrained=True{args}, '
+                f'pretrained_cfg_overlay=dict(file="model.safetensors", num_classes={config.num_labels}))\n'
+                "print(model.num_classes)\n```\n\nand transformers loads the folder too:\n\n" + pipe)
 
 
 def collate(features: list[dict]) -> dict:
@@ -223,6 +260,31 @@ def collate(features: list[dict]) -> dict:
     if "labels" in features[0]:
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
     return batch
+
+
+# pretrained_cfg keys that point at the weights a timm model started from (ImageNet's, say): a
+# run's config.json describes its own weights, so they go (the card's base_model keeps the origin).
+WEIGHT_SOURCE = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict", "tag")
+
+
+def _save_timm(model, run_dir: Path, state_dict: dict | None) -> None:
+    """A TimmWrapper model as timm saves one: model.safetensors under timm's own key names (the
+    wrapper adds its `timm_model.` prefix back when it loads), and a config.json that
+    `timm.create_model("local-dir:RUN", pretrained=True)` and TimmWrapper both read: num_classes
+    and label names, this run's input size, mean and std, model_args a dict."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    prefix = f"{model.base_model_prefix}."
+    state = model.state_dict() if state_dict is None else state_dict
+    save_file({k.removeprefix(prefix): v.contiguous() for k, v in state.items()}, str(run_dir / "model.safetensors"),
+              metadata={"format": "pt"})
+    config = copy.deepcopy(model.config)
+    config.model_args = dict(config.model_args or {})
+    config.pretrained_cfg = {**{k: v for k, v in config.pretrained_cfg.items() if k not in WEIGHT_SOURCE},
+                             "num_classes": config.num_labels}
+    config.save_pretrained(str(run_dir))
 
 
 def _mixup(t, num_classes: int):
@@ -277,8 +339,15 @@ def _timm(cfg, spec: str, label_fields: dict, side: int | None):
 def _pretrained(cfg, spec: str, label_fields: dict, new_head: bool, side: int | None):
     """A local model dir, run dir or hub id (HF or timm format) and its image processor, resized
     to `side` when asked."""
-    from transformers import AutoModelForImageClassification
+    from transformers import AutoConfig, AutoModelForImageClassification
 
+    overrides = dict(cfg.model.config_overrides)
+    if overrides:
+        saved = models.load("model", AutoConfig, spec, cfg.model.token)
+        if saved.model_type == "timm_wrapper":  # timm constructor arguments, as for timm:<name>
+            model_cfg = dataclasses.replace(cfg.model, config_overrides={"model_args": {**(saved.model_args or {}),
+                                                                                        **overrides}})
+            cfg = dataclasses.replace(cfg, model=model_cfg)
     config, model, processor = vision.pretrained(cfg, spec, AutoModelForImageClassification, label_fields, new_head)
     if side and vision.geometry(processor).crop != (side, side):
         if config.model_type == "timm_wrapper":

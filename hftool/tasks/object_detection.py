@@ -453,6 +453,10 @@ class ObjectDetection(Task):
                 draw_boxes(result, out / f"{n:04d}-{Path(result['image']).stem}.png")
         return results
 
+    def card_usage(self, parts, cfg):
+        return ('```python\nfrom transformers import pipeline\n\ndetector = pipeline("object-detection", model=".")\n'
+                'print(detector("image.png", threshold=0.5))\n```\n')
+
     def format_prediction(self, prediction):
         found = "; ".join(f"{o['label']} {o['score']:.3f} [{', '.join(f'{v:.0f}' for v in o['box'])}]"
                           for o in prediction["objects"])

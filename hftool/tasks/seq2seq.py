@@ -10,6 +10,7 @@ and scores it against the reference with BLEU, chrF and ROUGE (hftool.metrics.Te
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 from hftool import models
@@ -223,6 +224,18 @@ class Seq2Seq(Task):
         results = generate(parts.model, parts.processor, [prefix + text for text in inputs],
                            GenerationOptions(batch_size=batch_size, **limits))
         return [{"source": r["prompt"][len(prefix):], "generated_text": r["generated_text"]} for r in results]
+
+    def card_usage(self, parts, cfg):
+        """The model and its generate(): transformers 5 has no text2text or translation pipeline."""
+        source = json.dumps(cfg.data.source_prefix + "The red dog sees the old table.", ensure_ascii=False)
+        limits = "".join(f", {k}={v}" for k, v in generate_limits(parts.model.generation_config,
+                                                                   cfg.data.max_target_length).items())
+        return ("```python\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n\n"
+                'tokenizer = AutoTokenizer.from_pretrained(".")\nmodel = AutoModelForSeq2SeqLM.from_pretrained(".")\n'
+                f"inputs = tokenizer([{source}], return_tensors=\"pt\")\n"
+                f"print(tokenizer.batch_decode(model.generate(**inputs{limits}), skip_special_tokens=True))\n```\n\n"
+                "Generation settings come from `generation_config.json`; `hftool generate . -p TEXT` "
+                "takes beams, sampling and streaming flags.\n")
 
     def format_prediction(self, prediction):
         return prediction["generated_text"]

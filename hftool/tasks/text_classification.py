@@ -145,6 +145,10 @@ class TextClassification(Task):
                         for row_ids, row_scores in zip(ids.tolist(), scores.tolist())]
         return [{"text": text, **result} for text, result in zip(inputs, results)]
 
+    def card_usage(self, parts, cfg):
+        return ('```python\nfrom transformers import pipeline\n\nclassifier = pipeline("text-classification", model=".")\n'
+                'print(classifier(["a wonderful film", "a dull, clumsy script"], top_k=None))\n```\n')
+
     def format_prediction(self, prediction):
         return with_top_k(f"{prediction['label']}\t{prediction['score']:.4f}\t{prediction['text']}", prediction)
 

@@ -229,12 +229,22 @@ class TimeSeriesForecasting(Task):
     def format_prediction(self, prediction):
         return "\t".join([prediction["date"], *(f"{v:.4f}" for k, v in prediction.items() if k not in ("date", "step"))])
 
-    def card_usage(self):
-        """hftool predict: transformers has no forecasting pipeline."""
-        return ("```\nhftool predict path/to/this/folder --horizon 30 --output forecast.csv\n```\n\n"
-                "or, in Python, `hftool.api.predict(\"path/to/this/folder\", [], horizon=30)`; the model alone "
-                "loads with `AutoModel.from_pretrained` once `hftool.forecaster` is imported, and reads values "
-                "scaled by `scaler.json`.\n")
+    def card_metadata(self, parts, cfg):
+        """library_name hftool: transformers loads the model once `import hftool` registered it."""
+        return {**super().card_metadata(parts, cfg), "library_name": "hftool"}
+
+    def card_usage(self, parts, cfg):
+        """The model through transformers' AutoModel (transformers has no forecasting pipeline)."""
+        return ("```python\nimport json\n\nimport torch\nfrom transformers import AutoModel\n\n"
+                "import hftool  # registers its forecaster with transformers' Auto classes (no remote code)\n\n"
+                'model = AutoModel.from_pretrained(".").eval()\n'
+                'scaler = json.load(open("scaler.json"))  # the training data\'s mean and std per column\n'
+                'mean, std = torch.tensor(scaler["mean"]), torch.tensor(scaler["std"])\n'
+                "# your last context_length values, one column per series (scaler[\"columns\"]), in data units\n"
+                "history = mean.repeat(model.config.context_length, 1)\n"
+                "forecast = model.forecast(((history - mean) / std)[None], horizon=7)[0] * std + mean\n"
+                "print(forecast)\n```\n\n"
+                "or `hftool predict . --horizon 30 --output forecast.csv` (dates, values and a plot).\n")
 
     def save(self, parts, run_dir, model=None, state_dict=None):
         if model is not None:

@@ -355,6 +355,15 @@ class TokenClassification(Task):
             results.append({"text": text, "entities": entities})
         return results
 
+    def card_usage(self, parts, cfg):
+        """aggregation_strategy="first": a word takes its first subword's tag, as training and
+        `hftool predict` read it ("simple" splits a word whose subwords disagree)."""
+        return ('```python\nfrom transformers import pipeline\n\n'
+                'tagger = pipeline("token-classification", model=".", aggregation_strategy="first")\n'
+                'print(tagger("Angela Merkel visited Paris"))\n```\n\n'
+                '`aggregation_strategy="first"` gives each word its first subword\'s tag, as training and '
+                '`hftool predict` do: the same entities.\n')
+
     def format_prediction(self, prediction):
         found = "; ".join(f"{e['type']} {json.dumps(e['text'], ensure_ascii=False)} {e['start']}-{e['end']} "
                           f"{e['score']:.4f}" for e in prediction["entities"])
