@@ -171,11 +171,11 @@ def target_modules(model, asked: list[str] | None, full: list[str]) -> list[str]
                             if isinstance(module, types) and not _under(name, full) and name not in output})
               for kind, types in kinds.items()}
     if asked is None:
-        chosen = leaves["linear"] or leaves["convolution"]
-        if not chosen:
+        kind = "linear" if leaves["linear"] else "convolution"
+        if not leaves[kind]:
             raise HftoolError(f"peft.target_modules=auto: {type(model).__name__} has no linear or convolution layer "
                               "outside its heads to put adapters on; use model.peft=none")
-        return chosen
+        return _unambiguous(model, leaves[kind], kinds[kind], full, output)
     keys = [name for name, _ in model.named_modules()]
     for name in asked:
         if not any(key == name or key.endswith("." + name) for key in keys):
@@ -183,6 +183,24 @@ def target_modules(model, asked: list[str] | None, full: list[str]) -> list[str]
             raise HftoolError(f"peft.target_modules: no module of {type(model).__name__} is named '{name}'; "
                               f"candidates: {', '.join(candidates)}")
     return list(asked)
+
+
+def _unambiguous(model, leaves: list[str], types: tuple, full: list[str], output: set[str]) -> list[str]:
+    """`leaves` as peft's target_modules: a short name where every module it names (peft matches
+    a name or a dotted suffix) is a target, else the full names of its targets (timm's
+    `downsample.0` convolution shares "0" with `layer1.0`, a block peft cannot adapt)."""
+    def target(name: str, module) -> bool:
+        return isinstance(module, types) and not _under(name, full) and name not in output
+
+    named = list(model.named_modules())
+    chosen = []
+    for leaf in leaves:
+        matches = [(name, module) for name, module in named if name == leaf or name.endswith("." + leaf)]
+        if all(target(name, module) for name, module in matches):
+            chosen.append(leaf)
+        else:
+            chosen += [name for name, module in matches if target(name, module)]
+    return chosen
 
 
 def save_base(model, path: Path) -> None:

@@ -152,7 +152,8 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     accelerator = inference_accelerator(cfg.train.mixed_precision)  # train.mixed_precision=no: fp32
     size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     loader = accelerator.prepare(eval_loader(features, task.collate(parts), size, cfg.data.num_workers))
-    network = accelerator.prepare(parts.model)
+    # No DDP wrapper: evaluation needs none, and DDP refuses a model with nothing trainable (an adapter run's).
+    network = accelerator.prepare_model(parts.model, evaluation_mode=True)
     keep = cfg.eval.save_predictions and output
     batches = [] if keep else None
     metrics = evaluate_model(accelerator, network, loader, task, parts, rows, batches=batches)

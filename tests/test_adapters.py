@@ -123,6 +123,15 @@ def test_qlora_without_cuda_is_one_line_naming_the_fix(cli, tmp_path):
         "machine use model.peft=lora")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU error; a GPU runs QLoRA")
+def test_doctor_stops_qlora_without_cuda_and_names_the_fix(cli):
+    result = cli("doctor", "chat", "model.peft=qlora", "--json")
+    assert result.code == 1
+    failed = [c for c in json.loads(result.out)["checks"] if c["status"] == "fail"]
+    assert [(c["name"], c["fix"]) for c in failed] == [("adapters", "on this machine use model.peft=lora")]
+    assert "needs a CUDA GPU" in failed[0]["message"]
+
+
 def test_an_adapter_run_as_the_base_of_another_is_an_error(lora_run, cli, tmp_path):
     result = cli("finetune", "bert-cls", "--model", lora_run, "-o", tmp_path / "run", "model.peft=lora", *TINY)
     assert result.code == 2 and "is an adapter run; merge it first" in result.err
