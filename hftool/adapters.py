@@ -367,7 +367,7 @@ def card_section(trainable: int, total: int, adapters: str | None) -> str:
 # Opens the card's first python block of an adapter run: what it loads is the merged folder.
 _MERGE_FIRST = ("from pathlib import Path\n\nfrom hftool import api\n\n"
                 "if not Path(\"merged\").is_dir():  # once: the adapters added into a plain model folder\n"
-                "    api.export(\".\", \"merged\", merge=True)\n")
+                "    api.export(\".\", \"merged\", \"safetensors\", merge=True)\n")
 
 
 def card_usage(usage: str) -> str:

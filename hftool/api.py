@@ -7,7 +7,8 @@
     api.evaluate(run_dir)                        # re-scores the run's own validation data
     api.predict(run_dir, ["a wonderful film"])   # [{'text': ..., 'label': ..., 'score': ...}]
     api.generate("runs/gpt2", ["Once upon a time"])  # [{'prompt': ..., 'generated_text': ...}]
-    api.export("runs/lora", "merged", merge=True)  # a plain model dir, adapters merged
+    api.export("runs/bert-cls", "exports/bert-cls")  # ONNX + parity check; predict/evaluate then run it
+    api.export("runs/lora", "merged", "safetensors", merge=True)  # adapters merged: a plain model dir
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def finetune(cfg: RunConfig, recipe: str = "", resume: bool = False, overwrite: 
     """Train, evaluate and save a run. Returns (run_dir, metrics as in metrics.json)."""
     from hftool.training import Trainer
 
+    if (Path(cfg.model.name).expanduser() / "export.json").is_file():
+        raise HftoolError(f"{cfg.model.name} is an ONNX export (hftool export): it predicts and evaluates, but trains from "
+                          "the run dir it was exported from (its export.json names it)")
     run_dir = prepare_run_dir(cfg, recipe or cfg.task, resume, overwrite)
     trainer = Trainer(cfg, run_dir, recipe=recipe, resume=resume, command=command)
     trainer.setup()
@@ -210,43 +214,14 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
     return task.predict(parts, cfg, list(inputs), batch_size, **options)
 
 
-def export(model: str, output: str | Path, format: str = "safetensors", merge: bool = False) -> Path:
-    """Write a run as a plain model dir (safetensors weights, config, tokenizer or processor) that
-    transformers' from_pretrained and pipeline() load; `merge` folds an adapter run's adapters
-    into its base first. OUTPUT must not exist or be empty: nothing is overwritten.
+def export(model: str | Path, output: str | Path, fmt: str = "onnx", overwrite: bool = False, atol: float = 1e-4,
+           examples: int = 16, batch_size: int = 8, quantize: str | None = None, merge: bool = False) -> dict:
+    """Export a run dir to ONNX and check it against the run on its validation examples, or (fmt
+    "safetensors", merge) a LoRA run as a plain model dir with its adapters merged; see
+    hftool.export.export. Returns the export's manifest (export.json for ONNX)."""
+    from hftool.export import export as export_run
 
-    Returns:
-        The output dir.
-    """
-    from hftool import adapters
-    from hftool.tasks import get_task
-
-    if format != "safetensors":
-        raise HftoolError(f"--format {format}: this version of hftool exports safetensors only")
-    out = Path(output).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise HftoolError(f"{out} already exists and is not empty; choose another -o (export never overwrites)")
-    if not Path(model).expanduser().is_dir():
-        raise HftoolError(f"{model} is not a model or run directory; pass the folder a run wrote (runs/...)")
-    cfg = run_config(model)
-    task = get_task(cfg.task)
-    if merge and not adapters.is_adapter_dir(model):
-        raise HftoolError(f"--merge: {model} has no adapters to merge (it was trained with model.peft=none); "
-                          "leave out --merge")
-    if adapters.is_adapter_dir(model) and not merge:
-        raise HftoolError(f"{model} holds LoRA adapters, not a full model; add --merge to fold them into the base")
-    parts = task.build(cfg, None, model_path=model)
-    if merge:
-        parts.model = adapters.merge(parts.model)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # renamed into place once complete
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    task.save(parts, tmp, model=parts.model)
-    if out.exists():
-        out.rmdir()  # empty, checked above
-    os.replace(tmp, out)
-    logs.info(f"exported {model} to {out}" + (" with its adapters merged" if merge else ""))
-    return out
+    return export_run(model, output, fmt, overwrite, atol, examples, batch_size, quantize, merge)
 
 
 def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_precision: str | None = None,
@@ -287,9 +262,13 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
         raise HftoolError(f"nothing to generate: pass {', '.join(ways[:-1])} or {ways[-1]}")
     cfg = run_config(model, None if mixed_precision is None else [f"train.mixed_precision={mixed_precision}"], task=name)
     parts = task.build(cfg, None, model_path=model)
+    from hftool.export import OnnxModel
     from hftool.models import cast_for_inference
     from hftool.runtime import inference_dtype
 
+    if isinstance(parts.model, OnnxModel):
+        logs.info("generating with onnxruntime (the export's fp32 graphs)")
+        return task.generate(parts, cfg, prompts, on_text, options=options, **flags)
     device, dtype = "cuda" if torch.cuda.is_available() else "cpu", inference_dtype(cfg.train.mixed_precision)
     cast_for_inference(parts.model, dtype, device)
     precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

@@ -128,6 +128,7 @@ def finetune(
     resume: Annotated[bool, typer.Option(help="Continue the run in --output-dir from its latest checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --output-dir.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
+    validate: Annotated[bool, typer.Option("--validate", help="Check every row first (as `hftool validate`); train only if no errors.")] = False,
     num_processes: NumProcesses = None,
     num_machines: NumMachines = 1,
     machine_rank: MachineRank = 0,
@@ -157,6 +158,10 @@ def finetune(
             raise HftoolError("a multi-process run needs --output-dir, so every process writes to the same run")
         cfg.output_dir = str(api.default_run_dir(recipe))
         relaunch(launch, ["-o", cfg.output_dir])
+    if validate and int(os.environ.get("RANK", "0")) == 0:  # before a relaunch: checked once, not per process
+        from hftool.validate import refuse_bad_data
+
+        refuse_bad_data(cfg, recipe)
     relaunch(launch)
     run_dir, metrics = api.finetune(cfg, recipe=recipe, resume=resume, overwrite=overwrite, command=_command_line())
     if int(os.environ.get("RANK", "0")) == 0:
@@ -191,6 +196,30 @@ def doctor(
     typer.echo(json.dumps(checks.as_json(found), indent=2) if as_json else checks.report(found))
     if any(c.status == "fail" for c in found):
         raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    recipe: Annotated[str, typer.Argument(help="The recipe whose data to check, as for finetune.")],
+    overrides: Overrides = None,
+    data: Annotated[Optional[str], typer.Option(help="Training data: file, folder, hub name[:config].")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Validation data (default: the source's own).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {errors, warnings, summary} as JSON.")] = False,
+    report_dir: Annotated[Optional[Path], typer.Option(help="Also write report.json and summary.png (histograms) here.")] = None,
+) -> None:
+    """Check every row of the data as finetune reads it and list every problem (file, row, column, fix); exit 2 on errors."""
+    from hftool.config import load_config
+    from hftool.validate import validate as check
+
+    recipe, positional, keyvals = _split_overrides(recipe, overrides)
+    if positional:
+        raise HftoolError(f"unexpected argument '{positional[0]}': overrides are KEY=VALUE")
+    report = check(load_config(recipe, {"data.train": data, "data.eval": eval_data}, keyvals), report_dir)
+    typer.echo(json.dumps(report.as_json(), indent=2, ensure_ascii=False, default=str) if as_json else report.text())
+    if report_dir is not None:
+        typer.echo(f"report written to {report_dir}", err=True)
+    if report.errors:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -303,15 +332,22 @@ def generate(
 
 @app.command()
 def export(
-    model: ModelArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="The model dir to write (new or empty).")],
-    format: Annotated[str, typer.Option("--format", help="safetensors (a transformers model dir).")] = "safetensors",
-    merge: Annotated[bool, typer.Option(help="Fold a LoRA run's adapters into its base (model.peft=lora runs).")] = False,
+    model: Annotated[str, typer.Argument(help="A run dir written by `hftool finetune`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the export into.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="onnx | safetensors (a LoRA run's model with its adapters merged, with --merge).")] = "onnx",
+    atol: Annotated[float, typer.Option(help="Largest absolute difference from PyTorch the parity check allows.")] = 1e-4,
+    examples: Annotated[int, typer.Option(help="Validation examples of the run the parity check runs on.")] = 16,
+    quantize: Annotated[Optional[str], typer.Option(help="dynamic-int8: also write int8 graphs (text and image classifiers), which predict then runs, and report their validation metrics.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --output.")] = False,
+    batch_size: BatchSize = 8,
+    merge: Annotated[bool, typer.Option(help="Fold a LoRA run's adapters into its base (model.peft=lora runs; ONNX merges them anyway).")] = False,
 ) -> None:
-    """Write a run as a plain model dir that transformers and pipeline() load."""
+    """Export a run to ONNX (tokenizer/processor beside it) and check it against PyTorch on the run's validation examples: exit 1 if they differ by more than --atol. A LoRA run: --format safetensors --merge writes a plain model dir."""
     from hftool import api
 
-    typer.echo(api.export(model, output, format, merge))
+    manifest = api.export(model, output, fmt, overwrite, atol, examples, batch_size or 8, quantize, merge)
+    typer.echo(json.dumps({k: manifest[k] for k in ("parity", "quantization", "merged") if k in manifest}, indent=2))
+    typer.echo(f"export saved to {output}", err=True)
 
 
 @app.command()

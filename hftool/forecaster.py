@@ -108,19 +108,28 @@ class TimeSeriesForecaster(PreTrainedModel):
         loss = None if labels is None else nn.functional.mse_loss(predictions, labels.to(predictions.dtype))
         return ForecastOutput(loss=loss, predictions=predictions)
 
-    @torch.no_grad()
     def forecast(self, past_values: torch.Tensor, horizon: int) -> torch.Tensor:
-        """Recursive multi-step forecast: each prediction joins the window for the next step.
+        """Recursive multi-step forecast (see `forecast`): (batch, horizon, series), scaled."""
+        return forecast(self, past_values, horizon)
 
-        Returns:
-            (batch, horizon, series), scaled.
-        """
-        window, steps = past_values, []
-        for _ in range(horizon):
-            step = self(past_values=window).predictions
-            steps.append(step)
-            window = torch.cat([window[:, 1:], step[:, None]], dim=1)
-        return torch.stack(steps, dim=1)
+
+@torch.no_grad()
+def forecast(model, past_values: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Recursive multi-step forecast: each prediction joins the window for the next step.
+
+    Args:
+        model: A TimeSeriesForecaster, or its ONNX export (hftool.export.OnnxModel): anything whose
+            `model(past_values=...)` returns `predictions`.
+
+    Returns:
+        (batch, horizon, series), scaled.
+    """
+    window, steps = past_values, []
+    for _ in range(horizon):
+        step = model(past_values=window).predictions
+        steps.append(step)
+        window = torch.cat([window[:, 1:], step[:, None]], dim=1)
+    return torch.stack(steps, dim=1)
 
 
 AutoConfig.register(ForecasterConfig.model_type, ForecasterConfig, exist_ok=True)

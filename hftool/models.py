@@ -1,7 +1,8 @@
 """Model specs -> models: an existing local path | a hub id | tiny:<arch>.
 
-A local path always wins (a model dir or an hftool run dir, which is one). Hub ids fail fast
-when offline, saying what to pass instead. `tiny:<arch>` builds a small randomly initialised
+A local path always wins (a model dir or an hftool run dir, which is one; an `hftool export` dir
+loads as its onnxruntime graphs, hftool.export.OnnxModel). Hub ids fail fast when offline, saying
+what to pass instead. `tiny:<arch>` builds a small randomly initialised
 model from a config, with a tokenizer trained on the run's own training text.
 """
 
@@ -68,6 +69,11 @@ def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: 
     if path.exists():
         if not path.is_dir() or (kind != "tokenizer" and not (path / "config.json").is_file()):
             raise HftoolError(f"{spec} is not a model directory (no config.json); pass a saved model or run dir")
+        if kind == "model" and _loads_weights(loader):
+            from hftool.export import OnnxModel, is_export
+
+            if is_export(path):  # the export's graphs stand in for the weights it does not have
+                return OnnxModel.load(path, kwargs.get("config"))
         try:
             return loader.from_pretrained(str(path), **kwargs)
         except (OSError, ValueError) as err:
@@ -81,6 +87,13 @@ def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: 
         kind, spec, "a local model directory (--model path/to/model) or a tiny:<arch> model",
         lambda: loader.from_pretrained(spec, token=token, **kwargs),
     )
+
+
+def _loads_weights(loader: Any) -> bool:
+    """Whether `loader` loads a model (not its config)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    return loader is not AutoConfig and not (isinstance(loader, type) and issubclass(loader, PretrainedConfig))
 
 
 def check_reachable(spec: str, token: str | None = None) -> None:

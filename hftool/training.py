@@ -91,6 +91,7 @@ class Trainer:
     def setup(self) -> None:
         from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
+        from hftool import validate
         from hftool.data import load_splits
         from hftool.tasks import get_task
 
@@ -128,9 +129,10 @@ class Trainer:
         check_reachable(cfg.model.name, cfg.model.token)
         with acc.main_process_first():
             raw, self.sources = load_splits(cfg.data, task.reading(cfg), t.seed, cfg.model.token)
-            _, labels = task.prepare(cfg, raw["full"], self.sources["train"]) if "full" in raw else (None, None)
-            train_rows, labels = task.prepare(cfg, raw["train"], self.sources["train"], labels)
-            self.eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
+            with validate.hint(self.recipe, cfg):  # a bad row's error names the command that lists them all
+                _, labels = task.prepare(cfg, raw["full"], self.sources["train"]) if "full" in raw else (None, None)
+                train_rows, labels = task.prepare(cfg, raw["train"], self.sources["train"], labels)
+                self.eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
             with adapters.loading(cfg):  # a 4-bit base under model.peft=qlora
                 self.parts = parts = task.build(cfg, labels, train_rows, run_dir=self.run_dir if self.resume else None)
             # Adapters go on after the task built its model and before any optimizer exists.

@@ -73,14 +73,21 @@ def test_export_never_overwrites(lora_run, tmp_path, cli):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    result = cli("export", lora_run, "--merge", "-o", out)
-    assert result.code == 2 and "export never overwrites" in result.err
+    result = cli("export", lora_run, "--format", "safetensors", "--merge", "-o", out)
+    assert result.code == 2 and "already exists and is not empty" in result.err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
 
 
 def test_an_adapter_run_without_merge_says_how(lora_run, tmp_path, cli):
-    result = cli("export", lora_run, "-o", tmp_path / "out")
+    result = cli("export", lora_run, "--format", "safetensors", "-o", tmp_path / "out")
     assert result.code == 2 and "add --merge" in result.err
+
+
+def test_onnx_export_of_an_adapter_run_merges_it_and_passes_its_parity_check(lora_run, tmp_path):
+    manifest = api.export(lora_run, tmp_path / "onnx")
+    assert manifest["parity"]["passed"] and (tmp_path / "onnx" / "model.onnx").is_file()
+    assert [p["label"] for p in api.predict(str(tmp_path / "onnx"), TEXTS)] == \
+        [p["label"] for p in api.predict(str(lora_run), TEXTS)]  # both fp32
 
 
 def test_evaluate_and_predict_load_the_adapter_run_from_elsewhere(lora_run, tmp_path, monkeypatch):

@@ -175,7 +175,8 @@ def test_merged_chat_model_answers_in_pipeline_as_in_hftool(chat_run, tmp_path):
     """The merged dir keeps the chat template: pipeline() on messages gives hftool's greedy answer."""
     from transformers import pipeline
 
-    out = api.export(str(chat_run), tmp_path / "merged", merge=True)
+    out = tmp_path / "merged"
+    api.export(str(chat_run), out, "safetensors", merge=True)
     question = "What is the capital of Vornia?"
     settings = {"max_new_tokens": 6, "min_new_tokens": 6}  # six tokens, not an early end-of-turn: a real comparison
     ours = api.generate(str(chat_run), [], mixed_precision="no", chat=[question], **settings)[0]["generated_text"]

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO
 
-COMMANDS = ["finetune", "evaluate", "predict", "recipes"]
+COMMANDS = ["finetune", "evaluate", "predict", "export", "recipes"]
 
 
 @pytest.mark.parametrize("command", ["", *COMMANDS])

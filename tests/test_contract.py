@@ -370,6 +370,76 @@ def test_a_malformed_row_is_one_line_naming_the_row(cli, name, tmp_path):
     assert "row 3" in last or "line 3" in last, last
 
 
+# ----------------------------------------------------------------------------------- export
+EXPORTABLE = [name for name in NAMES if TASKS[name].onnx_graphs is not Task.onnx_graphs]
+
+
+def predict_inputs(name: str, tmp_path: Path) -> list[str]:
+    """Three inputs for `predict` from the recipe's own validation data: image files, or texts."""
+    from hftool.data import load_source
+
+    if TASKS[name].inputs_optional:
+        return []  # a forecast from the end of the run's own series
+    rows = load_source(load_config(recipe_of(name)).data.train)["validation"].select(range(3))
+    if "image" in rows.column_names:
+        paths = [tmp_path / f"{n}.png" for n in range(3)]
+        for path, image in zip(paths, rows["image"]):
+            path.write_bytes(image["bytes"])
+        return [str(p) for p in paths]
+    column = next(c for c in rows.column_names if isinstance(rows[0][c], (str, list)))
+    return [" ".join(v) if isinstance(v, list) else v[:60] for v in rows[column]]  # words of NER rows joined
+
+
+def assert_same_predictions(got, expected, where: str = "prediction") -> None:
+    """The same labels, texts and tokens; numbers within the parity tolerance plus predict's
+    rounding (scores to 4 decimals, boxes to 0.01 pixel); boxes overlapping at IoU > 0.99."""
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys(), where
+        for key in expected:
+            if key == "box":
+                assert iou(got[key], expected[key]) > 0.99 or got[key] == pytest.approx(expected[key], abs=0.02), where
+            assert_same_predictions(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert len(got) == len(expected), where
+        for n, (a, b) in enumerate(zip(got, expected)):
+            assert_same_predictions(a, b, f"{where}[{n}]")
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, abs=0.02 if ".box" in where else 2e-4), where
+    else:
+        assert got == expected, where
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    width, height = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, width) * max(0.0, height)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_the_onnx_export_passes_its_parity_check_and_predicts_as_the_run(runs, name, tmp_path):
+    """Exported, checked against PyTorch on the run's validation examples, and then predict (and
+    evaluate, for one-pass graphs) on the export give what they give on the run in fp32."""
+    run, _ = runs(name)
+    out = tmp_path / "onnx"
+    manifest = api.export(run, out)
+    assert manifest["parity"]["passed"] and manifest["parity"]["examples"] > 0, manifest["parity"]
+    assert json.loads((out / "export.json").read_text()) == manifest
+    assert not list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))  # graphs, no PyTorch weights
+    inputs = predict_inputs(name, tmp_path)
+    threshold = {"threshold": 0.0} if any(o.name == "threshold" for o in TASKS[name].predict_options) else {}
+    torch.manual_seed(0)  # a sampling language model draws the same numbers on both sides
+    expected = api.predict(str(run), inputs, overrides=["train.mixed_precision=no"], **threshold)
+    torch.manual_seed(0)
+    assert_same_predictions(api.predict(str(out), inputs, **threshold), expected)
+    if "model" in manifest["graphs"]:
+        # The graphs compute no loss: eval_loss is there only where the task computes it from the outputs.
+        again = eval_metrics(api.evaluate(str(out)))
+        reference = eval_metrics(api.evaluate(str(run), overrides=["train.mixed_precision=no"]))
+        assert f"eval_{TASKS[name].default_metric}" in again
+        assert again == pytest.approx({k: v for k, v in reference.items() if k in again}, abs=1e-4)
+
+
 # ------------------------------------------------------------------ loading a run in other tools
 @pytest.mark.parametrize("name", NAMES)
 def test_model_card_metadata_is_what_the_hub_reads(runs, name):

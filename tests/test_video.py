@@ -291,9 +291,11 @@ def test_impossible_settings_fail_before_anything_runs(cli, tmp_path, override, 
 @pytest.mark.parametrize("model, extra", [("tiny:timesformer", ()),
                                           ("timm:test_resnet", ("model.pretrained=false", "model.temporal=transformer"))])
 def test_timesformer_and_timm_frame_models_train_and_reload(clip_folder, tmp_path, cli, model, extra):
-    """The run dir reloads (hftool's frame model too) and scores as the run did."""
+    """The run dir reloads (hftool's frame model too) and scores as the run did. In fp32: two steps
+    of an untrained tiny TimeSformer at lr 1e-3 went NaN under bf16 autocast on the CI machine, and
+    this test is about the reload, not the precision."""
     run = tmp_path / "run"
-    result = cli(*finetune_args(clip_folder, run, "--model", model, *extra, steps=2))
+    result = cli(*finetune_args(clip_folder, run, "--model", model, "--mixed-precision", "no", *extra, steps=2))
     assert result.code == 0, result.err
     metrics = json.loads((run / "metrics.json").read_text())
     result = cli("evaluate", run)

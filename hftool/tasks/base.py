@@ -23,10 +23,14 @@ Declarations (class attributes):
     exact_eval_loss      eval_loss does not depend on batching or process count (False: a batch mean)
     writes_output        predict writes --output itself (a forecast's CSV and PNG), not the CLI
     peft_unsupported     why model.peft=lora|qlora cannot work for this task; "" where it can
+    quantizable          `hftool export --quantize dynamic-int8` applies (the classifiers)
 
 Hooks, in the order a run calls them (`parts` is what `build` returned):
 
     reading(cfg) -> Reading                      how the data layer reads this task's sources
+    validate_rows(cfg, ds, source, findings, labels) -> Summary
+                                                 `hftool validate`: every raw row checked, each
+                                                 problem reported to `findings` with its row
     model_specs(cfg) -> [str]                    the model specs a run loads (hftool doctor)
     prepare(cfg, ds, source, labels, require_labels) -> (rows, labels)
                                                  raw rows -> canonical columns, validated; labels
@@ -70,6 +74,11 @@ Hooks, in the order a run calls them (`parts` is what `build` returned):
     format_prediction(prediction) -> str         one terminal line
     generate(parts, cfg, prompts, on_text, **options) -> [dict]
                                                  `hftool generate`: prompts -> generated outputs
+    onnx_graphs(parts, cfg, batch) -> [hftool.export.Graph]
+                                                 `hftool export`: the graphs to export, traced on
+                                                 `batch`; default: not exportable yet
+    onnx_feed(parts, batch) -> dict              a collated batch -> the graphs' inputs (or
+                                                 generate's, for tasks that export a decoder)
 
 A collated batch may carry `meta_keys` for eval_outputs only (e.g. which sentence a window of a
 long one belongs to); the loop calls the model with `model_inputs(batch)`, which drops them.
@@ -85,6 +94,7 @@ from typing import Any, Generic, TypeVar
 from hftool import models
 from hftool.config import DataConfig, EvalConfig, ModelConfig, Option, TrainConfig
 from hftool.data.columns import find_column
+from hftool.errors import HftoolError
 
 S = TypeVar("S")
 
@@ -180,6 +190,7 @@ class Task:
     # model.peft=lora|qlora (hftool.adapters): "" where the task trains adapters (peft_heads names
     # what else trains), else why it cannot, which the error gives.
     peft_unsupported: str = "it does not say which of its modules are new heads (Task.peft_heads)"
+    quantizable: bool = False  # `hftool export --quantize dynamic-int8` applies
 
     def model_inputs(self, batch: dict) -> dict:
         """The batch without meta_keys: what the model is called with."""
@@ -188,6 +199,16 @@ class Task:
     # ------------------------------------------------------------------------------ data
     def reading(self, cfg) -> Reading:
         return Reading()
+
+    def validate_rows(self, cfg, ds, source: str, findings, labels: list[str] | None = None):
+        """`hftool validate`: check every raw row of one split, reporting each problem to
+        `findings` (hftool.data.checks.Findings, collecting) with its row, and describe the split
+        (hftool.data.validation.Summary). `labels`: the training split's classes (None when `ds`
+        is the training split). The task's reader (prepare) runs after this hook and reports the
+        first error the hook missed, so the default (count the rows) is safe for any task."""
+        from hftool.data.validation import Summary
+
+        return Summary(rows=len(ds))
 
     def model_specs(self, cfg) -> list[str]:
         """The model specs a run loads (`hftool doctor` checks each resolves offline)."""
@@ -355,6 +376,20 @@ class Task:
         """What `hftool generate` makes from `prompts`, with the task's generate_options (and seed,
         batch_size); only tasks that declare generate_options have it."""
         raise NotImplementedError
+
+    # ---------------------------------------------------------------------------- export
+    def onnx_graphs(self, parts: Parts, cfg, batch: dict) -> list:
+        """The ONNX graphs `hftool export` writes (hftool.export.Graph: a PyTorch module, example
+        inputs, output names, dynamic axes), traced on `batch`: two collated examples. A graph
+        named `model` is a forward pass (`model(**inputs)` on the export); `decoder` (with
+        `encoder`) is what generate decodes with. A task that cannot be exported keeps this
+        default, or overrides it to raise the reason."""
+        raise HftoolError(f"{self.name} models are not exportable to ONNX yet")
+
+    def onnx_feed(self, parts: Parts, batch: dict) -> dict:
+        """A collated batch as the exported graphs' inputs, for the parity check (the inputs of
+        generate, for tasks that export a decoder). Default: the model inputs but the labels."""
+        return {k: v for k, v in self.model_inputs(batch).items() if k != "labels"}
 
 
 # Re-exported: what a task module needs from the shared layers to declare itself.

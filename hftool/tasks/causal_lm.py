@@ -357,6 +357,27 @@ def _templated(tokenizer, name: str):
                           "data.chat_template=FILE (a Jinja template) when fine-tuning")
     return tokenizer
 
+    # -------------------------------------------------------------------------------- export
+    def onnx_graphs(self, parts, cfg, batch):
+        """decoder.onnx: prompt or new tokens + past key/values -> logits + present key/values."""
+        from hftool.export import causal_lm_graphs
+
+        return causal_lm_graphs(parts.model, batch["input_ids"][:, :5])
+
+    def onnx_feed(self, parts, batch):
+        """Prompts for the parity check's generation: the first 4 to 12 tokens of each block, left
+        padded as `hftool generate` pads a batch, so padding and positions are checked too."""
+        import torch
+
+        blocks, real = batch["input_ids"], batch["attention_mask"].sum(-1).tolist()
+        lengths = [max(1, min(4 + (row * 5) % 9, int(n))) for row, n in enumerate(real)]
+        width = max(lengths)
+        ids = torch.full((len(blocks), width), parts.processor.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(blocks), width, dtype=torch.long)
+        for row, n in enumerate(lengths):
+            ids[row, width - n:], mask[row, width - n:] = blocks[row, :n], 1
+        return {"input_ids": ids, "attention_mask": mask}
+
 
 def _pack(ids, block: int):
     """Cut a flat token array into rows of `block` tokens; the last row keeps the remainder."""

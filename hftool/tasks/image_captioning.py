@@ -94,6 +94,25 @@ class ImageCaptioning(Task):
             table["captions"] = list(merged.values())
         return datasets.Dataset.from_dict(table).cast_column("image", datasets.Image(decode=False)), None
 
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Missing, empty, unreadable and unusual images; empty captions (each, with its row)."""
+        from hftool.data import validation
+
+        column = find_column(ds, source, cfg.data.image_column, images.IMAGE_COLUMNS, "image", "image_column")
+        summary = validation.Summary(rows=len(ds))
+        summary.keys = validation.images(validation.image_entries(ds, column), source, findings, summary)
+        if cfg.data.caption_column in ds.column_names or any(c in ds.column_names for c in CAPTION_COLUMNS):
+            caption = find_column(ds, source, cfg.data.caption_column, CAPTION_COLUMNS, "caption", "caption_column")
+            lengths = summary.values.setdefault("caption length (words)", [])
+            for row, value in enumerate(ds[caption], 1):
+                texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+                for text in texts:
+                    if isinstance(text, str) and not text.strip():
+                        findings.add("empty_caption", source=source, row=row, column=caption)
+                    elif isinstance(text, str):
+                        lengths.append(len(text.split()))
+        return summary
+
     def _encode(self, parts, cfg, texts: list[str]) -> list[list[int]]:
         """Caption token ids ending in EOS, at most data.max_length tokens."""
         tokenizer = parts.processor
@@ -151,7 +170,7 @@ class ImageCaptioning(Task):
             model = models.load("model", VisionEncoderDecoderModel, spec, m.token)
             tokenizer = models.load("tokenizer", AutoTokenizer, spec, m.token)
             image_processor = models.load("image processor", AutoImageProcessor, spec, m.token)
-        if getattr(model.encoder, "pooler", None) is not None:
+        if getattr(getattr(model, "encoder", None), "pooler", None) is not None:  # (an ONNX export has no encoder module)
             # The decoder reads the encoder's hidden states, never its pooled output: frozen, as
             # DDP fails on trainable parameters that get no gradient. Kept (not dropped) so the run
             # saves it and reloads without "newly initialized" weights.
@@ -241,6 +260,11 @@ class ImageCaptioning(Task):
         from hftool.generation import GenerationOptions
         from hftool.metrics.captioning import caption_text
 
+        from hftool.export import OnnxModel
+
+        if attention_map and isinstance(parts.model, OnnxModel):
+            raise HftoolError("--attention-map reads the PyTorch decoder's attention weights; draw it with the run dir, "
+                              "not its ONNX export")
         paths = images.input_paths(inputs)
         rows, _ = self.prepare(cfg, datasets.Dataset.from_dict({"image": paths}), "input", require_labels=False)
         transform = self._transform(parts, cfg)
@@ -288,6 +312,13 @@ class ImageCaptioning(Task):
 
     def format_prediction(self, prediction):
         return f"{prediction['caption']}\t{prediction['image']}"
+
+    def onnx_graphs(self, parts, cfg, batch):
+        """encoder.onnx: pixel_values -> encoder_hidden_states; decoder.onnx: caption tokens +
+        encoder_hidden_states + past key/values -> logits + present key/values."""
+        from hftool.export import encoder_decoder_graphs
+
+        return encoder_decoder_graphs(parts.model, {"pixel_values": batch["pixel_values"]}, {"pixel_values": {0: "batch"}})
 
 
 def collate(features: list[dict]) -> dict:

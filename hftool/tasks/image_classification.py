@@ -77,6 +77,7 @@ class ImageClassification(Task):
     default_metric = "accuracy"
     pipeline_task = "image-classification"
     predict_options = (TOP_K_OPTION,)
+    quantizable = True
     peft_unsupported = ""
 
     # ------------------------------------------------------------------------------ data
@@ -92,6 +93,18 @@ class ImageClassification(Task):
         if ids is not None:
             rows = rows.add_column("label", ids if kept is None else [ids[i] for i in kept])
         return rows, labels
+
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Missing, empty, unreadable and unusual images; missing/unseen/mixed labels; repeated
+        images (the same bytes), and the same image under two labels."""
+        from hftool.data import validation
+
+        column = find_column(ds, source, cfg.data.image_column, images.IMAGE_COLUMNS, "image", "image_column")
+        summary = validation.Summary(rows=len(ds))
+        summary.keys = validation.images(validation.image_entries(ds, column), source, findings, summary)
+        values = validation.labelled(ds, source, cfg.data.label_column, findings, labels, summary)
+        summary.counts["repeated images"] = validation.duplicates(summary.keys, source, findings, "image", values)
+        return summary
 
     def _transform(self, parts: Parts, cfg, train: bool) -> vision.ImageTransform:
         d = cfg.data
@@ -208,6 +221,12 @@ class ImageClassification(Task):
 
     def format_prediction(self, prediction):
         return with_top_k(f"{prediction['label']}\t{prediction['score']:.4f}\t{prediction['image']}", prediction)
+
+    def onnx_graphs(self, parts, cfg, batch):
+        """model.onnx: pixel_values (batch x 3 x the processor's crop) -> logits; HF and timm models alike."""
+        from hftool.export import model_graph
+
+        return [model_graph(parts.model, batch, {"pixel_values": {0: "batch"}}, ["logits"])]
 
     # ------------------------------------------------------------------------------ save
     def save(self, parts, run_dir, model=None, state_dict=None):

@@ -298,6 +298,65 @@ class ObjectDetection(Task):
         out.info.description = ds.info.description  # COCO category ids travel with the rows
         return out, labels
 
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Images as image tasks check them; boxes outside the image or of no size, categories
+        the training data lacks, duplicate image ids; images without boxes are counted."""
+        import datasets
+
+        from hftool.data import validation
+        from hftool.data.columns import source_dir
+
+        column = find_column(ds, source, cfg.data.image_column, images.IMAGE_COLUMNS, "image", "image_column")
+        entries = validation.image_entries(ds, column)
+        if isinstance(ds.features[column], datasets.Value):
+            try:  # COCO's images/ beside annotations/, data.images_dir: found as the reader finds them
+                entries = [{"bytes": None, "path": p} for p in self._image_paths(cfg, ds, column, source, source_dir(ds))]
+            except HftoolError:
+                pass  # a missing file: reported per row below
+        summary = validation.Summary(rows=len(ds))
+        summary.keys = validation.images(entries, source, findings, summary)
+        if "image_id" in ds.column_names:
+            first: dict = {}
+            for row, image_id in enumerate(ds["image_id"], 1):
+                if image_id in first:
+                    findings.add("duplicate_image_id", source=source, row=row, image_id=image_id, first=first[image_id])
+                first.setdefault(image_id, row)
+        objects_column = next((c for c in (cfg.data.label_column, *OBJECT_COLUMNS) if c and c in ds.column_names), None)
+        if objects_column is None:
+            return summary
+        category = ds.features[objects_column]
+        category = getattr(category, "feature", category)
+        category = category.get("category") if isinstance(category, dict) else None
+        names = getattr(getattr(category, "feature", category), "names", None)
+        native = read_by_hftool(ds)
+        fmt, normalized = ("xywh", False) if native else (cfg.data.box_format, cfg.data.box_normalized)
+        sizes = zip(ds["width"] if "width" in ds.column_names else [0] * len(ds),
+                    ds["height"] if "height" in ds.column_names else [0] * len(ds))
+        counts, per_image, empty = {}, summary.values.setdefault("boxes per image", []), 0
+        for row, (value, entry, key, (width, height)) in enumerate(zip(ds[objects_column], entries, summary.keys, sizes), 1):
+            try:
+                boxes, cats, _, _ = _objects(value, row, source)
+            except HftoolError:
+                continue  # a malformed cell: the reader reports it
+            if (not width or not height) and key:
+                width, height = _image_size(entry)
+            per_image.append(len(boxes))
+            empty += not boxes
+            for box, cat in zip(boxes, cats):
+                cat = names[cat] if names is not None else str(cat)
+                counts[cat] = counts.get(cat, 0) + 1
+                if labels is not None and cat not in labels:
+                    findings.add("unknown_category", source=source, row=row, label=cat)
+                shown = [round(float(v), 1) for v in box]
+                x0, y0, x1, y1 = to_xyxy([float(v) for v in box], fmt, normalized, width, height)
+                if x1 <= x0 or y1 <= y0:
+                    findings.add("box_empty", source=source, row=row, box=shown)
+                elif width and height and (x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1):  # 1 px: rounding
+                    findings.add("box_outside_image", source=source, row=row, box=shown, width=width, height=height)
+        summary.classes = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+        summary.counts["images without boxes"] = empty
+        return summary
+
     def _image_paths(self, cfg, ds, column: str, source: str, base: Path | None) -> list[str]:
         """Absolute image paths; every file is checked to exist before anything runs."""
         values = ["" if v is None else str(v) for v in ds[column]]
@@ -384,8 +443,18 @@ class ObjectDetection(Task):
         return CocoMeanAP(truth, parts.labels)
 
     def _detections(self, parts, outputs, sizes, threshold: float) -> list[dict]:
-        """The processor's post-processing: per image, scores, class ids and xyxy boxes in pixels of `sizes`."""
+        """The processor's post-processing: per image, scores, class ids and xyxy boxes in pixels of `sizes`.
+        An ONNX export did it in its graph (`scores` are among its outputs): only the threshold is left."""
+        if "scores" in outputs:
+            return [{"scores": s[s > threshold], "labels": c[s > threshold], "boxes": b[s > threshold]}
+                    for s, c, b in zip(outputs["scores"], outputs["labels"], outputs["boxes"])]
         return parts.processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
+
+    def eval_forward(self, parts, model, batch):
+        """An ONNX export (`hftool evaluate EXPORT_DIR`) also takes the images' sizes: its boxes come out in pixels."""
+        from hftool.export import OnnxModel
+
+        return model(**(self.onnx_feed(parts, batch) if isinstance(model, OnnxModel) else self.model_inputs(batch)))
 
     def eval_outputs(self, parts, outputs, batch):
         """Each image's best K boxes (K = MAX_DETECTIONS), fixed-size: padding has score -1."""
@@ -432,11 +501,15 @@ class ObjectDetection(Task):
         model = parts.model.eval()
         device = next(model.parameters()).device
         ids = parts.state.category_ids
+        from hftool.export import OnnxModel
+
         results = []
         for start in range(0, len(features), batch_size):
             batch = collate([features[i] for i in range(start, min(start + batch_size, len(features)))])
+            feed = self.onnx_feed(parts, batch) if isinstance(model, OnnxModel) else {
+                "pixel_values": batch["pixel_values"], "pixel_mask": batch["pixel_mask"]}
             with torch.no_grad():
-                outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
+                outputs = model(**{k: v.to(device) for k, v in feed.items()})
             for offset, found in enumerate(self._detections(parts, outputs, batch["orig_size"], threshold)):
                 order = found["scores"].argsort(descending=True)
                 objects = []
@@ -462,10 +535,45 @@ class ObjectDetection(Task):
                           for o in prediction["objects"])
         return f"{prediction['image']}\t{found or '(no boxes)'}"
 
+    # ---------------------------------------------------------------------------- export
+    def onnx_graphs(self, parts, cfg, batch):
+        """model.onnx: pixel_values + pixel_mask (batch x height x width, padded as the collator pads) and
+        target_sizes (each image's (height, width)) -> scores, labels, boxes: per query, as
+        post_process_object_detection gives them before its threshold, boxes xyxy in pixels."""
+        from hftool.export import Forward, Graph
+
+        kind = type(parts.processor).__name__
+        if not kind.startswith(("Detr", "Yolos")):
+            raise HftoolError(f"ONNX export puts DETR's post-processing (softmax over classes) in the graph; "
+                              f"{kind} post-processes otherwise: not exportable yet")
+        names, outputs = ["pixel_values", "pixel_mask", "target_sizes"], ["scores", "labels", "boxes"]
+        module = Forward(parts.model, names, outputs, post=boxes_in_pixels, model_inputs=names[:2])
+        inputs = self.onnx_feed(parts, batch)
+        axes = {"pixel_values": {0: "batch", 2: "height", 3: "width"}, "pixel_mask": {0: "batch", 1: "height", 2: "width"},
+                "target_sizes": {0: "batch"}}
+        return [Graph("model", module, inputs, outputs, axes)]
+
+    def onnx_feed(self, parts, batch):
+        return {"pixel_values": batch["pixel_values"], "pixel_mask": batch["pixel_mask"], "target_sizes": batch["orig_size"]}
+
     def write_reports(self, parts, run_dir, metrics, records):
         """per_class_ap.tsv: AP@[.5:.95] per class from the final evaluation (-1: no such object there)."""
         lines = ["class\tap"] + [f"{k[len('eval_ap_'):]}\t{v:.4f}" for k, v in metrics.items() if k.startswith("eval_ap_")]
         (Path(run_dir) / REPORT).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def boxes_in_pixels(outputs, inputs: dict) -> tuple:
+    """DETR's post-processing inside the exported graph, as DetrImageProcessor.post_process_object_detection
+    computes it: per query, its most likely class but "no object", that probability, and its box
+    as xyxy in pixels of `target_sizes` (height, width)."""
+    import torch
+
+    scores, labels = outputs.logits.softmax(-1)[..., :-1].max(-1)
+    cx, cy, w, h = outputs.pred_boxes.unbind(-1)
+    boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+    height, width = inputs["target_sizes"].unbind(-1)
+    scale = torch.stack([width, height, width, height], dim=-1).to(boxes.dtype)
+    return scores, labels, boxes * scale[:, None, :]
 
 
 def draw_boxes(prediction: dict, path: Path) -> None:

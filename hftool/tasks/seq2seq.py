@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import statistics
 from dataclasses import dataclass
 
 from hftool import models
@@ -20,6 +22,10 @@ from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_g
 from hftool.tasks.base import Options, Parts, Reading, Task, find_column
 
 SOURCE_COLUMNS = ("source", "src", "input", "inputs", "text", "document", "article", "dialogue", "question")
+# A pair whose target/source word ratio is this many times off the split's median ratio is
+# reported (Moses' clean-corpus-n.perl drops translation pairs past 9; measured against the median,
+# summaries, far shorter than their articles by design, are judged against each other).
+LENGTH_RATIO = 9
 TARGET_COLUMNS = ("target", "tgt", "output", "outputs", "summary", "highlights", "answer", "translation")
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"  # T5's special tokens, in T5's order (pad 0 starts the decoder)
@@ -101,6 +107,42 @@ class Seq2Seq(Task):
                                  "target_column")
             columns["target"] = _texts(ds[target], source, target, "target")
         return datasets.Dataset.from_dict(columns), None
+
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Empty sources or targets, pairs whose lengths are too far apart, repeated pairs."""
+        from hftool.data import validation
+
+        data = cfg.data
+        if not (data.source_column or data.target_column) and _is_translation_dict(ds):
+            pairs = ds["translation"]
+            sides = {"source": (f"translation.{data.source_lang}", [p.get(data.source_lang) for p in pairs]),
+                     "target": (f"translation.{data.target_lang}", [p.get(data.target_lang) for p in pairs])}
+        else:
+            by_lang = {k: lang if lang in ds.column_names else None
+                       for k, lang in (("source", data.source_lang), ("target", data.target_lang))}
+            text = find_column(ds, source, data.source_column or by_lang["source"], SOURCE_COLUMNS, "source",
+                               "source_column")
+            target = find_column(ds, source, data.target_column or by_lang["target"],
+                                 tuple(c for c in TARGET_COLUMNS if c != text), "target", "target_column")
+            sides = {"source": (text, ds[text]), "target": (target, ds[target])}
+        summary = validation.Summary(rows=len(ds))
+        lengths = {}
+        for side, (column, values) in sides.items():
+            for row, value in enumerate(values, 1):
+                if isinstance(value, str) and not value.strip() or value is None:
+                    findings.add("empty_side", source=source, row=row, side=side, column=column)
+            lengths[side] = [len(v.split()) if isinstance(v, str) else 0 for v in values]
+            summary.values[f"{side} length (words)"] = lengths[side]
+        ratios = [(row, a, b, math.log(b / a)) for row, (a, b) in enumerate(zip(lengths["source"], lengths["target"]), 1)
+                  if a and b]
+        usual = statistics.median(r for *_, r in ratios) if ratios else 0.0
+        for row, a, b, ratio in ratios:
+            if abs(ratio - usual) > math.log(LENGTH_RATIO):
+                findings.add("length_ratio", source=source, row=row, target=b, source_words=a, limit=LENGTH_RATIO,
+                             usual=round(math.exp(usual), 2))
+        summary.keys = [validation.fingerprint(a, b) for a, b in zip(sides["source"][1], sides["target"][1])]
+        summary.counts["repeated pairs"] = validation.duplicates(summary.keys, source, findings, "source and target")
+        return summary
 
     # ---------------------------------------------------------------------------- model
     def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None) -> Parts:
@@ -248,6 +290,14 @@ class Seq2Seq(Task):
         options = options or GenerationOptions.from_flags(**flags)
         results = generate(parts.model, parts.processor, [prefix + p for p in prompts], options, on_text)
         return [{**r, "prompt": r["prompt"][len(prefix):]} for r in results]
+
+    def onnx_graphs(self, parts, cfg, batch):
+        """encoder.onnx: source tokens -> encoder_hidden_states; decoder.onnx: target tokens +
+        encoder_hidden_states + its mask + past key/values -> logits + present key/values."""
+        from hftool.export import encoder_decoder_graphs
+
+        inputs = {name: batch[name] for name in ("input_ids", "attention_mask")}
+        return encoder_decoder_graphs(parts.model, inputs, {name: {0: "batch", 1: "sequence"} for name in inputs})
 
 
 def _is_translation_dict(ds) -> bool:

@@ -13,6 +13,7 @@ from hftool.tasks.base import Options, Parts, Task, find_column
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question1", "question", "content", "review",
                 "document", "query")
+TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a BERT-like model reads
 PAIR_COLUMNS = {"sentence1": "sentence2", "premise": "hypothesis", "question1": "question2", "text": "text_pair"}
 
 
@@ -39,6 +40,7 @@ class TextClassification(Task):
     default_metric = "accuracy"
     pipeline_task = "text-classification"
     predict_options = (TOP_K_OPTION,)
+    quantizable = True
     peft_unsupported = ""
 
     def peft_heads(self, parts):
@@ -68,6 +70,23 @@ class TextClassification(Task):
         import datasets
 
         return datasets.Dataset.from_dict(columns), labels
+
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Empty texts, missing/unseen/mixed labels, repeated texts and texts with two labels."""
+        from hftool.data import validation
+
+        data = cfg.data
+        text = find_column(ds, source, data.text_column, TEXT_COLUMNS, "text", "text_column")
+        pair = data.text_pair_column or (PAIR_COLUMNS.get(text) if PAIR_COLUMNS.get(text) in ds.column_names else None)
+        summary = validation.Summary(rows=len(ds))
+        summary.values["text length (words)"] = validation.texts(ds[text], source, text, findings)
+        pairs = ds[pair] if pair in ds.column_names else [None] * len(ds)
+        if pair in ds.column_names:
+            validation.texts(pairs, source, pair, findings)
+        summary.keys = [validation.fingerprint(a, b) for a, b in zip(ds[text], pairs)]
+        values = validation.labelled(ds, source, data.label_column, findings, labels, summary)
+        summary.counts["repeated texts"] = validation.duplicates(summary.keys, source, findings, "text", values)
+        return summary
 
     def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None) -> Parts:
         spec = model_path or cfg.model.name
@@ -151,4 +170,11 @@ class TextClassification(Task):
 
     def format_prediction(self, prediction):
         return with_top_k(f"{prediction['label']}\t{prediction['score']:.4f}\t{prediction['text']}", prediction)
+
+    def onnx_graphs(self, parts, cfg, batch):
+        """model.onnx: the tokenizer's outputs (batch x sequence) -> logits."""
+        from hftool.export import model_graph
+
+        axes = {name: {0: "batch", 1: "sequence"} for name in TOKENIZER_OUTPUTS if name in batch}
+        return [model_graph(parts.model, batch, axes, ["logits"])]
 

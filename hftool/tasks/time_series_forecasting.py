@@ -102,6 +102,58 @@ class TimeSeriesForecasting(Task):
         rows.info.description = source  # features() names it in errors
         return rows, series.columns
 
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Dates that are not dates or out of order, values that are not numbers (each with its
+        row), and gaps in the dates (the steps training fills by interpolation)."""
+        import pandas as pd
+
+        from hftool.data import timeseries, validation
+
+        data = cfg.data
+        date = timeseries.date_column(ds.column_names, source, data.date_column)
+        columns = timeseries.value_columns(ds.column_names, source, data.value_columns or labels, date)
+        summary = validation.Summary(rows=len(ds))
+        empty = 0
+        for column in columns:
+            numbers = summary.values.setdefault(column, [])
+            for row, value in enumerate(ds[column], 1):
+                text = "" if value is None else str(value).strip()
+                if text.lower() in timeseries.MISSING:
+                    empty += 1
+                    continue
+                try:
+                    numbers.append(float(text))
+                except ValueError:
+                    findings.add("not_a_number", source=source, row=row, value=value, column=column)
+        raw = ["" if v is None else str(v).strip() for v in ds[date]]
+        parsed = pd.to_datetime(pd.Series(raw), errors="coerce", format="mixed")
+        kept, previous = [], None  # (row, date) of the dates in order
+        for row, (text, when) in enumerate(zip(raw, parsed), 1):
+            if pd.isna(when):
+                findings.add("not_a_date", source=source, row=row, value=text, column=date)
+            elif previous is not None and when <= previous[1]:
+                findings.add("unsorted_dates", source=source, row=row, value=text, previous=raw[previous[0] - 1],
+                             column=date)
+            else:
+                kept.append((row, when))
+                previous = (row, when)
+        missing = 0
+        if len(kept) > 2:
+            dates = pd.DatetimeIndex([when for _, when in kept])
+            try:
+                freq = timeseries.resolve_freq(data.freq, dates, source)
+            except HftoolError:
+                freq = None  # no regular frequency: the reader says so
+            if freq:
+                steps = pd.date_range(dates[0], dates[-1], freq=freq).get_indexer(dates)
+                for (row, _), step, before in zip(kept[1:], steps[1:], steps[:-1]):
+                    if step > before + 1 and before >= 0:
+                        missing += int(step - before - 1)
+                        findings.add("date_gap", source=source, row=row, missing=int(step - before - 1),
+                                     value=raw[row - 1], freq=freq, column=date)
+        summary.counts |= {"empty values": empty, "missing dates": missing}
+        return summary
+
     def _windows(self, parts: Parts, ds, scored: bool):
         """One example per target step t: the scaled window before t and the scaled value at t;
         scored examples also carry the original-unit target and the two baselines' forecasts.
@@ -211,10 +263,12 @@ class TimeSeriesForecasting(Task):
         if len(values) < config.context_length:
             raise HftoolError(f"{spec}: {len(values)} time steps; the model reads windows of {config.context_length}: "
                               "give a longer history")
+        from hftool.forecaster import forecast
+
         model = parts.model.eval()
         device = next(model.parameters()).device
         window = torch.tensor(parts.processor.transform(values[-config.context_length:]), dtype=torch.float32)
-        scaled = model.forecast(window[None].to(device), horizon)[0].double().cpu().numpy()
+        scaled = forecast(model, window[None].to(device), horizon)[0].double().cpu().numpy()
         forecast = parts.processor.inverse(scaled)
         history = pd.DatetimeIndex(rows["date"])
         dates = pd.date_range(history[-1], periods=horizon + 1, freq=data.freq)[1:]
@@ -245,6 +299,13 @@ class TimeSeriesForecasting(Task):
                 "forecast = model.forecast(((history - mean) / std)[None], horizon=7)[0] * std + mean\n"
                 "print(forecast)\n```\n\n"
                 "or `hftool predict . --horizon 30 --output forecast.csv` (dates, values and a plot).\n")
+
+    def onnx_graphs(self, parts, cfg, batch):
+        """model.onnx: one step, past_values (batch x steps x series, scaled) -> predictions (batch x
+        series, scaled); predict feeds each forecast back for the next step, as on the PyTorch model."""
+        from hftool.export import model_graph
+
+        return [model_graph(parts.model, batch, {"past_values": {0: "batch", 1: "steps"}}, ["predictions"])]
 
     def save(self, parts, run_dir, model=None, state_dict=None):
         if model is not None:

@@ -29,6 +29,7 @@ TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner")
 # character on its own, as BERT's pre-tokenizer and CoNLL's tokenisation split punctuation.
 WORD = re.compile(r"\w+|[^\w\s]")
 REPORT = "entity_metrics.tsv"
+TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a BERT-like model reads
 
 
 @dataclass
@@ -174,6 +175,64 @@ class TokenClassification(Task):
                                       "the training data")
                 columns["tags"].append([ids[tag] for tag in tags])
         return datasets.Dataset.from_dict(columns), labels
+
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Tags outside the scheme, I- with no B- before it (in IOB2 data), token/tag count
+        mismatches, entity types the training data lacks, repeated sentences."""
+        from hftool.data import validation
+
+        data = cfg.data
+        column = find_column(ds, source, data.text_column, TOKEN_COLUMNS, "tokens", "text_column")
+        sentences = ds[column]
+        summary = validation.Summary(rows=len(ds))
+        summary.values["sentence length (words)"] = [len(words or []) for words in sentences]
+        summary.keys = [validation.fingerprint(words) for words in sentences]
+        lines = ds["line"] if "line" in ds.column_names else None  # CoNLL: findings name the file's lines
+
+        def at(row: int, word: int = 1) -> dict:
+            """Where word `word` of row `row` is: its line in a CoNLL file, else the row."""
+            return ({"row": lines[row - 1] + word - 1, "at": f"line {lines[row - 1] + word - 1}"} if lines
+                    else {"row": row, "at": f"row {row}"})
+
+        summary.counts["repeated sentences"] = validation.duplicates(summary.keys, source, findings, "sentence",
+                                                                     lines=lines)
+        if not any(c in ds.column_names for c in (data.label_column, *TAG_COLUMNS) if c):
+            return summary
+        tag_column = find_column(ds, source, data.label_column, TAG_COLUMNS, "tags", "label_column")
+        try:
+            rows = self._tag_strings(ds, tag_column, source, data.tag_names, lambda row, word: f"{source} row {row + 1}")
+        except HftoolError:
+            return summary  # tags that are not names or ids: the reader reports it next
+        orphans, types = [], {}
+        for row, (words, tags) in enumerate(zip(sentences, rows), 1):
+            if len(tags) != len(words or []):
+                findings.add("tag_count_mismatch", source=source, **at(row), tokens=len(words or []), tags=len(tags),
+                             column=tag_column)
+            previous = "O"
+            for word, tag in enumerate(tags, 1):
+                if not TAG.match(tag):
+                    findings.add("tag_outside_scheme", source=source, **at(row, word), word=word, tag=tag,
+                                 column=tag_column)
+                    previous = "O"
+                    continue
+                kind = tag[2:]
+                if tag != "O" and (tag[0] in "BS" or previous[2:] != kind or previous[0] in "ES"):  # an entity starts
+                    types[kind] = types.get(kind, 0) + 1
+                    if labels is not None and kind not in labels:
+                        findings.add("unseen_label", source=source, **at(row, word), column=tag_column, label=kind,
+                                     what="entity type")
+                    if tag[0] == "I":
+                        orphans.append((row, word, tag, previous, kind))
+                previous = tag
+        # IOB1 data (CoNLL-2003 as released) opens most entities with I-: valid there, so only
+        # IOB2 data, where most open with B-, has its I- openings reported.
+        if orphans and len(orphans) * 2 < sum(types.values()):
+            for row, word, tag, previous, kind in orphans:
+                findings.add("i_without_b", source=source, **at(row, word), word=word, tag=tag, previous=previous,
+                             kind=kind, column=tag_column)
+        summary.counts["entities opened by I-"] = len(orphans)
+        summary.classes = dict(sorted(types.items(), key=lambda kv: -kv[1]))
+        return summary
 
     @staticmethod
     def _tag_strings(ds, column: str, source: str, tag_names: list | None, where) -> list[list[str]]:
@@ -368,6 +427,13 @@ class TokenClassification(Task):
         found = "; ".join(f"{e['type']} {json.dumps(e['text'], ensure_ascii=False)} {e['start']}-{e['end']} "
                           f"{e['score']:.4f}" for e in prediction["entities"])
         return f"{prediction['text']}\t{found or '(no entities)'}"
+
+    def onnx_graphs(self, parts, cfg, batch):
+        """model.onnx: the tokenizer's outputs (batch x sequence) -> logits per subword."""
+        from hftool.export import model_graph
+
+        axes = {name: {0: "batch", 1: "sequence"} for name in TOKENIZER_OUTPUTS if name in batch}
+        return [model_graph(parts.model, batch, axes, ["logits"])]
 
     def write_reports(self, parts, run_dir, metrics, records):
         """entity_metrics.tsv: precision, recall, F1 and support per entity type, then overall."""

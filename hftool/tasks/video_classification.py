@@ -132,6 +132,23 @@ class VideoClassification(Task):
             rows = rows.add_column("label", [ids[i] for i in kept])
         return rows, labels
 
+    def validate_rows(self, cfg, ds, source, findings, labels=None):
+        """Missing, empty and unreadable videos; missing/unseen/mixed labels; repeated clips."""
+        import datasets
+
+        from hftool.data import validation
+        from hftool.data.columns import source_dir
+
+        column = find_column(ds, source, cfg.data.video_column, videos.VIDEO_COLUMNS, "video", "video_column")
+        if isinstance(ds.features[column], datasets.Video):
+            ds = ds.cast_column(column, datasets.Video(decode=False))
+        entries = [videos.entry_path(v, source_dir(ds)) if v else "" for v in ds[column]]
+        summary = validation.Summary(rows=len(ds))
+        summary.keys = validation.videos(entries, source, findings, summary)
+        values = validation.labelled(ds, source, cfg.data.label_column, findings, labels, summary)
+        summary.counts["repeated clips"] = validation.duplicates(summary.keys, source, findings, "video", values)
+        return summary
+
     def _transform(self, parts: Parts, cfg, train: bool):
         from hftool import video, vision
 
