@@ -274,8 +274,9 @@ def load_state(accelerator, models, path: Path) -> None:
 
     for i, model in enumerate(models):
         file = path / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
-        with safe_open(str(file), "pt") as saved:
-            missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(saved.keys())
+        with safe_open(str(file), "pt") as saved:  # names without DDP's "module." on either side
+            missing = ({n.removeprefix("module.") for n, p in model.named_parameters() if p.requires_grad}
+                       - {key.removeprefix("module.") for key in saved.keys()})
         if missing:
             raise HftoolError(f"--resume: {path} lacks {len(missing)} trainable weights of this run's adapters (e.g. "
                               f"{sorted(missing)[0]}); it was written with other peft.* settings: start a new run")

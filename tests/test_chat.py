@@ -199,24 +199,13 @@ def test_sample_chat_learns_answers_an_untrained_model_does_not_give(tmp_path):
 def test_chat_evaluation_is_reproduced_and_exact_across_processes(chat_run, tmp_path):
     """evaluate on the run dir gives metrics.json again; two processes give what one does, each
     conversation's answer once (generated answers are gathered at one width)."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
+    from tests.conftest import evaluate_in_processes
 
     metrics = json.loads((chat_run / "metrics.json").read_text())
-    outputs = {}
-    for processes in (1, 2):
-        out = tmp_path / f"{processes}.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
-                   "-m", "hftool", "evaluate", str(chat_run), "-b", "3", "-o", str(out), "eval.save_predictions=true"]
-        done = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
-                              text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        outputs[processes] = json.loads(out.read_text()), api.predictions_path(out).read_text().splitlines()
+    outputs = {processes: evaluate_in_processes(chat_run, tmp_path / f"{processes}.json", processes)
+               for processes in (1, 2)}
     assert outputs[1][0] == pytest.approx({k: v for k, v in metrics.items() if k.startswith("eval_")}, rel=1e-5)
     assert outputs[2][0] == pytest.approx(outputs[1][0], rel=1e-5)
-    records = [json.loads(line) for line in outputs[1][1]]
+    records = outputs[1][1]
     assert [r["index"] for r in records] == list(range(8)) and outputs[2][1] == outputs[1][1]
     assert {"question", "prediction", "reference", "exact_match"} <= set(records[0])

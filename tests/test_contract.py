@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from hftool import api
 from hftool.config import load_config, new_config, valid_keys
 from hftool.tasks import TASKS
 from hftool.tasks.base import Parts, Task, Update
-from tests.conftest import REPO, client_namespace, readme_clients, run_card_snippets
+from tests.conftest import REPO, client_namespace, evaluate_in_processes, readme_clients, run_card_snippets
 
 # A few steps on the first rows of the recipe's own data: every hook runs, nothing takes long.
 TINY = ["train.max_steps=4", "train.batch_size=4", "train.eval_batch_size=8", "data.max_train_samples=48",
@@ -327,15 +326,7 @@ def test_a_task_without_adapters_says_so_in_one_line(cli, name, tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_two_process_evaluation_equals_one_process(runs, name, tmp_path):
     run, _ = runs(name)
-    outputs = {}
-    for processes in (1, 2):
-        out = tmp_path / f"{processes}.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
-                   "-m", "hftool", "evaluate", str(run), "-b", "3", "-o", str(out), "eval.save_predictions=true"]
-        done = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
-                              text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        outputs[processes] = json.loads(out.read_text()), read_jsonl(api.predictions_path(out))
+    outputs = {processes: evaluate_in_processes(run, tmp_path / f"{processes}.json", processes) for processes in (1, 2)}
     if not TASKS[name].exact_eval_loss:  # a mean of batch losses: the batches differ
         for metrics, _ in outputs.values():
             metrics.pop("eval_loss")
