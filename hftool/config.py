@@ -177,6 +177,10 @@ class TrainConfig(Section):
             self.require(name, getattr(self, name) is None or getattr(self, name) > 0, "positive")
         if self.max_steps is None and self.epochs <= 0:
             raise HftoolError(f"train.epochs must be positive, got {self.epochs} (or set --max-steps)")
+        self.require("lr", self.lr >= 0, ">= 0 (0 freezes the weights)")
+        self.require("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)")
+        self.require("weight_decay", self.weight_decay >= 0, ">= 0")
+        self.require("max_grad_norm", self.max_grad_norm >= 0, ">= 0 (0 turns clipping off)")
 
 
 @dataclass
@@ -185,6 +189,17 @@ class EvalConfig(Section):
     # Write every evaluated example's prediction (and reference, loss) to predictions.jsonl: in
     # the run dir for the final evaluation of `finetune`, beside --output for `hftool evaluate`.
     save_predictions: bool = False
+    # `hftool evaluate RUN` on the run's own data: stop when the data's sha256 differs from the one
+    # in provenance.json. false warns with both hashes and scores it, since an edited file is
+    # sometimes what the user means to score.
+    strict: bool = False
+    # `hftool eval-suite`: resamples of the examples behind each metric's 95% interval and the
+    # paired test against the baseline (seeded: the same draws on every run); 0 turns both off.
+    # Each resample recomputes the metrics from per-example counts: cheap next to evaluating.
+    bootstrap: int = 1000
+
+    def check(self) -> None:
+        self.require("bootstrap", self.bootstrap >= 0, "0 (off) or more")
 
 
 @dataclass(frozen=True)
@@ -354,8 +369,24 @@ def valid_keys(cfg: Any = None, prefix: str = "") -> list[str]:
     return keys
 
 
+# Names other tools (transformers' TrainingArguments, the example scripts) use for hftool keys: a
+# close spelling match would suggest the wrong key (learning_rate -> logging_steps).
+ALIASES = {
+    "learning_rate": "train.lr", "num_train_epochs": "train.epochs", "num_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size", "train_batch_size": "train.batch_size",
+    "per_device_eval_batch_size": "train.eval_batch_size", "gradient_accumulation": "train.gradient_accumulation_steps",
+    "warmup_steps": "train.warmup_ratio", "lr_scheduler_type": "train.scheduler", "max_seq_length": "data.max_length",
+    "fp16": "train.mixed_precision", "bf16": "train.mixed_precision", "model_name_or_path": "model.name",
+    "train_file": "data.train", "validation_file": "data.eval",
+}
+
+
 def _unknown_key(key: str, source: str, cfg: RunConfig) -> HftoolError:
     keys = valid_keys(cfg)
+    alias = ALIASES.get(key.rsplit(".", 1)[-1])
+    if alias:
+        note = " (a fraction of the steps)" if alias == "train.warmup_ratio" else ""
+        return HftoolError(f"unknown config key '{key}' in {source}: hftool calls it '{alias}'{note}")
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     if not close:  # a bare leaf name such as `warmup_ratio` still finds `train.warmup_ratio`
         leaf = key.rsplit(".", 1)[-1]

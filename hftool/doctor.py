@@ -150,6 +150,13 @@ def _local_model(spec: str, path: Path) -> tuple[list[Check], int]:
     if not path.is_dir() or not (path / "config.json").is_file():
         return [Check(f"model {spec}", "fail", f"{spec} is not a model directory (no config.json)",
                       "pass a folder written by save_pretrained or by `hftool finetune`")], 0
+    from hftool.errors import HftoolError
+    from hftool.models import check_model_dir, read_config_json
+
+    try:  # a broken config.json, or one that needs the dir's own Python (never run)
+        check_model_dir(path)
+    except HftoolError as err:
+        return [Check(f"model {spec}", "fail", str(err))], 0  # the message says the fix
     weights = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()]
     size = sum(p.stat().st_size for p in weights)
     checks = [Check(f"model {spec}", "ok" if weights else "fail",
@@ -161,9 +168,7 @@ def _local_model(spec: str, path: Path) -> tuple[list[Check], int]:
     if tokenizer or processor:
         checks.append(Check(f"tokenizer/processor {spec}", "ok", ", ".join(tokenizer + processor)))
     else:
-        import json
-
-        timm = json.loads((path / "config.json").read_text(encoding="utf-8")).get("architecture") is not None
+        timm = read_config_json(path).get("architecture") is not None
         checks.append(Check(f"tokenizer/processor {spec}", "ok" if timm else "fail",
                             "timm model: its processor is in config.json" if timm else
                             "no tokenizer or image processor files",

@@ -35,6 +35,7 @@ def cli(capsys, monkeypatch):
     def run(*args: str) -> Result:
         monkeypatch.setattr(sys, "argv", ["hftool", *map(str, args)])
         capsys.readouterr()
+        reattach_log_handlers()
         code = 0
         try:
             main()
@@ -44,6 +45,21 @@ def cli(capsys, monkeypatch):
         return Result(code, captured.out, captured.err)
 
     return run
+
+
+def reattach_log_handlers() -> None:
+    """Point log handlers whose stream is closed at the current stderr. Libraries (transformers,
+    datasets, huggingface_hub) create their handler on first use, bound to that moment's stderr:
+    in a test, an earlier test's captured stream, closed since; logging to it would print a
+    "Logging error" traceback into this test's stderr."""
+    import logging
+
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", ()):
+            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stderr
+                if "flush" in vars(handler):  # transformers binds flush to the stream it started with
+                    handler.flush = sys.stderr.flush
 
 
 @contextlib.contextmanager
@@ -145,7 +161,9 @@ def readme_clients() -> dict[str, tuple[str, list[str]]]:
 def client_namespace(run: Path) -> dict:
     """What the README's loading code names: the clients, and RUN."""
     import timm
-    from transformers import AutoModel, AutoModelForSeq2SeqLM, pipeline
+    from transformers import (AutoModel, AutoModelForSeq2SeqLM, ImageGPTForCausalImageModeling,
+                              ImageGPTImageProcessor, pipeline)
 
     return {"timm": timm, "AutoModel": AutoModel, "AutoModelForSeq2SeqLM": AutoModelForSeq2SeqLM,
-            "pipeline": pipeline, "RUN": str(run)}
+            "ImageGPTForCausalImageModeling": ImageGPTForCausalImageModeling,
+            "ImageGPTImageProcessor": ImageGPTImageProcessor, "pipeline": pipeline, "RUN": str(run)}

@@ -301,6 +301,11 @@ class CausalLM(Task):
                                 "exact_match": answer == reference.strip(), "loss": round(float(loss), 6)})
         return sorted(records, key=lambda r: r["index"])
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import PerplexityStats
+
+        return PerplexityStats()
+
     # ---------------------------------------------------------------------------- inference
     def predict(self, parts, cfg, inputs, batch_size):
         from hftool.generation import GenerationOptions, generate

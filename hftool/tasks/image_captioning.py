@@ -17,6 +17,7 @@ from hftool.config import Option
 from hftool.data import images
 from hftool.errors import HftoolError
 from hftool.generation import GenerativeModel, update_generation_config
+from hftool.outputs import atomic_path, check_output
 from hftool.tasks.base import Options, Parts, Task, find_column
 
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
@@ -234,6 +235,11 @@ class ImageCaptioning(Task):
         padded[:, : min(width, ids.shape[1])] = ids[:, :width]
         return {"generated": padded}
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import CaptionStats
+
+        return CaptionStats(list(rows["captions"]), parts.processor)
+
     def prediction_records(self, parts, batches, order, rows):
         """Per image: the generated caption beside all its references."""
         from hftool.metrics.captioning import caption_text
@@ -287,6 +293,7 @@ class ImageCaptioning(Task):
                     n = len(results) - 1
                     target = Path(attention_map) if len(entries) == 1 else Path(attention_map).with_name(
                         f"{Path(attention_map).stem}-{n}{Path(attention_map).suffix or '.png'}")
+                    check_output(target, what="--attention-map")
                     draw_attention(model, parts.processor, pixels[row // per_image], ids, chunk[row // per_image], target)
                     results[-1]["attention_map"] = str(target)
         return results
@@ -455,6 +462,6 @@ def draw_attention(model, tokenizer, pixels, ids: list[int], entry: dict, path: 
         ax.imshow(grid, cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="bilinear")
         ax.set_title(word, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)

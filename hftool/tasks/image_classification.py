@@ -18,9 +18,9 @@ from pathlib import Path
 from hftool import models, vision
 from hftool.config import TrainConfig
 from hftool.data import images
-from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, has_labels, label_ids, label_names, ranked, with_top_k
+from hftool.data.labels import TOP_K_OPTION, ranked, with_top_k
 from hftool.errors import HftoolError
-from hftool.tasks.base import Options, Parts, Task, find_column
+from hftool.tasks.base import Options, Parts, Task
 
 TIMM_PREFIX = "timm:"
 TOP_K = 5  # eval_top5_accuracy, reported when there are more classes than this
@@ -84,15 +84,7 @@ class ImageClassification(Task):
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns image (datasets Image, not decoded) and label (class id); see
         images.image_rows for how paths are read and checked."""
-        ids = None
-        if require_labels or has_labels(ds, cfg.data.label_column):
-            column = find_column(ds, source, cfg.data.label_column, LABEL_COLUMNS, "label", "label_column")
-            labels = label_names(ds, column, source) if labels is None else labels
-            ids = label_ids(ds, column, labels, source)
-        rows, kept = images.image_rows(ds, source, cfg.data.image_column, cfg.data.skip_bad_images)
-        if ids is not None:
-            rows = rows.add_column("label", ids if kept is None else [ids[i] for i in kept])
-        return rows, labels
+        return images.labelled_rows(ds, source, cfg.data, labels, require_labels)
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
         """Missing, empty, unreadable and unusual images; missing/unseen/mixed labels; repeated
@@ -187,6 +179,11 @@ class ImageClassification(Task):
         if logits.shape[-1] > TOP_K:
             out["top_k"] = logits.topk(TOP_K, dim=-1).indices
         return out
+
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import ClassStats
+
+        return ClassStats(parts.labels, top_k=TOP_K if len(parts.labels) > TOP_K else None)
 
     def write_reports(self, parts, run_dir, metrics, records):
         """confusion_matrix.png of the final evaluation."""

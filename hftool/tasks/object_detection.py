@@ -22,6 +22,7 @@ from hftool.config import Option, TrainConfig
 from hftool.data import images
 from hftool.data.detection import BoxCheck, category_ids, read_by_hftool, to_xyxy
 from hftool.errors import HftoolError
+from hftool.outputs import atomic_path, check_output
 from hftool.tasks.base import Options, Parts, Task, find_column
 
 OBJECT_COLUMNS = ("objects", "annotations", "objects_list")
@@ -61,10 +62,20 @@ class DetectionTrain(TrainConfig):
     # pretrained ResNet ten times slower than the transformer (1e-5 vs 1e-4).
     backbone_lr: float | None = None
 
+    def check(self) -> None:
+        super().check()
+        self.require("backbone_lr", self.backbone_lr is None or self.backbone_lr >= 0, ">= 0")
+
 
 @dataclass
 class DetectionState:
     category_ids: list[int] | None  # COCO's own id of each class (predict gives them back), else None
+
+
+def _truth(rows) -> dict[int, dict]:
+    """Each evaluation image's objects by its row (the `index` its batches carry)."""
+    columns = rows.select_columns(["boxes", "classes", "crowd", "area"]).to_dict()
+    return {i: {k: columns[k][i] for k in columns} for i in range(len(rows))}
 
 
 class Geometry:
@@ -438,9 +449,12 @@ class ObjectDetection(Task):
     def metric(self, parts, rows):
         from hftool.metrics import CocoMeanAP
 
-        columns = rows.select_columns(["boxes", "classes", "crowd", "area"]).to_dict()
-        truth = {i: {k: columns[k][i] for k in columns} for i in range(len(rows))}
-        return CocoMeanAP(truth, parts.labels)
+        return CocoMeanAP(_truth(rows), parts.labels)
+
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import DetectionStats
+
+        return DetectionStats(parts.labels, _truth(rows))
 
     def _detections(self, parts, outputs, sizes, threshold: float) -> list[dict]:
         """The processor's post-processing: per image, scores, class ids and xyxy boxes in pixels of `sizes`.
@@ -520,10 +534,11 @@ class ObjectDetection(Task):
                                     "box": box, **({"category_id": ids[label]} if ids else {})})
                 results.append({"image": paths[start + offset], "objects": objects})
         if draw:
-            out = Path(draw)
-            out.mkdir(parents=True, exist_ok=True)
-            for n, result in enumerate(results):
-                draw_boxes(result, out / f"{n:04d}-{Path(result['image']).stem}.png")
+            targets = [Path(draw) / f"{n:04d}-{Path(result['image']).stem}.png" for n, result in enumerate(results)]
+            for target in targets:  # all of them before the first is written
+                check_output(target, what="--draw")
+            for result, target in zip(results, targets):
+                draw_boxes(result, target)
         return results
 
     def card_usage(self, parts, cfg):
@@ -588,7 +603,8 @@ def draw_boxes(prediction: dict, path: Path) -> None:
         colour = palette[hash(obj["label"]) % len(palette)]
         pen.rectangle(obj["box"], outline=colour, width=width)
         pen.text((obj["box"][0] + 2, obj["box"][1] + 1), f"{obj['label']} {obj['score']:.2f}", fill=colour)
-    image.save(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp)
 
 
 def _tiny_detr(cfg, fields: dict, side: int):

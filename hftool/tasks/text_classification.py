@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from hftool import models
 from hftool.config import DataConfig
+from hftool.data.checks import check_texts
 from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, has_labels, label_ids, label_names, ranked, with_top_k
 from hftool.errors import HftoolError
 from hftool.tasks.base import Options, Parts, Task, find_column
@@ -63,6 +64,8 @@ class TextClassification(Task):
             if bad is not None:
                 raise HftoolError(f"{source} row {bad + 1}: {name} column '{text if name == 'text' else pair}' "
                                   f"holds {values[bad]!r}, not text; fix or remove the row")
+            if labels is None and require_labels:  # training data, its first pass: warned once
+                check_texts(values, source, text if name == "text" else pair)
         if require_labels or has_labels(ds, data.label_column):
             label = find_column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")
             labels = label_names(ds, label, source) if labels is None else labels
@@ -148,6 +151,11 @@ class TextClassification(Task):
         logits = outputs.logits.float()
         losses = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
         return {"predictions": logits.argmax(-1), "references": batch["labels"], "loss": losses}
+
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import ClassStats
+
+        return ClassStats(parts.labels)
 
     def predict(self, parts, cfg, inputs, batch_size, top_k: int = 1):
         import datasets

@@ -21,6 +21,7 @@ from pathlib import Path
 from hftool import models
 from hftool.config import DataConfig, Option
 from hftool.errors import HftoolError
+from hftool.outputs import atomic_path, check_output
 from hftool.tasks.base import Options, Parts, Reading, Task
 
 DEFAULT_HORIZON = 30  # steps `predict` forecasts unless told: the textbook's 30 days
@@ -223,6 +224,11 @@ class TimeSeriesForecasting(Task):
 
         return ForecastErrors()
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import ForecastStats
+
+        return ForecastStats()
+
     def eval_outputs(self, parts, outputs, batch):
         scaled = outputs.predictions.float()
         return {"predictions": parts.processor.inverse(scaled.double()), "references": batch["target"],
@@ -333,8 +339,10 @@ def write_forecast(path: Path, predictions: list[dict], columns: list[str], date
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    png = path.with_suffix(".png")
+    for target in (path, png):  # both before either is written
+        check_output(target, what="--output")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["date", *columns])
         writer.writeheader()
         writer.writerows({k: p[k] for k in ("date", *columns)} for p in predictions)
@@ -350,7 +358,7 @@ def write_forecast(path: Path, predictions: list[dict], columns: list[str], date
         ax.legend(loc="upper left")
     fig.autofmt_xdate()
     fig.tight_layout()
-    png = path.with_suffix(".png")
-    fig.savefig(png, dpi=80)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
     return png
