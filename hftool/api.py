@@ -8,6 +8,7 @@
     api.predict(run_dir, ["a wonderful film"])   # [{'text': ..., 'label': ..., 'score': ...}]
     api.generate("runs/gpt2", ["Once upon a time"])  # [{'prompt': ..., 'generated_text': ...}]
     api.export("runs/bert-cls", "exports/bert-cls")  # ONNX + parity check; predict/evaluate then run it
+    api.export("runs/lora", "merged", "safetensors", merge=True)  # adapters merged: a plain model dir
 """
 
 from __future__ import annotations
@@ -200,7 +201,9 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
     accelerator = inference_accelerator(cfg.train.mixed_precision)  # train.mixed_precision=no: fp32
     size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     loader = accelerator.prepare(eval_loader(features, task.collate(parts), size, cfg.data.num_workers))
-    network = accelerator.prepare(parts.model)
+    # No DDP wrapper: evaluation needs none, and DDP refuses a model with nothing trainable (an adapter run's).
+    network = accelerator.prepare_model(parts.model, evaluation_mode=True)
+    keep = cfg.eval.save_predictions and output
     batches = [] if keep else None
     metrics = evaluate_model(accelerator, network, loader, task, parts, rows, batches=batches)
     if output and accelerator.is_main_process:
@@ -291,12 +294,13 @@ def predict(model: str, inputs: list[str], batch_size: int = 32, overrides: list
 
 
 def export(model: str | Path, output: str | Path, fmt: str = "onnx", overwrite: bool = False, atol: float = 1e-4,
-           examples: int = 16, batch_size: int = 8, quantize: str | None = None) -> dict:
-    """Export a run dir to ONNX and check it against the run on its validation examples; see
-    hftool.export.export. Returns the export.json written beside the graphs."""
+           examples: int = 16, batch_size: int = 8, quantize: str | None = None, merge: bool = False) -> dict:
+    """Export a run dir to ONNX and check it against the run on its validation examples, or (fmt
+    "safetensors", merge) a LoRA run as a plain model dir with its adapters merged; see
+    hftool.export.export. Returns the export's manifest (export.json for ONNX)."""
     from hftool.export import export as export_run
 
-    return export_run(model, output, fmt, overwrite, atol, examples, batch_size, quantize)
+    return export_run(model, output, fmt, overwrite, atol, examples, batch_size, quantize, merge)
 
 
 def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_precision: str | None = None,
@@ -307,7 +311,8 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
 
     Args:
         options: hftool.generation.GenerationOptions; None keeps the model's generation_config
-            (or takes `flags`, the `hftool generate` flags of the model's task).
+            (or takes `flags`, the `hftool generate` flags of the model's task, e.g.
+            `chat=["What is 3 plus 4?"]` for a chat model: answered after the prompts).
         on_text: Streaming callback, see hftool.generation.generate.
         mixed_precision: auto | no | bf16 | fp16: the dtype the weights are cast to for
             generation (see hftool.runtime.inference_dtype). None: the run's
@@ -331,14 +336,16 @@ def generate(model: str, prompts: list[str], options=None, on_text=None, mixed_p
         raise HftoolError(f"{model} is a {name} model; `hftool generate` needs a model that generates: a causal "
                           "language model (a gpt2 run, or any ...ForCausalLM/LMHeadModel), a seq2seq one, or an "
                           "image generator (igpt, gan)")
-    if not prompts and not task.prompts_optional:
-        raise HftoolError("nothing to generate: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     accepted = {option.name for option in task.generate_options} | {"seed", "batch_size"} | (
         {"output"} if task.writes_output else set())
     for key, value in flags.items():  # the CLI passes every task's flags; those not given are None
         if value is not None and key not in accepted:
             raise HftoolError(f"--{key.replace('_', '-')} is not supported for {name} models; leave it out")
     flags = {k: v for k, v in flags.items() if k in accepted}
+    others = [option for option in task.generate_options if option.prompts]  # --chat
+    if not prompts and not task.prompts_optional and not any(flags.get(option.name) for option in others):
+        ways = ["--prompt TEXT (repeatable)", "--prompts-file FILE", *(f"--{o.name.replace('_', '-')} TEXT" for o in others)]
+        raise HftoolError(f"nothing to generate: pass {', '.join(ways[:-1])} or {ways[-1]}")
     cfg = run_config(model, None if mixed_precision is None else [f"train.mixed_precision={mixed_precision}"], task=name)
     parts = _build(task, cfg, model)
     from hftool.export import OnnxModel

@@ -58,13 +58,7 @@ def _task_options(kind: str, check_min: bool = True):
     """Add to a command the options every registered task declares for it (`predict_options` or
     `generate_options`), each once; the command receives them in `**options`, those not given as
     None. `check_min` lets the command line reject values below an option's minimum."""
-    from hftool.tasks import TASKS
-
-    declared: dict[str, object] = {}
-    for task in TASKS.values():
-        for option in getattr(task, kind):
-            if declared.setdefault(option.name, option) != option:
-                raise RuntimeError(f"two tasks declare --{option.name} differently; share one Option")
+    declared = _declared(kind)
 
     def decorate(command):
         signature = inspect.signature(command, eval_str=True)
@@ -81,6 +75,18 @@ def _task_options(kind: str, check_min: bool = True):
         return run
 
     return decorate
+
+
+def _declared(kind: str) -> dict:
+    """name -> Option of every option the registered tasks declare for `kind`, each once."""
+    from hftool.tasks import TASKS
+
+    declared: dict[str, object] = {}
+    for task in TASKS.values():
+        for option in getattr(task, kind):
+            if declared.setdefault(option.name, option) != option:
+                raise RuntimeError(f"two tasks declare --{option.name} differently; share one Option")
+    return declared
 
 
 def _annotation(option, check_min: bool):
@@ -290,7 +296,7 @@ def generate(
     prompts_file: Annotated[Optional[Path], typer.Option(help="More prompts: one per line, or JSONL with a \"prompt\" field.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per returned sequence here (image generators: the grid of images, and each image beside it).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling: the same seed gives the same output.")] = None,
-    stream: Annotated[bool, typer.Option(help="Print text as it is generated (one prompt at a time).")] = False,
+    stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="Print text as it is generated (one prompt at a time). Default: only for --chat.", show_default=False)] = None,
     batch_size: BatchSize = 8,
     mixed_precision: Annotated[Optional[str], typer.Option(help="Weights in: auto (bf16 where the GPU/CPU has it natively, else fp32) | no (fp32) | bf16 | fp16 (GPU). Default: the run's train.mixed_precision, else auto.", show_default=False)] = None,
     overwrite: OverwriteOutputs = False,
@@ -305,14 +311,21 @@ def generate(
     if output is not None:
         check_output(output, overwrite, [model], what="--output")  # before the model loads
     prompts = list(prompt or []) + (read_inputs(prompts_file, ("prompt", "text")) if prompts_file else [])
+    # Prompts given through a task's options (--chat) come after the plain ones, in the results too.
+    asked = [text for option in _declared("generate_options").values() if option.prompts
+             for text in options.get(option.name) or []]
+    stream = bool(asked) if stream is None else stream
     shown = []  # prompt indices already begun on the terminal
     task = get_task(api.model_task(model) or api.DEFAULT_GENERATE_TASK)
-    # A continuation goes on the prompt's line; a new text (a translation) below its input.
+    # A continuation goes on the prompt's line; a new text (a translation, an answer) below its input.
     separator = task.generation_separator
+
+    def heading(index: int) -> str:
+        return (prompts + asked)[index] + (separator if index < len(prompts) else "\n")
 
     def show(index: int, piece: str) -> None:
         if not shown or shown[-1] != index:
-            typer.echo(("\n\n" if shown else "") + prompts[index] + separator, nl=False)
+            typer.echo(("\n\n" if shown else "") + heading(index), nl=False)
             shown.append(index)
         typer.echo(piece, nl=False)
 
@@ -326,7 +339,11 @@ def generate(
     if stream:
         typer.echo()
     else:
-        typer.echo(task.format_generation(results))
+        if asked:  # answers go below their question, not on its line
+            per_prompt = len(results) // max(1, len(prompts) + len(asked))
+            typer.echo("\n\n".join(heading(n // per_prompt) + r["generated_text"] for n, r in enumerate(results)))
+        else:
+            typer.echo(task.format_generation(results))
     if output is not None and not task.writes_output:
         write_jsonl(output, results)
 
@@ -396,18 +413,19 @@ def report(
 def export(
     model: Annotated[str, typer.Argument(help="A run dir written by `hftool finetune`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the export into.", show_default=False)],
-    fmt: Annotated[str, typer.Option("--format", help="onnx | safetensors (merged LoRA weights: needs LoRA support).")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help="onnx | safetensors (a LoRA run's model with its adapters merged, with --merge).")] = "onnx",
     atol: Annotated[float, typer.Option(help="Largest absolute difference from PyTorch the parity check allows.")] = 1e-4,
     examples: Annotated[int, typer.Option(help="Validation examples of the run the parity check runs on.")] = 16,
     quantize: Annotated[Optional[str], typer.Option(help="dynamic-int8: also write int8 graphs (text and image classifiers), which predict then runs, and report their validation metrics.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --output.")] = False,
     batch_size: BatchSize = 8,
+    merge: Annotated[bool, typer.Option(help="Fold a LoRA run's adapters into its base (model.peft=lora runs; ONNX merges them anyway).")] = False,
 ) -> None:
-    """Export a run to ONNX (tokenizer/processor beside it) and check it against PyTorch on the run's validation examples: exit 1 if they differ by more than --atol."""
+    """Export a run to ONNX (tokenizer/processor beside it) and check it against PyTorch on the run's validation examples: exit 1 if they differ by more than --atol. A LoRA run: --format safetensors --merge writes a plain model dir."""
     from hftool import api
 
-    manifest = api.export(model, output, fmt, overwrite, atol, examples, batch_size or 8, quantize)
-    typer.echo(json.dumps({k: manifest[k] for k in ("parity", "quantization") if k in manifest}, indent=2))
+    manifest = api.export(model, output, fmt, overwrite, atol, examples, batch_size or 8, quantize, merge)
+    typer.echo(json.dumps({k: manifest[k] for k in ("parity", "quantization", "merged") if k in manifest}, indent=2))
     typer.echo(f"export saved to {output}", err=True)
 
 

@@ -46,6 +46,7 @@ def diagnose(cfg: RunConfig) -> list[Check]:
         found, size = _model(spec, cfg)
         checks += found
         weights += size
+    checks += _adapters(cfg)
     checks += [_data(cfg.data.train, "data.train", "--data")] if cfg.data.train else [
         Check("data.train", "fail", "no training data is set", "pass --data FILE (or set data.train in the recipe)")]
     if cfg.data.eval:
@@ -126,6 +127,23 @@ def _model(spec: str, cfg: RunConfig) -> tuple[list[Check], int]:
     if spec.startswith("timm:"):
         return _timm(spec, cfg)
     return _hub_model(spec)
+
+
+def _adapters(cfg: RunConfig) -> list[Check]:
+    """model.peft: what would stop the run before it reads any data (hftool.adapters.check)."""
+    from hftool import adapters
+    from hftool.errors import HftoolError
+    from hftool.tasks import get_task
+
+    try:
+        adapters.check(cfg, get_task(cfg.task))
+    except HftoolError as err:
+        problem, _, fix = str(err).rpartition("; ")  # its messages end with the fix
+        return [Check("adapters", "fail", problem, fix)]
+    if cfg.model.peft == "none":
+        return []
+    return [Check("adapters", "ok", f"model.peft={cfg.model.peft}: r={cfg.peft.r}, alpha={cfg.peft.alpha}, "
+                  f"target_modules={cfg.peft.target_modules}")]
 
 
 def _local_model(spec: str, path: Path) -> tuple[list[Check], int]:

@@ -91,7 +91,8 @@ def check_model_dir(path: Path) -> None:
 
 
 def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: Any) -> Any:
-    """`loader.from_pretrained(spec, ...)` for a local path or a hub id, with clear errors.
+    """`loader.from_pretrained(spec, ...)` for a local path or a hub id, with clear errors. A run
+    dir with adapters (model.peft=lora) loads as its base with the adapters on it.
 
     Auto classes get trust_remote_code=False: transformers otherwise asks on stdin whether to run
     a model's own Python files (and waits for an answer) - hftool never runs them.
@@ -105,6 +106,13 @@ def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: 
     if getattr(loader, "__name__", "").startswith("Auto"):
         kwargs["trust_remote_code"] = False
     path = Path(spec).expanduser()
+    weights = kind == "model" and not loader.__name__.endswith("Config")  # a model, not its config
+    if weights:
+        from hftool import adapters
+
+        kwargs = {**kwargs, **adapters.load_kwargs()}  # a 4-bit base under model.peft=qlora
+        if adapters.is_adapter_dir(path):
+            return adapters.load(loader, path, token, **kwargs)
     if path.exists():
         if not path.is_dir():
             raise HftoolError(f"{spec} is not a model directory (no config.json); pass a saved model or run dir")
@@ -211,8 +219,9 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, model_max_length: int
 END_OF_TEXT = "<|endoftext|>"
 
 
-def byte_bpe_merges(texts: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Vocabulary and merges of a GPT-2-style byte-level BPE learned from `texts`.
+def byte_bpe_merges(texts: Iterable[str], vocab_size: int,
+                    specials: tuple[str, ...] = (END_OF_TEXT,)) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocabulary and merges of a GPT-2-style byte-level BPE learned from `texts`, `specials` first.
 
     Every byte is in the vocabulary, so any text encodes. The `tokenizers` BPE trainer breaks
     ties between equally frequent pairs by the pair itself, so the same texts give the same
@@ -222,7 +231,7 @@ def byte_bpe_merges(texts: Iterable[str], vocab_size: int) -> tuple[dict[str, in
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer)
     model = json.loads(tokenizer.to_str())["model"]
@@ -236,6 +245,41 @@ def train_byte_bpe(texts: Iterable[str], vocab_size: int, model_max_length: int 
     vocab, merges = byte_bpe_merges(texts, vocab_size)
     # pad = eos: batches pad with it and mask it out, as GPT-2 itself has no pad token.
     return GPT2Tokenizer(vocab=vocab, merges=merges, pad_token=END_OF_TEXT, model_max_length=model_max_length)
+
+
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+# tiny:llama's chat template (Zephyr's layout): a role marker and a line break before each turn,
+# EOS after it, so generation stops where the assistant's turn ends.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}"
+                 "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+
+
+def train_chat_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int = 2048):
+    """The tokenizer of tiny:llama: a byte-level BPE learned from `texts` with <s>, </s>, <pad> and
+    the role markers of its chat template (CHAT_TEMPLATE, set on it) as special tokens."""
+    from transformers import GPT2Tokenizer
+
+    vocab, merges = byte_bpe_merges(texts, vocab_size, specials=(PAD, BOS, EOS, *ROLE_TOKENS))
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=EOS,
+                              model_max_length=model_max_length)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(ROLE_TOKENS)})  # never split, dropped on decode
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama_config(tokenizer, overrides: dict, **fields: Any):
+    """A small Llama config: 4 layers of width 128 with rotary positions, embeddings tied to the
+    output layer (the vocabulary is small) and no dropout, like tiny:gpt2."""
+    from transformers import LlamaConfig
+
+    sizes = dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True)
+    check_config_overrides(LlamaConfig(), overrides)
+    return LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       **(sizes | fields | overrides))
 
 
 def tiny_gpt2_config(tokenizer, overrides: dict, **fields: Any):

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hftool import logs
+from hftool import adapters, logs
 from hftool.config import RunConfig, to_dict, to_yaml
 from hftool.errors import HftoolError
 from hftool.outputs import atomic_write_text, honour_umask, write_json, write_jsonl
@@ -90,6 +90,7 @@ class Trainer:
         self.command = command
         self.replace = replace
         self.replaced: Path | None = None  # where the replaced run waits for the first checkpoint
+        self.staged_base: Path | None = None  # a LoRA run's built base, until the run dir may change
         self.finished = False  # --resume found the run already at its last step: nothing to do
         self.resume_from: Path | None = None
         self.state = TrainerState()
@@ -129,6 +130,7 @@ class Trainer:
         )
         set_seed(t.seed)
         self.task = task = get_task(cfg.task)
+        adapters.check(cfg, task)
         self.metric_name = t.metric_for_best or task.default_metric
         self.greater_is_better = (t.greater_is_better if t.greater_is_better is not None
                                   else not LOWER_IS_BETTER.search(self.metric_name))
@@ -144,7 +146,11 @@ class Trainer:
                 _, labels = task.prepare(cfg, raw["full"], self.sources["train"]) if "full" in raw else (None, None)
                 train_rows, labels = task.prepare(cfg, raw["train"], self.sources["train"], labels)
                 self.eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
-            self.parts = parts = task.build(cfg, labels, train_rows, run_dir=self.run_dir if self.resume else None)
+            with adapters.loading(cfg):  # a 4-bit base under model.peft=qlora
+                self.parts = parts = task.build(cfg, labels, train_rows, run_dir=self.run_dir if self.resume else None)
+            # Adapters go on after the task built its model and before any optimizer exists.
+            self.staged_base = adapters.wrap(cfg, task, parts, self.run_dir, main_process=acc.is_main_process,
+                                            resume=self.resume)
             self.train_features = task.train_features(parts, cfg, train_rows)
             self.eval_features = task.eval_features(parts, cfg, self.eval_rows)
         if self.resume:
@@ -158,6 +164,8 @@ class Trainer:
             self._plan_micro_batch()
         self._build_loaders()
         self._build_optimizer()
+        if adapters.is_peft(parts.model):
+            adapters.slim_checkpoints(acc)
         for kept in task.checkpointed(parts):  # registered before a resume loads the checkpoint
             if isinstance(kept, torch.nn.Module):
                 kept.to(acc.device)
@@ -193,6 +201,8 @@ class Trainer:
                           "saves its first checkpoint")
             if not (self.run_dir / MARKER).is_file():
                 write_marker(self.run_dir, self.parts.labels)
+            adapters.place_base(self.staged_base, self.run_dir)
+            self.staged_base = None
             self.task.save(self.parts, self.run_dir)
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(recorded(self.cfg)))
             if self.resume:
@@ -202,6 +212,9 @@ class Trainer:
     def restore_replaced(self) -> None:
         """Put back a run that --overwrite moved aside, when the new run stopped before its first
         checkpoint (the new run's partial files go): the user keeps a whole run either way."""
+        if self.staged_base is not None:  # the run stopped before its dir could change
+            shutil.rmtree(self.staged_base, ignore_errors=True)
+            self.staged_base = None
         if self.replaced is None:
             return
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -533,7 +546,7 @@ class Trainer:
             self.state, self.finished = saved, True
             return
         try:
-            self.accelerator.load_state(str(latest))
+            adapters.load_state(self.accelerator, self.models.values(), latest)
         except RuntimeError as err:  # the checkpoint's tensors have other shapes than this run's model
             mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
                             str(err).splitlines()[0])
@@ -553,7 +566,7 @@ class Trainer:
         final_eval = {k: v for k, v in state.last_eval.items() if k != "step"}
         if t.load_best_at_end and state.best_step is not None and state.best_step != state.last_eval.get("step"):
             best = self.run_dir / "checkpoints" / f"step-{state.best_step:07d}"
-            acc.load_state(str(best))
+            adapters.load_state(acc, self.models.values(), best)
             final_eval = self.evaluate(state.best_step)
             logs.info(f"loaded the best checkpoint (step {state.best_step}, eval_{self.metric_name}="
                       f"{state.best_metric:.4f}) as the run's model")
@@ -569,7 +582,11 @@ class Trainer:
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
             model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-            self.task.save(self.parts, self.run_dir, model=model, state_dict=state_dict)
+            if adapters.is_peft(model):
+                self.task.save(self.parts, self.run_dir)  # the tokenizer or processor
+                adapters.save(model, self.run_dir, state_dict)
+            else:
+                self.task.save(self.parts, self.run_dir, model=model, state_dict=state_dict)
             honour_umask(self.run_dir)
             write_json(self.run_dir / "metrics.json", metrics)
             self._drop_replaced()
@@ -580,7 +597,7 @@ class Trainer:
             if self.cfg.eval.save_predictions:
                 write_jsonl(self.run_dir / "predictions.jsonl", records)
             reports.write_all(self.run_dir, self.cfg, self.task, self.parts, metrics, records, self.sources,
-                              self.recipe, self.command, self.mixed_precision)
+                              self.recipe, self.command, self.mixed_precision, self._parameters())
         acc.end_training()
         return metrics
 
@@ -599,9 +616,20 @@ class Trainer:
             f"({'higher' if self.greater_is_better else 'lower'} is better)",
             f"  precision: {'fp32' if self.mixed_precision == 'no' else self.mixed_precision + ' autocast'}"
             + (" (train.mixed_precision=auto)" if t.mixed_precision == "auto" else ""),
-            f"  run dir: {self.run_dir}",
         ]
+        parameters = self._parameters()
+        trainable, total = parameters["trainable"], parameters["total"]
+        lines.append(f"  parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+        if parameters.get("adapters"):
+            lines.append(f"  adapters: {parameters['adapters']}")
+        lines.append(f"  run dir: {self.run_dir}")
         logs.info("\n  ".join(lines))
+
+    def _parameters(self) -> dict:
+        """Trainable and total parameters of the trained models, and their adapters (banner, card)."""
+        models = [self.accelerator.unwrap_model(model) for model in self.models.values()]
+        trainable, total = adapters.parameter_counts(models)
+        return {"trainable": trainable, "total": total, "adapters": adapters.describe(models[0])}
 
     def _log(self, kind: str, values: dict) -> None:
         record = {"type": kind, "step": self.state.global_step, **values}

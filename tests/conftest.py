@@ -103,6 +103,21 @@ def sentiment_csv(tmp_path):
     return paths
 
 
+def evaluate_in_processes(run: Path, out: Path, processes: int) -> tuple[dict, list[dict]]:
+    """`hftool evaluate RUN -b 3 eval.save_predictions=true` under torch.distributed.run with
+    `processes` processes: (metrics, prediction records)."""
+    import json
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
+               "-m", "hftool", "evaluate", str(run), "-b", "3", "-o", str(out), "eval.save_predictions=true"]
+    done = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    predictions = out.with_name(out.stem + ".predictions.jsonl")
+    return json.loads(out.read_text()), [json.loads(line) for line in predictions.read_text().splitlines()]
+
+
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 # What transformers and timm print when a saved model does not hold every weight it should.
 LOAD_WARNINGS = re.compile(r"newly initiali[sz]ed|\bMISSING\b|\bUNEXPECTED\b|unexpected keys|missing keys", re.I)

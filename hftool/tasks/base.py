@@ -24,6 +24,7 @@ Declarations (class attributes):
     exact_eval_loss      eval_loss does not depend on batching or process count (False: a batch mean)
     writes_output        predict and generate write --output themselves (a forecast's CSV and PNG,
                          generated images), not the CLI
+    peft_unsupported     why model.peft=lora|qlora cannot work for this task; "" where it can
     quantizable          `hftool export --quantize dynamic-int8` applies (the classifiers)
 
 Hooks, in the order a run calls them (`parts` is what `build` returned):
@@ -60,6 +61,10 @@ Hooks, in the order a run calls them (`parts` is what `build` returned):
     eval_generate(parts, model, batch) -> dict   more tensors from model.generate (captions)
     prediction_records(parts, batches, order, rows) -> [dict]
                                                  gathered eval outputs -> one dict per example
+    peft_heads(parts) -> [str]                   with model.peft=lora: the new head modules, which
+                                                 train in full and are saved with the adapters
+    peft_base(cfg) -> str | None                 where an adapter run's base loads from again; None:
+                                                 the run built it, and keeps its weights in base/
     evaluated(parts, model, run_dir, step)       after each evaluation in training (main process):
                                                  files of the model at that step (sample grids)
     resampler(parts, rows) -> ExampleStats       per-example statistics the metrics are recomputed
@@ -96,6 +101,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from hftool import models
 from hftool.config import DataConfig, EvalConfig, ModelConfig, Option, TrainConfig
 from hftool.data.columns import find_column
 from hftool.errors import HftoolError
@@ -201,6 +207,9 @@ class Task:
     # eval_loss is exact whatever the batching (per-example losses); False where the model's loss
     # is normalised over a batch and cannot be split by example (DETR's, over the batch's boxes).
     exact_eval_loss: bool = True
+    # model.peft=lora|qlora (hftool.adapters): "" where the task trains adapters (peft_heads names
+    # what else trains), else why it cannot, which the error gives.
+    peft_unsupported: str = "it does not say which of its modules are new heads (Task.peft_heads)"
     quantizable: bool = False  # `hftool export --quantize dynamic-int8` applies
 
     def model_inputs(self, batch: dict) -> dict:
@@ -331,6 +340,23 @@ class Task:
                 record[rename.get(key, key)] = round(value, 6) if isinstance(value, float) else value
             records.append(record)
         return sorted(records, key=lambda r: r["index"])
+
+    # ---------------------------------------------------------------------------- adapters
+    def peft_heads(self, parts: Parts) -> list[str]:
+        """The modules the task adds to a pretrained model (a classifier, a box head): with
+        model.peft=lora they train in full beside the adapters and are saved with them. Names as
+        peft's modules_to_save reads them: a module's name or a dotted suffix of it
+        (hftool.adapters.present keeps those the model has). None by default."""
+        return []
+
+    def peft_base(self, cfg) -> str | None:
+        """Where an adapter run's frozen base loads from again: model.name when the run loaded it
+        from a model dir or the hub (a dir as an absolute path). None when the run built the base
+        itself (tiny:<arch>, model.pretrained=false): the run dir then keeps its weights in base/."""
+        spec = cfg.model.name
+        if models.tiny_arch(spec) is not None or not getattr(cfg.model, "pretrained", True):
+            return None
+        return str(Path(spec).expanduser().resolve()) if models.is_local(spec) else spec
 
     def evaluated(self, parts: Parts, model, run_dir: Path, step: int) -> None:
         """Called on the main process after each evaluation during training, with the (unwrapped)

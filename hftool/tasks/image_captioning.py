@@ -64,6 +64,7 @@ class ImageCaptioning(Task):
     predict_options = (
         Option("attention_map", Path, "Captioning: draw where the decoder looks for each word into this PNG."),
     )
+    peft_unsupported = ""
 
     def model_specs(self, cfg):
         m = cfg.model
@@ -181,6 +182,15 @@ class ImageCaptioning(Task):
             generation.max_new_tokens = cfg.data.max_length  # captions are short; 100 would slow evaluation
         update_generation_config(generation, m.generation_config)  # a run's saved ones, or predict's overrides
         return Parts(model, tokenizer, state=CaptioningState(image_processor))
+
+    def peft_heads(self, parts):
+        """The decoder's cross-attention (and its layer norm), and the projection between encoder
+        and decoder widths: what joining the two adds."""
+        return ["crossattention", "ln_cross_attn", "enc_to_dec_proj"]
+
+    def peft_base(self, cfg):
+        """A captioner built from model.encoder and model.decoder has new cross-attention: kept in base/."""
+        return None if cfg.model.encoder or cfg.model.decoder else super().peft_base(cfg)
 
     def save(self, parts, run_dir, model=None, state_dict=None):
         """Weights + config, and the tokenizer with the image processor as one processor."""

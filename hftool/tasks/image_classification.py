@@ -78,6 +78,7 @@ class ImageClassification(Task):
     pipeline_task = "image-classification"
     predict_options = (TOP_K_OPTION,)
     quantizable = True
+    peft_unsupported = ""
 
     # ------------------------------------------------------------------------------ data
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
@@ -129,6 +130,21 @@ class ImageClassification(Task):
         else:
             state.mixup = _mixup(cfg.train, len(labels))
         return Parts(model, processor, labels, state=state)
+
+    # --------------------------------------------------------------------------- adapters
+    def peft_heads(self, parts):
+        """An HF model's `classifier`; a timm model's classifier as its pretrained_cfg names it
+        (resnet `fc`, ViT `head`, ConvNeXt `head.fc`)."""
+        if not parts.state.timm:
+            return ["classifier"]
+        names = parts.model.timm_model.pretrained_cfg.get("classifier") or ()
+        return [f"timm_model.{name}" for name in ([names] if isinstance(names, str) else names)]
+
+    def peft_base(self, cfg):
+        """timm:<name> is built here (its weights from timm's hub, not a model dir): kept in base/."""
+        if cfg.model.name.startswith(TIMM_PREFIX) and not models.is_local(cfg.model.name):
+            return None
+        return super().peft_base(cfg)
 
     # --------------------------------------------------------------------------- training
     def train_loss(self, parts, model, batch):

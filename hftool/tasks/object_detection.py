@@ -231,6 +231,7 @@ class ObjectDetection(Task):
     # DETR's loss is normalised by the boxes of the whole batch (and of every process): eval_loss is
     # the mean of batch losses, so it moves with the batch size; mAP does not.
     exact_eval_loss = False
+    peft_unsupported = ""
     predict_options = (
         Option("threshold", float, "Object detection: lowest score of a box shown (default 0.5)."),
         Option("draw", Path, "Object detection: write PNGs with the boxes drawn into this folder."),
@@ -424,6 +425,9 @@ class ObjectDetection(Task):
         if labels is None:
             labels = [config.id2label[i] for i in range(config.num_labels)]
         return Parts(model, processor, labels, state=DetectionState(getattr(config, "category_ids", None)))
+
+    def peft_heads(self, parts):
+        return ["class_labels_classifier", "bbox_predictor"]  # DETR, conditional DETR, YOLOS
 
     def param_groups(self, parts, cfg, model):
         """The default groups, each split in two when train.backbone_lr gives the backbone its own rate."""

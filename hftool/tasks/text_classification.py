@@ -42,6 +42,10 @@ class TextClassification(Task):
     pipeline_task = "text-classification"
     predict_options = (TOP_K_OPTION,)
     quantizable = True
+    peft_unsupported = ""
+
+    def peft_heads(self, parts):
+        return ["pre_classifier", "classifier", "score"]  # BERT-likes, DistilBERT, decoder-only classifiers
 
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns text, [text_pair], label (class id); label names come from `ds` when None."""

@@ -69,6 +69,8 @@ class TimeSeriesForecasting(Task):
     # `hftool predict RUN_DIR` forecasts from the end of the run's own series.
     inputs_optional = True
     writes_output = True
+    peft_unsupported = ("its forecaster is hftool's own small recurrent model (tens of thousands of parameters), "
+                        "whose LSTM/GRU cells peft has no adapters for")
 
     def __init__(self):
         # Sources whose gaps were reported: training reads a file's rows whole, then its
