@@ -366,7 +366,7 @@ def caption_attention_map_exists(runs, tmp):
 
 @case(r"--output .*forecast\.png already exists; pass --overwrite")
 def forecast_png_exists(runs, tmp):
-    png = existing(tmp, "forecast.png")
+    existing(tmp, "forecast.png")  # the PNG beside the CSV is what is refused
     return ["predict", runs("forecast"), "--output", tmp / "forecast.csv", "--horizon", "3"], [tmp]
 
 

@@ -176,8 +176,8 @@ def test_missing_target_names_the_row(tmp_path, cli):
     result = cli("finetune", "seq2seq", "--data", data, "-o", tmp_path / "run")
     assert result.code == 2
     last = result.err.strip().splitlines()[-1]
-    assert last.startswith("error: ") and last.endswith(
-        "train.jsonl row 3: the target column 'target' is empty; every row needs a target text (fix or remove the row)")
+    assert last.startswith("error: ") and "train.jsonl row 3: the target column 'target' is empty; every row needs a " \
+        "target text (fix or remove the row); run `hftool validate seq2seq --data" in last
 
     data = write_jsonl(tmp_path / "no_target.jsonl", [{"source": "The dog."}] * 4)
     result = cli("finetune", "seq2seq", "--data", data, "-o", tmp_path / "run")

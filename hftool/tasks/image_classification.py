@@ -20,7 +20,7 @@ from hftool.config import TrainConfig
 from hftool.data import images
 from hftool.data.labels import TOP_K_OPTION, ranked, with_top_k
 from hftool.errors import HftoolError
-from hftool.tasks.base import Options, Parts, Task
+from hftool.tasks.base import Options, Parts, Task, find_column
 
 TIMM_PREFIX = "timm:"
 TOP_K = 5  # eval_top5_accuracy, reported when there are more classes than this
