@@ -9,10 +9,8 @@ validation and test. Bad input raises HftoolError naming the file (and line, whe
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import warnings
 from pathlib import Path
 
 from hftool.data.encoding import read_text
@@ -24,7 +22,6 @@ TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
 # Extensions a folder of split files may also hold (train.conll, dev.conll, test.conll).
 FOLDER_EXTENSIONS = (*TABLE_EXTENSIONS, ".conll")
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
-BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
 
 
 def read_inputs(path: Path, fields: tuple[str, ...] = ("text",)) -> list[str]:
@@ -76,7 +73,9 @@ def read_file(path: Path, encoding: str | None = None, txt_unit: str = "line"):
 
 def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line"):
     import datasets
-    import pandas as pd
+
+    from hftool.data.conll import looks_like_conll, read_conll
+    from hftool.data.tables import looks_like_json_lines, read_streamed, sample_text
 
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -84,60 +83,34 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
             return datasets.Dataset.from_parquet(str(path))
         except Exception as err:
             raise HftoolError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None
-    text = read_text(path, encoding)
+    # Tables are read in chunks into a memory-mapped file (hftool/data/tables.py).
     if suffix in (".csv", ".tsv"):
+        return read_streamed(path, suffix[1:], encoding)
+    if suffix == ".jsonl" or (suffix == ".json" and looks_like_json_lines(path, encoding)):
+        return read_streamed(path, "jsonl", encoding)
+    if suffix == ".txt" and not looks_like_conll(sample_text(path, encoding)):
+        return read_streamed(path, "txt", encoding, txt_unit)
+    text = read_text(path, encoding)
+    if suffix == ".json":  # one JSON document: records, columns, or COCO (read whole: json cannot stream it)
         try:
-            with warnings.catch_warnings():
-                # Extra fields in the first row would silently become an index or be dropped.
-                warnings.simplefilter("error", pd.errors.ParserWarning)
-                frame = pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", keep_default_na=False,
-                                    index_col=False, quoting=3 if suffix == ".tsv" else 0)  # tsv: quotes are text
-        except pd.errors.ParserWarning:
-            raise HftoolError(f"{path}: a row has more fields than the header; quote fields that contain the "
-                              "separator, or fix the header") from None
-        except pd.errors.EmptyDataError:
-            raise HftoolError(f"{path} is empty; it needs a header row and at least one data row") from None
-        except pd.errors.ParserError as err:
-            raise HftoolError(f"{path}: {str(err).strip().splitlines()[-1]}; every row needs the header's number of fields") from None
-        return datasets.Dataset.from_pandas(frame, preserve_index=False)
-    if suffix in (".json", ".jsonl"):
-        records = None
-        if suffix == ".json":
-            try:
-                loaded = json.loads(text)
-                from hftool.data.captions import is_coco_captions, read_coco_captions
-                from hftool.data.detection import is_coco, read_coco
+            loaded = json.loads(text)
+        except json.JSONDecodeError as err:
+            if text.lstrip().startswith("{") and '"images"' in text[:100000] and '"annotations"' in text:
+                raise HftoolError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the file") from None
+            return read_streamed(path, "jsonl", encoding)  # JSON lines with a bad line: its error names the line
+        from hftool.data.captions import is_coco_captions, read_coco_captions
+        from hftool.data.detection import is_coco, read_coco
 
-                if is_coco_captions(loaded):  # COCO captions: one row per image, its captions listed
-                    return read_coco_captions(loaded, path)
-                if is_coco(loaded):  # a COCO instances file: one row per image, its objects nested
-                    return read_coco(path, loaded)
-                records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
-                if isinstance(records, dict):  # {"column": [values...]}
-                    return datasets.Dataset.from_dict(records)
-            except json.JSONDecodeError as err:
-                if text.lstrip().startswith("{") and '"images"' in text[:100000] and '"annotations"' in text:
-                    raise HftoolError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the file") from None
-                records = None  # many .json files are really JSON lines
-        if records is None:
-            records = []
-            for number, line in enumerate(text.split("\n"), 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise HftoolError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove the line") from None
-        if not all(isinstance(r, dict) for r in records):
+        if is_coco_captions(loaded):  # COCO captions: one row per image, its captions listed
+            return read_coco_captions(loaded, path)
+        if is_coco(loaded):  # a COCO instances file: one row per image, its objects nested
+            return read_coco(path, loaded)
+        records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
+        if isinstance(records, dict):  # {"column": [values...]}
+            return datasets.Dataset.from_dict(records)
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise HftoolError(f"{path}: expected JSON objects (one per row), e.g. {{\"text\": ..., \"label\": ...}}")
         return _records_to_dataset(records, path)
-    from hftool.data.conll import looks_like_conll, read_conll
-
-    if suffix == ".txt" and not looks_like_conll(text):
-        if txt_unit == "paragraph":
-            rows = [block.rstrip() for block in BLANK_LINES.split(text) if block.strip()]
-        else:
-            rows = [line for line in text.split("\n") if line.strip()]
-        return datasets.Dataset.from_dict({"text": rows})
     return read_conll(path, text)
 
 

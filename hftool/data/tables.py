@@ -1,0 +1,290 @@
+"""csv, tsv, JSON lines and txt files read in chunks into a memory-mapped Arrow file.
+
+Reading takes memory flat in the number of rows: each chunk of rows is parsed (pandas for
+csv/tsv, json for JSON lines), written to an Arrow file in the datasets cache and dropped; the
+Dataset maps that file. The file is keyed on the source's path, size and modification time and
+the reading settings, so a second run (or `evaluate`, or `--resume`) maps it without parsing.
+
+Written here rather than through `datasets.load_dataset("csv"/"json")`: its builders raise
+mid-file decoding errors instead of falling back to Latin-1, and name neither the file nor the
+line of a bad JSON row.
+
+The guarantees of the whole-file reader hold: UTF-8 (BOM stripped), else Latin-1 with a warning
+naming the first bad line, decided on a sample and re-read from the start when a bad byte shows
+up past it; CRLF read as LF; quotes are text in a tsv; errors name the file and line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from hftool import logs
+from hftool.errors import HftoolError
+
+# Rows parsed at once: a few MB of Python objects, whatever the file's size. Tests lower it to
+# cross chunk boundaries on small files.
+CHUNK_ROWS = 20_000
+# Bytes the encoding and the .txt/.json flavour are decided on.
+SAMPLE_BYTES = 1 << 20
+# Part of every cache key: bump it when what a reader produces changes.
+VERSION = "1"
+WARNINGS_KEY = b"hftool.warnings"
+
+
+class _Restart(Exception):
+    """A later chunk needs other column types or another encoding: read the file again from the start."""
+
+
+def cache_dir() -> Path:
+    import datasets
+
+    return Path(datasets.config.HF_DATASETS_CACHE) / "hftool-tables"
+
+
+def read_streamed(path: Path, kind: str, encoding: str | None = None, txt_unit: str = "line"):
+    """The rows of `path` as a memory-mapped Dataset.
+
+    Args:
+        kind: "csv", "tsv", "jsonl" or "txt".
+        encoding: data.encoding; None decides between UTF-8 and Latin-1.
+        txt_unit: for txt, "line" (a row per non-empty line) or "paragraph" (a row per block
+            between blank lines).
+    """
+    import datasets
+
+    stat = path.stat()
+    key = "|".join((VERSION, str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns), kind, encoding or "",
+                    txt_unit))
+    target = cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.arrow"
+    if not target.is_file():
+        _write(path, kind, encoding, txt_unit, target)
+        return datasets.Dataset.from_file(str(target))
+    ds = datasets.Dataset.from_file(str(target))
+    for message in json.loads((ds.data.schema.metadata or {}).get(WARNINGS_KEY, b"[]")):
+        logs.warn(message)  # read before: its warnings are said again, the data is still what it was
+    return ds
+
+
+def sample_text(path: Path, encoding: str | None = None) -> str:
+    """The start of a text file, decoded as the reader will decode it (for format sniffing)."""
+    with path.open("rb") as handle:
+        raw = handle.read(SAMPLE_BYTES)
+    decoder = codecs.getincrementaldecoder(_sample_encoding(raw, path, encoding)[0])(errors="replace")
+    return decoder.decode(raw).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _sample_encoding(raw: bytes, path: Path, encoding: str | None) -> tuple[str, str | None]:
+    """data.encoding, else UTF-8 unless the sample already holds a byte UTF-8 cannot read; and
+    the warning to give when it does."""
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+        except LookupError as err:
+            raise HftoolError(f"{path}: cannot be read as {encoding} ({err}); set data.encoding to the file's encoding") from None
+        return encoding, None
+    try:
+        codecs.getincrementaldecoder("utf-8-sig")().decode(raw)  # not final: a character cut at the end is fine
+    except UnicodeDecodeError as err:
+        return "latin-1", _latin1_warning(path, raw[: err.start].count(b"\n") + 1)
+    return "utf-8-sig", None
+
+
+def _latin1_warning(path: Path, line: int) -> str:
+    return f"{path} is not valid UTF-8 (line {line}); reading it as Latin-1 (set data.encoding to override)"
+
+
+def _first_bad_line(path: Path) -> int:
+    """The line of the first byte UTF-8 cannot read (one pass over the bytes, in blocks)."""
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 24):
+            carried = decoder.getstate()[0]  # an incomplete character from the previous block: no newline in it
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as err:
+                return line + (carried + block)[: err.start].count(b"\n")
+            line += block.count(b"\n")
+    return line
+
+
+def _write(path: Path, kind: str, encoding: str | None, txt_unit: str, target: Path) -> None:
+    """Parse `path` chunk by chunk into the Arrow file `target` (written whole, then renamed)."""
+    with path.open("rb") as handle:
+        chosen, warning = _sample_encoding(handle.read(SAMPLE_BYTES), path, encoding)
+    said = [warning] if warning else []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    settings: dict = {}
+    try:
+        while True:
+            try:
+                with path.open(encoding=chosen, newline=None) as text:  # newline=None: CRLF and CR read as LF
+                    _write_chunks(_CHUNKERS[kind](text, path, settings, txt_unit), temporary, said)
+                break
+            except UnicodeDecodeError as err:
+                if encoding:
+                    raise HftoolError(f"{path}: cannot be read as {encoding} ({err}); set data.encoding to the file's "
+                                      "encoding") from None
+                # A bad byte past the sample: everything is read again as Latin-1, as the whole-file reader did.
+                said.append(_latin1_warning(path, _first_bad_line(path)))
+                chosen = "latin-1"
+            except _Restart:
+                continue
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    for message in said:
+        logs.warn(message)
+
+
+def _write_chunks(chunks: Iterator, temporary: Path, said: list[str]) -> None:
+    """Write the Arrow tables of `chunks` (at least one) to one stream file, the warnings in its schema."""
+    import pyarrow as pa
+
+    writer = schema = None
+    try:
+        for table in chunks:
+            if writer is None:
+                schema = table.schema.with_metadata({WARNINGS_KEY: json.dumps(said).encode()})
+                writer = pa.ipc.new_stream(str(temporary), schema)
+            writer.write_table(table.replace_schema_metadata(schema.metadata))
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _csv_chunks(text, path: Path, settings: dict, txt_unit: str, sep: str = ","):
+    """pandas tables of CHUNK_ROWS rows. Types are inferred per chunk: where a later chunk disagrees
+    (numbers, then text), `settings["dtype"]` pins the column as the whole file would read and the
+    read restarts."""
+    import pandas as pd
+    import pyarrow as pa
+
+    first = None  # the first chunk's schema
+    try:
+        with warnings.catch_warnings():
+            # Extra fields in the first row would silently become an index or be dropped.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            reader = pd.read_csv(text, sep=sep, keep_default_na=False, index_col=False, chunksize=CHUNK_ROWS,
+                                 quoting=3 if sep == "\t" else 0,  # tsv: quotes are text
+                                 dtype=settings.get("dtype"))
+            with reader:
+                for frame in reader:
+                    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+                    if first is None:
+                        first = table.schema
+                    elif table.schema != first:
+                        settings["dtype"] = {**settings.get("dtype", {}), **_pinned(first, table.schema)}
+                        raise _Restart
+                    yield table
+    except pd.errors.ParserWarning:
+        raise HftoolError(f"{path}: a row has more fields than the header; quote fields that contain the "
+                          "separator, or fix the header") from None
+    except pd.errors.EmptyDataError:
+        raise HftoolError(f"{path} is empty; it needs a header row and at least one data row") from None
+    except pd.errors.ParserError as err:
+        raise HftoolError(f"{path}: {str(err).strip().splitlines()[-1]}; every row needs the header's number of fields") from None
+
+
+def _pinned(first, later) -> dict[str, str]:
+    """Column types the whole file has where two chunks disagree: float for ints and floats, else text."""
+    import pyarrow as pa
+
+    pinned = {}
+    for a, b in zip(first, later):
+        if a.type != b.type:
+            numbers = all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in (a.type, b.type))
+            pinned[a.name] = "float64" if numbers else "str"
+    return pinned
+
+
+def _tsv_chunks(text, path: Path, settings: dict, txt_unit: str):
+    return _csv_chunks(text, path, settings, txt_unit, sep="\t")
+
+
+def _jsonl_chunks(text, path: Path, settings: dict, txt_unit: str):
+    """Tables of CHUNK_ROWS JSON objects, one per non-empty line. A later chunk that brings a new
+    key or a wider type (ints, then floats) restarts the read with the schema that covers both."""
+    import pyarrow as pa
+
+    schema = settings.get("schema")
+    records: list[dict] = []
+
+    def table():
+        try:
+            inferred = pa.Table.from_struct_array(pa.array(records))
+            if schema is None or inferred.schema == schema:
+                return inferred
+            unified = pa.unify_schemas([schema, inferred.schema], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+            raise HftoolError(f"{path}: rows do not share one type per column ({str(err).splitlines()[0]}); "
+                              "fix the values") from None
+        if unified != schema:
+            settings["schema"] = unified
+            raise _Restart
+        return pa.Table.from_pylist(records, schema=schema)  # keys a chunk lacks are null
+
+    for number, line in enumerate(text, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise HftoolError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove the line") from None
+        if not isinstance(record, dict):
+            raise HftoolError(f"{path}: expected JSON objects (one per row), e.g. {{\"text\": ..., \"label\": ...}}")
+        records.append(record)
+        if len(records) == CHUNK_ROWS:
+            chunk = table()
+            schema = schema or chunk.schema
+            yield chunk
+            records = []
+    if records:
+        yield table()
+    elif schema is None:  # no rows at all
+        yield pa.table({})
+
+
+def _txt_chunks(text, path: Path, settings: dict, txt_unit: str):
+    """Tables of one `text` column: a row per non-empty line, or per paragraph (lines between
+    lines of only spaces and tabs, as the whole-file reader split them)."""
+    import pyarrow as pa
+
+    rows: list[str] = []
+    block: list[str] = []
+    for number, line in enumerate(text):
+        if txt_unit != "paragraph":
+            if line.strip():
+                rows.append(line.removesuffix("\n"))
+        elif number and line.endswith("\n") and not line.strip(" \t\n"):  # a blank line between two others
+            rows.append("".join(block).rstrip())
+            block = []
+        else:
+            block.append(line)
+        if len(rows) >= CHUNK_ROWS:
+            yield pa.table({"text": [row for row in rows if row.strip()]})
+            rows = []
+    rows.append("".join(block).rstrip())
+    yield pa.table({"text": pa.array([row for row in rows if row.strip()], pa.string())})
+
+
+_CHUNKERS = {"csv": _csv_chunks, "tsv": _tsv_chunks, "jsonl": _jsonl_chunks, "txt": _txt_chunks}
+
+
+def looks_like_json_lines(path: Path, encoding: str | None = None) -> bool:
+    """Whether a .json file is JSON lines: two or more non-empty lines, the first an object on its own."""
+    lines = [line for line in sample_text(path, encoding).split("\n")[:2] if line.strip()]
+    if len(lines) < 2:
+        lines = [line for line in sample_text(path, encoding).split("\n") if line.strip()][:2]
+    if len(lines) < 2:
+        return False
+    try:
+        return isinstance(json.loads(lines[0]), dict)
+    except json.JSONDecodeError:
+        return False
