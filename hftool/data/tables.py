@@ -65,10 +65,13 @@ def read_streamed(path: Path, kind: str, encoding: str | None = None, txt_unit: 
     if not target.is_file():
         _write(path, kind, encoding, txt_unit, target)
         return datasets.Dataset.from_file(str(target))
-    ds = datasets.Dataset.from_file(str(target))
-    for message in json.loads((ds.data.schema.metadata or {}).get(WARNINGS_KEY, b"[]")):
+    import pyarrow as pa
+
+    with pa.memory_map(str(target)) as source:  # the schema only: datasets' Dataset drops its metadata
+        said = pa.ipc.open_stream(source).schema.metadata or {}
+    for message in json.loads(said.get(WARNINGS_KEY, b"[]")):
         logs.warn(message)  # read before: its warnings are said again, the data is still what it was
-    return ds
+    return datasets.Dataset.from_file(str(target))
 
 
 def sample_text(path: Path, encoding: str | None = None) -> str:
