@@ -7,6 +7,7 @@ the same errors everywhere.
 from __future__ import annotations
 
 from hftool.config import Option
+from hftool.data.columns import column_values
 from hftool.errors import HftoolError
 
 # Column names found without data.label_column.
@@ -21,7 +22,7 @@ def label_names(ds, column: str, source: str) -> list[str]:
     feature = ds.features[column]
     if hasattr(feature, "names"):  # datasets.ClassLabel
         return list(feature.names)
-    values = {v for v in ds[column] if v is not None and v != ""}
+    values = {v for v in column_values(ds, column).unique().to_pylist() if v is not None and v != ""}
     if not values:
         raise HftoolError(f"{source}: the label column '{column}' is empty; every row needs a label")
     return [str(v) for v in sorted(values)]
@@ -32,7 +33,7 @@ def label_ids(ds, column: str, names: list[str], source: str) -> list[int]:
     feature = ds.features[column]
     ids = {name: i for i, name in enumerate(names)}
     out = []
-    for row, value in enumerate(ds[column], 1):
+    for row, value in enumerate(column_values(ds, column).to_pylist(), 1):
         if hasattr(feature, "names") and value is not None and value >= 0:  # datasets.ClassLabel
             value = feature.names[value]
         key = "" if value is None else str(value)
