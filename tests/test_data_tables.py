@@ -118,3 +118,27 @@ def test_second_read_maps_the_cached_file_and_a_changed_file_is_read_again(tmp_p
     assert "not valid UTF-8" in capsys.readouterr().err  # the warning is given again
     path.write_text("text,label\nchanged,a\nrows,b\nmore,a\n")
     assert load_source(str(path))["train"]["text"] == ["changed", "rows", "more"]
+
+
+def test_a_folder_of_shards_is_one_split_in_name_order(tmp_path):
+    rows = [{"text": f"row {i}", "label": i % 2} for i in range(25)]
+    for shard in range(3):
+        (tmp_path / f"train-{shard:05d}-of-00003.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows[shard * 10:(shard + 1) * 10]))
+    (tmp_path / "validation_0.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    dd = load_source(str(tmp_path))
+    assert dd["train"].to_list() == rows and len(dd["validation"]) == 1
+    assert dd["train"].cache_files  # memory-mapped, not copied
+
+
+def test_shards_that_disagree_and_two_unnumbered_files_are_errors(tmp_path):
+    (tmp_path / "train-0.jsonl").write_text('{"text": "a", "label": 1}\n')
+    (tmp_path / "train-1.jsonl").write_text('{"text": "b", "tag": 1}\n')
+    with pytest.raises(HftoolError, match="train-1.jsonl has other columns or types than train-0.jsonl"):
+        load_source(str(tmp_path))
+    other = tmp_path / "two"
+    other.mkdir()
+    (other / "train.csv").write_text("text,label\na,1\n")
+    (other / "train.jsonl").write_text('{"text": "b", "label": 1}\n')
+    with pytest.raises(HftoolError, match="has two train files .* number them as shards"):
+        load_source(str(other))

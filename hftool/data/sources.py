@@ -21,6 +21,8 @@ from hftool.errors import HftoolError
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
 # Extensions a folder of split files may also hold (train.conll, dev.conll, test.conll).
 FOLDER_EXTENSIONS = (*TABLE_EXTENSIONS, ".conll")
+# A shard's number after its split name: train-00001, train-00001-of-00004, train_3.
+SHARD_NUMBER = re.compile(r"[-_]\d+(?:-of-\d+)?$")
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
 
 
@@ -115,11 +117,12 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
 
 
 def _split_name(stem: str) -> str | None:
-    return SPLIT_ALIASES.get(stem.lower().split(".")[0])
+    return SPLIT_ALIASES.get(SHARD_NUMBER.sub("", stem.lower().split(".")[0]))
 
 
 def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line", videos: bool = False):
-    """A save_to_disk folder, a folder of split files (train.csv, validation.jsonl, test.tsv), a
+    """A save_to_disk folder, a folder of split files (train.csv, validation.jsonl, test.tsv; a
+    split may be numbered shards, train-00000.jsonl, train-00001.jsonl, ..., read as one), a
     folder of text files (no split names), each file one `text` row: a document, or an image
     folder (class subfolders, optionally inside train/val/test folders); with `videos`, a video
     folder (class subfolders of clips or of frame folders) instead of an image folder."""
@@ -141,24 +144,43 @@ def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line",
         return read_video_folder(path)
     if not files and is_image_folder(path):
         return read_image_folder(path)
-    splits = {}
+    splits: dict[str, list[Path]] = {}
     for file in files:
         name = _split_name(file.stem)
         if name is None:
             continue
-        if name in splits:
-            raise HftoolError(f"{path} has two {name} files ({splits[name].name}, {file.name}); keep one")
-        splits[name] = file
+        splits.setdefault(name, []).append(file)
+    for name, shards in splits.items():
+        if len(shards) > 1 and not all(SHARD_NUMBER.search(p.stem.split(".")[0]) for p in shards):
+            raise HftoolError(f"{path} has two {name} files ({shards[0].name}, {shards[1].name}); keep one, or number "
+                              f"them as shards ({name}-00000.jsonl, {name}-00001.jsonl, ...)")
     if not splits and len(files) > 1 and all(p.suffix.lower() == ".txt" for p in files):
         documents = [text.strip("\n") for text in (read_text(p, encoding) for p in files) if text.strip()]
         return datasets.DatasetDict(train=datasets.Dataset.from_dict({"text": documents}))
     if not splits and len(files) == 1:
-        splits = {"train": files[0]}
+        splits = {"train": files}
     if "train" not in splits:
         found = ", ".join(p.name for p in files) or "no data files"
         raise HftoolError(f"{path} has no train file ({found}); name the files train/validation/test.<csv|jsonl|conll|...> "
                           "(or, for images, one subfolder per class)")
-    return datasets.DatasetDict({name: read_file(file, encoding, txt_unit) for name, file in splits.items()})
+    return datasets.DatasetDict({name: _read_shards(shards, encoding, txt_unit) for name, shards in splits.items()})
+
+
+def _read_shards(shards: list[Path], encoding: str | None, txt_unit: str):
+    """One split from its files, in name order: each read on its own (memory-mapped), then
+    concatenated without copying."""
+    import datasets
+
+    parts = [read_file(shard, encoding, txt_unit) for shard in shards]
+    for shard, part in zip(shards[1:], parts[1:]):
+        if part.features != parts[0].features:
+            raise HftoolError(f"{shard} has other columns or types than {shards[0].name} "
+                              f"({dict(part.features)} vs {dict(parts[0].features)}); shards of a split need the same")
+    if len(parts) == 1:
+        return parts[0]
+    ds = datasets.concatenate_datasets(parts)
+    ds.info.homepage = parts[0].info.homepage
+    return ds
 
 
 def _normalise_splits(dd):
