@@ -45,6 +45,10 @@ class TextClassification(Task):
 
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns text, [text_pair], label (class id); label names come from `ds` when None."""
+        import numpy as np
+
+        from hftool.data.tables import select_rows
+
         data = cfg.data
         text = find_column(ds, source, data.text_column, TEXT_COLUMNS, "text", "text_column")
         pair = data.text_pair_column
@@ -58,15 +62,14 @@ class TextClassification(Task):
             if bad is not None:
                 raise HftoolError(f"{source} row {bad + 1}: {name} column '{column}' "
                                   f"holds {ds[bad][column]!r}, not text; fix or remove the row")
-        ids = None
+        extra = {}
         if require_labels or has_labels(ds, data.label_column):
             label = find_column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")
             labels = label_names(ds, label, source) if labels is None else labels
-            ids = label_ids(ds, label, labels, source)
-        # Columns selected, not copied: rows read from a file stay memory-mapped, and the
-        # tokenized features are then written beside them on disk (and found there next run).
-        rows = ds.select_columns(list(columns)).rename_columns({k: v for k, v in columns.items() if k != v})
-        return (rows if ids is None else rows.add_column("label", ids)), labels
+            extra["label"] = np.asarray(label_ids(ds, label, labels, source), dtype=np.int64)
+        # Rows read from a file stay memory-mapped, and the tokenized features are then written
+        # beside them on disk (and found there by the next run on the same data).
+        return select_rows(ds, columns, extra), labels
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
         """Empty texts, missing/unseen/mixed labels, repeated texts and texts with two labels."""
