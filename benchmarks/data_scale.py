@@ -96,7 +96,7 @@ def run_child(command: list[str], cache: Path) -> dict:
                "print(json.dumps({'code': code, 'wall_s': time.perf_counter() - start, 'cpu_s': usage.ru_utime + usage.ru_stime, "
                "'peak_rss_mb': usage.ru_maxrss / 1024}), file=sys.stderr)\n")
     env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     done = subprocess.run([sys.executable, "-c", wrapper, *command], env=env, capture_output=True, text=True)
     report = json.loads(done.stderr.strip().splitlines()[-1])
     if report["code"]:
