@@ -316,6 +316,67 @@ def generate(
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
 
 
+@app.command("eval-suite")
+def eval_suite(
+    suite: Annotated[Path, typer.Argument(help="Suite file (YAML): models, datasets, an optional baseline and gates.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where results.jsonl, leaderboard.md, report.html and the cache go; a re-run reuses it.")],
+    overrides: Overrides = None,
+    ci: Annotated[bool, typer.Option(help="Print a short summary for CI logs instead of the leaderboard.")] = False,
+    batch_size: BatchSize = None,
+    num_processes: NumProcesses = None,
+    num_machines: NumMachines = 1,
+    machine_rank: MachineRank = 0,
+    main_process_ip: MainProcessIp = None,
+    main_process_port: MainProcessPort = 29500,
+    evaluate_only: Annotated[bool, typer.Option(hidden=True, help="Score the uncached pairs and stop (the launched processes).")] = False,
+) -> None:
+    """Score every model x dataset of a suite with 95% intervals, compare with the baseline, check the gates (exit 1 on a failure)."""
+    from hftool import suite as suites
+    from hftool.launch import Launch, in_distributed_run, run_workers, strip_flags
+
+    path, positional, keyvals = _split_overrides(str(suite), overrides)
+    if positional:
+        raise HftoolError(f"unexpected argument '{positional[0]}': overrides are KEY=VALUE (e.g. eval.bootstrap=2000)")
+    plan = suites.plan(suites.parse(path), output_dir, keyvals)
+    launch = Launch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
+    todo = len(suites.uncached(plan))
+    if evaluate_only or in_distributed_run():
+        suites.evaluate(plan, batch_size, _command_line())
+        if evaluate_only or int(os.environ.get("RANK", "0")) > 0:
+            return
+    elif launch.wanted and todo:
+        # The processes score; this one then reads their results from the cache, compares and gates.
+        code = run_workers(launch, [*strip_flags(sys.argv[1:]), "--evaluate-only"])
+        if code or machine_rank > 0:  # machine 0 compares, gates and writes
+            sys.exit(code)
+    else:
+        suites.evaluate(plan, batch_size, _command_line())
+    outcome = suites.finish(plan, todo)
+    typer.echo(suites.summary(outcome, output_dir, ci))
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run dirs to show side by side, or one eval-suite output dir.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write (one offline file).")],
+) -> None:
+    """Write one offline HTML page for a run, runs side by side (metrics, curves, config diff), or a suite's results."""
+    from hftool import report_html
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".tmp-{output.name}")
+    if len(runs) == 1 and (runs[0] / "results.jsonl").is_file():
+        from hftool.suite import saved_rows
+
+        report_html.suite_report(runs[0], saved_rows(runs[0]), tmp)
+    else:
+        report_html.runs_report(runs, tmp)
+    os.replace(tmp, output)
+    typer.echo(f"wrote {output}")
+
+
 @app.command()
 def export(
     model: Annotated[str, typer.Argument(help="A run dir written by `hftool finetune`.")],

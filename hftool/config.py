@@ -179,6 +179,13 @@ class EvalConfig(Section):
     # Write every evaluated example's prediction (and reference, loss) to predictions.jsonl: in
     # the run dir for the final evaluation of `finetune`, beside --output for `hftool evaluate`.
     save_predictions: bool = False
+    # `hftool eval-suite`: resamples of the examples behind each metric's 95% interval and the
+    # paired test against the baseline (seeded: the same draws on every run); 0 turns both off.
+    # Each resample recomputes the metrics from per-example counts: cheap next to evaluating.
+    bootstrap: int = 1000
+
+    def check(self) -> None:
+        self.require("bootstrap", self.bootstrap >= 0, "0 (off) or more")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -11,8 +12,6 @@ from tqdm.auto import tqdm
 def eval_order(features):
     """The order evaluation visits `features` in: by length (little padding), else as given.
     Position k of the gathered outputs is row eval_order(features)[k] of `features`."""
-    import numpy as np
-
     from hftool.data.batching import lengths_of
 
     return np.argsort(lengths_of(features), kind="stable")  # all ones without a length column: as given
@@ -30,7 +29,7 @@ def eval_loader(features, collate: Callable, batch_size: int, num_workers: int =
 
 
 def evaluate_model(accelerator, model, loader, task, parts, rows, prefix: str = "eval",
-                   batches: list | None = None) -> dict[str, float]:
+                   batches: list | None = None, stats=None, order=None) -> dict[str, float]:
     """Loss and the task's metrics over `loader`, exact across processes.
 
     Args:
@@ -38,6 +37,10 @@ def evaluate_model(accelerator, model, loader, task, parts, rows, prefix: str = 
             ground truth, for tasks that score against more than the batch carries).
         batches: If a list, it receives every batch's gathered outputs as numpy arrays (with the
             per-example `loss`), for task.prediction_records: per-example results.
+        stats: A task.resampler(parts, rows) to feed each gathered batch to (per-example
+            statistics for bootstrap intervals, a batch at a time); finished here.
+        order: eval_order of the loader's features, mapping gathered rows back to dataset rows
+            (for `stats`).
 
     Returns:
         Flat `{f"{prefix}_{name}": value}`, e.g. eval_loss, eval_accuracy.
@@ -45,9 +48,12 @@ def evaluate_model(accelerator, model, loader, task, parts, rows, prefix: str = 
     metric = task.metric(parts, rows)
     was_training = model.training
     model.eval()
-    loss_sum, count = 0.0, 0
+    loss_sum, count, seen = 0.0, 0, 0
     progress = tqdm(loader, desc="Evaluating", leave=False, disable=not accelerator.is_local_main_process)
-    for batch in progress:
+    keeping = batches is not None or stats is not None
+    for number, batch in enumerate(progress):
+        if keeping and number % 16 == 15:
+            release_freed_memory()
         with torch.no_grad():
             outputs = task.eval_forward(parts, model, batch)
         values = task.eval_outputs(parts, outputs, batch)
@@ -64,14 +70,40 @@ def evaluate_model(accelerator, model, loader, task, parts, rows, prefix: str = 
             count += losses.size
         arrays = {k: v.cpu().numpy() for k, v in gathered.items()}
         metric.add_batch(**arrays)
+        if stats is not None:
+            size = len(next(iter(arrays.values()))) if arrays else len(losses)
+            stats.add_batch(arrays if losses is None else {**arrays, "loss": losses},
+                            np.arange(seen, seen + size) if order is None else order[seen:seen + size])
+            seen += size
         if batches is not None:
             batches.append(arrays if losses is None else {**arrays, "loss": losses})
+    if stats is not None:
+        stats.finish()
     if was_training:
         model.train()
     results = {f"{prefix}_{k}": float(v) for k, v in metric.compute().items()}
     if count > 0:
         results = {f"{prefix}_loss": float(loss_sum / count), **results}
     return results
+
+
+def release_freed_memory() -> None:
+    """Hand glibc's free heap pages back to the OS (malloc_trim; nothing elsewhere).
+
+    Each batch frees its activations while small per-example records and statistics made in the
+    same step stay: they pin the heap above the freed space, which glibc then keeps, so peak
+    memory grew with the number of examples. Trimming every few batches keeps it flat, at the cost
+    of one walk over the free lists each time."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+
+        _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", False)
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None  # libc's malloc_trim once looked up; False where the C library has none
 
 
 def batch_size_of(batch: dict) -> int:

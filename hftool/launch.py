@@ -89,6 +89,24 @@ def relaunch(launch: Launch, extra_args: list[str] = ()) -> None:
     sys.exit(run_torchrun(cmd[3:]))
 
 
+def run_workers(launch: Launch, argv: list[str]) -> int:
+    """Run `hftool argv...` in every process of `launch` and wait for them: their exit code. Unlike
+    relaunch, this process carries on afterwards (eval-suite compares and gates in one process)."""
+    import subprocess
+
+    import torch
+
+    from hftool import logs
+
+    cmd = command(launch, argv, torch.cuda.is_available())
+    logs.info("launching: " + " ".join(cmd[1:]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if cmd[2] != "torch.distributed.run":
+        return subprocess.run(cmd, check=False).returncode
+    return run_torchrun(cmd[3:])
+
+
 def run_torchrun(args: list[str]) -> int:
     """torchrun in this process, so that a failed worker ends the run with the worker's own exit
     code and its one-line error, not the launcher's traceback (HFTOOL_DEBUG=1 keeps it all)."""

@@ -9,7 +9,6 @@ import platform
 import re
 import subprocess
 from datetime import datetime, timezone
-from html import escape
 from importlib import metadata
 from pathlib import Path
 
@@ -25,7 +24,8 @@ def write_all(run_dir: Path, cfg: RunConfig, task, parts, metrics: dict, records
     write_reports hook (records: the final evaluation's per-example results)."""
     provenance = collect_provenance(cfg, sources, command, precision)
     (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
-    plot_curves(run_dir / "log.jsonl", run_dir / "curves.svg")
+    plot_curves(run_dir / "log.jsonl", run_dir / "curves.svg",
+                (cfg.train.metric_for_best or task.default_metric).removeprefix("eval_"))
     (run_dir / "README.md").write_text(model_card(run_dir, cfg, task, parts, metrics, provenance, recipe),
                                        encoding="utf-8")
     task.write_reports(parts, run_dir, metrics, records)
@@ -86,75 +86,78 @@ def _git_commit() -> str | None:
         return None
 
 
-def plot_curves(log_path: Path, out_path: Path) -> None:
-    """Training loss and every eval metric against the optimizer step, one panel each, as SVG.
+def plot_curves(log_path: Path, out_path: Path, metric_for_best: str | None = None) -> None:
+    """curves.svg: the loss, the run's metric_for_best and a few other headline metrics against
+    the optimizer step (curve_panels); nothing when the run has no log."""
+    from hftool import plots
 
-    Written by hand rather than with matplotlib: importing matplotlib and laying out a figure
-    costs seconds, a noticeable share of a one-minute run, for a few lines of a few dozen points."""
     if not log_path.is_file():
         return
-    records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train = [(r["step"], r["loss"]) for r in records if r["type"] == "train"]
-    evals = [r for r in records if r["type"] == "eval"]
-    names = [k for k in (evals[-1] if evals else {}) if k.startswith("eval_") and k != "eval_loss"]
-    panels = [("loss", [("train loss", train, False)]
-               + ([("eval loss", [(r["step"], r["eval_loss"]) for r in evals if "eval_loss" in r], True)]
-                  if evals and "eval_loss" in evals[0] else []))]
-    panels += [(name, [(name, [(r["step"], r[name]) for r in evals if isinstance(r.get(name), (int, float))], True)])
-               for name in names]
-    cols = min(len(panels), 4)  # at most 4 a row: per-type metrics (token classification) make dozens
-    width, height = 320, 240
-    rows = math.ceil(len(panels) / cols)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{cols * width}" height="{rows * height}" '
-             f'font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>']
-    for index, (title, series) in enumerate(panels):
-        x0, y0 = (index % cols) * width, (index // cols) * height
-        parts.append(_svg_panel(x0, y0, width, height, title, series))
-    parts.append("</svg>\n")
-    out_path.write_text("\n".join(parts), encoding="utf-8")
+    panels = curve_panels({"": read_log(log_path)}, metric_for_best or run_metric(log_path.parent))
+    out_path.write_text(plots.figure(panels), encoding="utf-8")
 
 
-COLORS = ("#1f77b4", "#ff7f0e")
+# Drawn after the loss and metric_for_best, in this order, while there is room: each task's headline.
+HEADLINE = ("accuracy", "f1_macro", "f1", "map", "map_50", "bleu", "cider", "perplexity", "rougeL", "chrf", "rmse",
+            "mae", "top5_accuracy")
+MAX_METRIC_PANELS = 3
 
 
-def _svg_panel(x0: float, y0: float, width: float, height: float, title: str, series: list) -> str:
-    """One panel: a framed plot area, min/max tick labels, a polyline per series (dots for evals)."""
-    left, right, top, bottom = x0 + 48, x0 + width - 12, y0 + 24, y0 + height - 32
-    points = [p for _, data, _ in series for p in data if math.isfinite(p[1])]
-    out = [f'<text x="{x0 + width / 2}" y="{y0 + 15}" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
-           f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#999"/>']
-    if not points:
-        return "\n".join(out)
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
-    if y_hi == y_lo:  # a flat line sits mid-panel
-        pad = abs(y_hi) * 0.05 or 1
-        y_lo, y_hi = y_lo - pad, y_hi + pad
-    x_span, y_span = (x_hi - x_lo) or 1, y_hi - y_lo
+def read_log(log_path: Path) -> list[dict]:
+    return [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    def at(x, y):
-        return f"{left + (x - x_lo) / x_span * (right - left):.1f},{bottom - (y - y_lo) / y_span * (bottom - top):.1f}"
 
-    for label, y in ((_number(y_hi), top + 4), (_number(y_lo), bottom)):
-        out.append(f'<text x="{left - 4}" y="{y}" text-anchor="end">{label}</text>')
-    out.append(f'<text x="{left}" y="{bottom + 14}" text-anchor="middle">{x_lo}</text>')
-    out.append(f'<text x="{right}" y="{bottom + 14}" text-anchor="middle">{x_hi}</text>')
-    out.append(f'<text x="{(left + right) / 2}" y="{bottom + 26}" text-anchor="middle">step</text>')
-    for number, (label, data, dots) in enumerate(series):
+def run_metric(run_dir: Path) -> str:
+    """The metric a run picked its best checkpoint by (without eval_): train.metric_for_best, else its task's."""
+    from hftool.config import read_yaml
+    from hftool.tasks import TASKS, get_task
+
+    saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    chosen = (saved.get("train") or {}).get("metric_for_best")
+    task = saved.get("task")
+    return (chosen or (get_task(task).default_metric if task in TASKS else "loss")).removeprefix("eval_")
+
+
+def curve_panels(runs: dict[str, list[dict]], metric_for_best: str) -> list[tuple[str, str, list]]:
+    """(title, subtitle, series) panels: loss, metric_for_best and at most MAX_METRIC_PANELS
+    metrics in all, each drawn once: metrics equal at every evaluation (micro F1 and accuracy of a
+    single-label classifier) share a panel whose subtitle names them. `runs`: name -> log records;
+    with several runs each gets a colour."""
+    from hftool.plots import COLORS, Series
+
+    def evals(records: list[dict], name: str) -> list[tuple[float, float]]:
+        return [(r["step"], float(r[name])) for r in records
+                if r["type"] == "eval" and isinstance(r.get(name), (int, float)) and math.isfinite(r[name])]
+
+    names = list(dict.fromkeys(k.removeprefix("eval_") for records in runs.values() for r in records
+                               if r["type"] == "eval" for k in r if k.startswith("eval_") and k != "eval_loss"))
+    series_of = {n: tuple(tuple(evals(records, f"eval_{n}")) for records in runs.values()) for n in names}
+    groups: dict[tuple, list[str]] = {}
+    for name in names:
+        groups.setdefault(series_of[name], []).append(name)
+    chosen: list[str] = []
+    for name in [metric_for_best, *HEADLINE] if any(n in series_of for n in HEADLINE) else [metric_for_best, *names]:
+        if name in series_of and len(chosen) < MAX_METRIC_PANELS and all(series_of[name] != series_of[c] for c in chosen):
+            chosen.append(name)
+    single = len(runs) == 1
+    loss = []
+    for number, (run, records) in enumerate(runs.items()):
         color = COLORS[number % len(COLORS)]
-        coords = [at(x, y) for x, y in data if math.isfinite(y)]
-        out.append(f'<polyline class="series" data-label="{escape(label)}" fill="none" stroke="{color}" '
-                   f'stroke-width="1.5" points="{" ".join(coords)}"/>')
-        if dots:
-            out += [f'<circle cx="{c.split(",")[0]}" cy="{c.split(",")[1]}" r="2.5" fill="{color}"/>' for c in coords]
-        if len(series) > 1:
-            out.append(f'<text x="{right - 4}" y="{top + 14 + 13 * number}" text-anchor="end" fill="{color}">'
-                       f'{escape(label)}</text>')
-    return "\n".join(out)
-
-
-def _number(value: float) -> str:
-    return f"{value:.4g}"
+        train = [(r["step"], float(r["loss"])) for r in records if r["type"] == "train" and "loss" in r]
+        loss.append(Series(f"{run} train" if run else "train loss", train, color))
+        eval_loss = evals(records, "eval_loss")
+        if eval_loss:
+            loss.append(Series(f"{run} eval" if run else "eval loss", eval_loss,
+                               COLORS[1] if single else color, dots=True, dashed=not single))
+    panels = [("loss", "", [s for s in loss if s.points])]
+    for name in chosen:
+        same = [n for n in groups[series_of[name]] if n != name]
+        subtitle = f"= {', '.join(same)}" if same else ""
+        title = f"eval_{name}" + (" (metric_for_best)" if name == metric_for_best else "")
+        panels.append((title, subtitle[:60] + ("..." if len(subtitle) > 60 else ""),
+                       [Series(run or f"eval_{name}", evals(records, f"eval_{name}"), COLORS[number % len(COLORS)], dots=True)
+                        for number, (run, records) in enumerate(runs.items())]))
+    return panels
 
 
 def model_card(run_dir: Path, cfg: RunConfig, task, parts, metrics: dict, provenance: dict, recipe: str) -> str:

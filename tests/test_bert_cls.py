@@ -63,14 +63,18 @@ def test_run_dir_has_every_artifact(run):
     assert provenance["precision"] == {"no": "fp32"}.get(resolve_mixed_precision("auto"), "bf16")
 
 
-def test_curves_have_a_panel_per_metric_and_a_point_per_logged_value(run):
+def test_curves_show_loss_metric_for_best_and_headline_metrics_once_with_readable_ticks(run):
     import xml.etree.ElementTree as ET
 
     run_dir, metrics = run
     svg = ET.parse(run_dir / "curves.svg").getroot()
     ns = "{http://www.w3.org/2000/svg}"
-    titles = [t.text for t in svg.iter(f"{ns}text") if t.get("font-weight") == "bold"]
-    assert titles == ["loss", *[k for k in metrics if k.startswith("eval_") and k != "eval_loss"]]
+    texts = list(svg.iter(f"{ns}text"))
+    titles = [t.text for t in texts if t.get("font-weight") == "bold"]
+    # micro P/R/F1 equal accuracy for a single-label classifier: drawn once, named under its title
+    assert titles == ["loss", "eval_accuracy (metric_for_best)", "eval_f1_macro"]
+    subtitle = texts[[t.text for t in texts].index(titles[1]) + 1].text
+    assert {"f1_micro", "precision_micro", "recall_micro"} <= set(subtitle.removeprefix("= ").split(", "))
     lines = {p.get("data-label"): p.get("points").split() for p in svg.iter(f"{ns}polyline")}
     assert len(lines["train loss"]) == 4 and len(lines["eval loss"]) == 2 and len(lines["eval_accuracy"]) == 2
     # SVG's y grows downwards: the larger of the two logged train losses is drawn higher.
@@ -78,6 +82,12 @@ def test_curves_have_a_panel_per_metric_and_a_point_per_logged_value(run):
     losses = [r["loss"] for r in records if r["type"] == "train"]
     ys = [float(p.split(",")[1]) for p in lines["train loss"]]
     assert sorted(range(4), key=lambda i: losses[i]) == sorted(range(4), key=lambda i: -ys[i])
+    # round ticks with gridlines: the loss axis is labelled at three or more evenly spaced values
+    ticks = [float(t.text) for t in texts if t.get("text-anchor") == "end" and float(t.get("x")) < 100
+             and float(t.get("y")) < 290 and t.text.replace(".", "").replace("-", "").isdigit()]  # the first panel
+    assert len(ticks) >= 3 and len({round(b - a, 9) for a, b in zip(ticks, ticks[1:])}) == 1
+    grid = [line for line in svg.iter(f"{ns}line") if line.get("stroke") == "#e3e3e3"]
+    assert len(grid) >= 3 * len(titles)
 
 
 def test_saved_predictions_are_the_scored_examples_in_data_order(run, data, cli, tmp_path):

@@ -22,7 +22,7 @@ import torch
 
 from hftool import api
 from hftool.config import load_config, new_config, valid_keys
-from hftool.tasks import TASKS
+from hftool.tasks import TASKS, get_task
 from hftool.tasks.base import Parts, Task, Update
 from tests.conftest import REPO, client_namespace, readme_clients, run_card_snippets
 
@@ -291,6 +291,31 @@ def test_two_process_evaluation_equals_one_process(runs, name, tmp_path):
             metrics.pop("eval_loss")
     assert outputs[2][0] == pytest.approx(outputs[1][0], rel=1e-5, abs=1e-7)
     assert outputs[2][1] == outputs[1][1]  # every example once, in data order
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_per_example_statistics_recompute_the_metrics(runs, name):
+    """What `hftool eval-suite` resamples for its intervals: the task's resampler, fed batch by
+    batch and counting every example once, gives the metrics the task's metric computes."""
+    from hftool.data import load_splits
+    from hftool.evaluation import eval_loader, eval_order, evaluate_model
+    from hftool.runtime import inference_accelerator
+
+    run, _ = runs(name)
+    cfg, task = api.run_config(str(run)), get_task(name)
+    splits, sources = load_splits(cfg.data, task.reading(cfg), cfg.train.seed, cfg.model.token)
+    parts = task.build(cfg, None, model_path=str(run))
+    rows, _ = task.prepare(cfg, splits["validation"], sources["validation"], parts.labels)
+    features = task.eval_features(parts, cfg, rows)
+    accelerator = inference_accelerator(cfg.train.mixed_precision)
+    loader = accelerator.prepare(eval_loader(features, task.collate(parts), 3))  # several batches
+    stats = task.resampler(parts, rows)
+    metrics = evaluate_model(accelerator, accelerator.prepare(parts.model), loader, task, parts, rows, stats=stats,
+                             order=eval_order(features))
+    again = stats.compute()
+    shared = sorted(again.keys() & {k.removeprefix("eval_") for k in metrics})
+    assert task.default_metric in shared and len(stats) in (len(rows), len(features)), shared  # examples or blocks
+    assert {k: again[k] for k in shared} == pytest.approx({k: metrics[f"eval_{k}"] for k in shared}, rel=1e-5, abs=1e-7)
 
 
 @pytest.mark.parametrize("name", NAMES)

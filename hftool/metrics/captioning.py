@@ -37,19 +37,30 @@ def _ngrams(words: list[str], n: int = MAX_N) -> Counter:
 
 def bleu(hypotheses: list[list[str]], references: list[list[list[str]]], max_n: int = MAX_N) -> list[float]:
     """Corpus BLEU-1..max_n of tokenized hypotheses, each against all of its references."""
-    correct, guesses = [0] * max_n, [0] * max_n
-    hyp_len = ref_len = 0
+    totals = [0] * (2 * max_n + 2)
     for hyp, refs in zip(hypotheses, references):
-        counts = _ngrams(hyp, max_n)
-        best: Counter = Counter()
-        for ref in refs:
-            best |= _ngrams(ref, max_n)  # per n-gram: its largest count in any one reference
-        for gram, count in counts.items():
-            correct[len(gram) - 1] += min(count, best[gram])
-        for k in range(max_n):
-            guesses[k] += max(0, len(hyp) - k)
-        hyp_len += len(hyp)
-        ref_len += min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]  # closest; ties: the shorter
+        totals = [a + b for a, b in zip(totals, bleu_statistics(hyp, refs, max_n))]
+    return bleu_from_statistics(totals, max_n)
+
+
+def bleu_statistics(hyp: list[str], refs: list[list[str]], max_n: int = MAX_N) -> list[int]:
+    """One hypothesis's additive BLEU counts: clipped n-gram matches (1..max_n), n-grams guessed
+    (1..max_n), its length and the closest reference length. Corpus BLEU pools them."""
+    counts = _ngrams(hyp, max_n)
+    best: Counter = Counter()
+    for ref in refs:
+        best |= _ngrams(ref, max_n)  # per n-gram: its largest count in any one reference
+    correct = [0] * max_n
+    for gram, count in counts.items():
+        correct[len(gram) - 1] += min(count, best[gram])
+    guesses = [max(0, len(hyp) - k) for k in range(max_n)]
+    closest = min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]  # ties: the shorter
+    return [*correct, *guesses, len(hyp), closest]
+
+
+def bleu_from_statistics(totals, max_n: int = MAX_N) -> list[float]:
+    """BLEU-1..max_n from pooled bleu_statistics (weighted sums work: the bootstrap's resamples)."""
+    correct, guesses, hyp_len, ref_len = totals[:max_n], totals[max_n:2 * max_n], totals[-2], totals[-1]
     scores, log_sum = [], 0.0
     for k in range(max_n):
         if correct[k] == 0:
@@ -75,6 +86,13 @@ def _lcs(a: list[str], b: list[str]) -> int:
 
 def rouge_l(hypotheses: list[list[str]], references: list[list[list[str]]], beta: float = ROUGE_BETA) -> float:
     """Mean over images of the LCS F-measure with the best precision and recall over its references."""
+    scores = rouge_l_scores(hypotheses, references, beta)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def rouge_l_scores(hypotheses: list[list[str]], references: list[list[list[str]]], beta: float = ROUGE_BETA
+                   ) -> list[float]:
+    """ROUGE-L of each image (rouge_l is their mean)."""
     scores = []
     for hyp, refs in zip(hypotheses, references):
         common = [_lcs(ref, hyp) for ref in refs]
@@ -82,14 +100,21 @@ def rouge_l(hypotheses: list[list[str]], references: list[list[list[str]]], beta
         recall = max((c / len(r) if r else 0.0) for c, r in zip(common, refs))
         scores.append((1 + beta**2) * precision * recall / (recall + beta**2 * precision)
                       if precision and recall else 0.0)
-    return sum(scores) / len(scores) if scores else 0.0
+    return scores
 
 
 def cider_d(hypotheses: list[list[str]], references: list[list[list[str]]], sigma: float = CIDER_SIGMA) -> float:
     """CIDEr-D: mean over images of 10 x the mean over references and n = 1..4 of the clipped
     tf-idf cosine, damped by a Gaussian penalty on the length difference."""
+    scores = cider_d_scores(hypotheses, references, sigma)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def cider_d_scores(hypotheses: list[list[str]], references: list[list[list[str]]], sigma: float = CIDER_SIGMA
+                   ) -> list[float]:
+    """CIDEr-D of each image, idf from the references of all of them (cider_d is their mean)."""
     if not hypotheses:
-        return 0.0
+        return []
     ref_counts = [[_ngrams(r) for r in refs] for refs in references]
     document_frequency: Counter = Counter()
     for counts in ref_counts:
@@ -107,7 +132,7 @@ def cider_d(hypotheses: list[list[str]], references: list[list[list[str]]], sigm
         length = sum(tf for gram, tf in counts.items() if len(gram) == 2)
         return vec, [math.sqrt(x) for x in norm], length
 
-    total = 0.0
+    scores = []
     for hyp, counts in zip(hypotheses, ref_counts):
         h_vec, h_norm, h_len = vector(_ngrams(hyp))
         score = 0.0
@@ -119,8 +144,8 @@ def cider_d(hypotheses: list[list[str]], references: list[list[list[str]]], sigm
                 if h_norm[n] and r_norm[n]:
                     dot /= h_norm[n] * r_norm[n]
                 score += dot * damping
-        total += 10.0 * score / MAX_N / len(counts)
-    return total / len(hypotheses)
+        scores.append(10.0 * score / MAX_N / len(counts))
+    return scores
 
 
 def caption_scores(predictions: list[str], references: list[list[str]]) -> dict[str, float]:

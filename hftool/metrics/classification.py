@@ -54,26 +54,40 @@ class PrecisionRecallF1(evaluate.Metric):
         seen = np.union1d(predictions, references)
         k = max(self.num_classes or 0, int(seen.max()) + 1 if len(seen) else 1)
         confusion = np.bincount(references * k + predictions, minlength=k * k).reshape(k, k)
-        true_pos = np.diag(confusion).astype(float)
-        predicted = confusion.sum(axis=0).astype(float)
-        support = confusion.sum(axis=1).astype(float)
-        classes = np.arange(k) if self.num_classes else seen
-        with np.errstate(divide="ignore", invalid="ignore"):
-            precision = np.where(predicted > 0, true_pos / predicted, 0.0)
-            recall = np.where(support > 0, true_pos / support, 0.0)
-            f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-        result = {}
+        return scores_from_confusion(confusion, np.arange(k) if self.num_classes else seen, self.labels)
+
+
+def scores_from_confusion(confusion: np.ndarray, classes: np.ndarray, labels: list[str] | None = None) -> dict[str, float]:
+    """precision/recall/f1 _macro, _weighted and _micro over `classes` from a (possibly weighted)
+    confusion matrix, rows: references, and each named class's own (`<label>_f1`, ...). Shared
+    with the bootstrap (hftool.metrics.resampling)."""
+    precision, recall, f1, support = per_class(confusion)
+    true_pos = np.diag(confusion).astype(float)
+    result = {}
+    for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+        result[f"{name}_macro"] = float(values[classes].mean())
+        total = support[classes].sum()
+        result[f"{name}_weighted"] = float((values[classes] * support[classes]).sum() / total) if total else 0.0
+    pooled_tp, pooled = true_pos[classes].sum(), support[classes].sum()
+    micro = float(pooled_tp / pooled) if pooled else 0.0  # single-label: micro P = R = F1
+    result.update(precision_micro=micro, recall_micro=micro, f1_micro=micro)
+    k = len(confusion)
+    for i, label in enumerate(labels or []):
         for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
-            result[f"{name}_macro"] = float(values[classes].mean())
-            total = support[classes].sum()
-            result[f"{name}_weighted"] = float((values[classes] * support[classes]).sum() / total) if total else 0.0
-        pooled_tp, pooled = true_pos[classes].sum(), support[classes].sum()
-        micro = float(pooled_tp / pooled) if pooled else 0.0  # single-label: micro P = R = F1
-        result.update(precision_micro=micro, recall_micro=micro, f1_micro=micro)
-        for i, label in enumerate(self.labels or []):
-            for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
-                result[f"{label}_{name}"] = float(values[i]) if i < k else 0.0
-        return result
+            result[f"{label}_{name}"] = float(values[i]) if i < k else 0.0
+    return result
+
+
+def per_class(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall, F1 and support of each class (0 where undefined, as zero_division=0)."""
+    true_pos = np.diag(confusion).astype(float)
+    predicted = confusion.sum(axis=0).astype(float)
+    support = confusion.sum(axis=1).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, true_pos / predicted, 0.0)
+        recall = np.where(support > 0, true_pos / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return precision, recall, f1, support
 
 
 class TopKAccuracy(evaluate.Metric):

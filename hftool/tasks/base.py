@@ -56,6 +56,9 @@ Hooks, in the order a run calls them (`parts` is what `build` returned):
     eval_generate(parts, model, batch) -> dict   more tensors from model.generate (captions)
     prediction_records(parts, batches, order, rows) -> [dict]
                                                  gathered eval outputs -> one dict per example
+    resampler(parts, rows) -> ExampleStats       per-example statistics the metrics are recomputed
+                                                 from for bootstrap resamples (`hftool eval-suite`;
+                                                 default: the loss only)
     save(parts, run_dir, model, state_dict)      the run dir's model files
     write_reports(parts, run_dir, metrics, records)
                                                  task files beside metrics.json, from the final
@@ -305,6 +308,15 @@ class Task:
                 record[rename.get(key, key)] = round(value, 6) if isinstance(value, float) else value
             records.append(record)
         return sorted(records, key=lambda r: r["index"])
+
+    def resampler(self, parts: Parts, rows):
+        """A hftool.metrics.resampling.ExampleStats that evaluation feeds with each gathered batch
+        of eval_outputs, from which the metrics are recomputed for any reweighting of the examples
+        (`hftool eval-suite`'s bootstrap intervals and paired tests); `rows` as metric's. Default:
+        the loss only."""
+        from hftool.metrics.resampling import ExampleStats
+
+        return ExampleStats()
 
     # ---------------------------------------------------------------------------- saving
     def save(self, parts: Parts, run_dir: Path, model=None, state_dict: dict | None = None) -> None:

@@ -179,6 +179,11 @@ class CausalLM(Task):
         # for its record (the model's loss would be the batch's).
         return {"loss_sum": loss_sum, "tokens": tokens, "loss": loss_sum / tokens.clamp(min=1)}
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import PerplexityStats
+
+        return PerplexityStats()
+
     # ---------------------------------------------------------------------------- inference
     def predict(self, parts, cfg, inputs, batch_size):
         from hftool.generation import GenerationOptions, generate

@@ -224,6 +224,11 @@ class ImageCaptioning(Task):
         padded[:, : min(width, ids.shape[1])] = ids[:, :width]
         return {"generated": padded}
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import CaptionStats
+
+        return CaptionStats(list(rows["captions"]), parts.processor)
+
     def prediction_records(self, parts, batches, order, rows):
         """Per image: the generated caption beside all its references."""
         from hftool.metrics.captioning import caption_text

@@ -67,6 +67,12 @@ class DetectionState:
     category_ids: list[int] | None  # COCO's own id of each class (predict gives them back), else None
 
 
+def _truth(rows) -> dict[int, dict]:
+    """Each evaluation image's objects by its row (the `index` its batches carry)."""
+    columns = rows.select_columns(["boxes", "classes", "crowd", "area"]).to_dict()
+    return {i: {k: columns[k][i] for k in columns} for i in range(len(rows))}
+
+
 class Geometry:
     """The resize, normalisation and input limits taken from the model's image processor."""
 
@@ -434,9 +440,12 @@ class ObjectDetection(Task):
     def metric(self, parts, rows):
         from hftool.metrics import CocoMeanAP
 
-        columns = rows.select_columns(["boxes", "classes", "crowd", "area"]).to_dict()
-        truth = {i: {k: columns[k][i] for k in columns} for i in range(len(rows))}
-        return CocoMeanAP(truth, parts.labels)
+        return CocoMeanAP(_truth(rows), parts.labels)
+
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import DetectionStats
+
+        return DetectionStats(parts.labels, _truth(rows))
 
     def _detections(self, parts, outputs, sizes, threshold: float) -> list[dict]:
         """The processor's post-processing: per image, scores, class ids and xyxy boxes in pixels of `sizes`.

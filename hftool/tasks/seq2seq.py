@@ -244,6 +244,11 @@ class Seq2Seq(Task):
                                    **generate_limits(model.generation_config, parts.state.max_new_tokens))
         return {"predictions": pad_across_processes(generated[:, 1:], dim=1, pad_index=-100)}
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import TextOverlapStats
+
+        return TextOverlapStats(parts.state.metrics, parts.processor)
+
     def prediction_records(self, parts, batches, order, rows):
         """Per example (eval.save_predictions): the generated text beside the reference."""
         texts = {}

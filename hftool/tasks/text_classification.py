@@ -149,6 +149,11 @@ class TextClassification(Task):
         losses = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
         return {"predictions": logits.argmax(-1), "references": batch["labels"], "loss": losses}
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import ClassStats
+
+        return ClassStats(parts.labels)
+
     def predict(self, parts, cfg, inputs, batch_size, top_k: int = 1):
         import datasets
         import torch

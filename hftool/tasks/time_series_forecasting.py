@@ -221,6 +221,11 @@ class TimeSeriesForecasting(Task):
 
         return ForecastErrors()
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import ForecastStats
+
+        return ForecastStats()
+
     def eval_outputs(self, parts, outputs, batch):
         scaled = outputs.predictions.float()
         return {"predictions": parts.processor.inverse(scaled.double()), "references": batch["target"],

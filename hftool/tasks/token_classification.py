@@ -367,6 +367,11 @@ class TokenClassification(Task):
         losses = token_losses.sum(-1) / (labels != -100).sum(-1).clamp(min=1)
         return {**rows, "example_ids": batch["example_id"], "loss": losses}
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import EntityStats
+
+        return EntityStats(parts.labels)
+
     def prediction_records(self, parts, batches, order, rows):
         """One record per sentence (its windows joined): predicted and reference tags per word."""
         from hftool.metrics.tagging import sentence_tags

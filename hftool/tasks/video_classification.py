@@ -211,6 +211,11 @@ class VideoClassification(Task):
             out["top_k"] = scores.topk(TOP_K, dim=-1).indices
         return out
 
+    def resampler(self, parts, rows):
+        from hftool.metrics.resampling import ClassStats
+
+        return ClassStats(parts.labels, top_k=TOP_K if len(parts.labels) > TOP_K else None, per_label=True)
+
     def write_reports(self, parts, run_dir, metrics, records):
         """confusion_matrix.png of the final evaluation."""
         from pathlib import Path
