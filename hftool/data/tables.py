@@ -282,9 +282,7 @@ _CHUNKERS = {"csv": _csv_chunks, "tsv": _tsv_chunks, "jsonl": _jsonl_chunks, "tx
 
 def looks_like_json_lines(path: Path, encoding: str | None = None) -> bool:
     """Whether a .json file is JSON lines: two or more non-empty lines, the first an object on its own."""
-    lines = [line for line in sample_text(path, encoding).split("\n")[:2] if line.strip()]
-    if len(lines) < 2:
-        lines = [line for line in sample_text(path, encoding).split("\n") if line.strip()][:2]
+    lines = [line for line in sample_text(path, encoding).split("\n") if line.strip()][:2]
     if len(lines) < 2:
         return False
     try:
