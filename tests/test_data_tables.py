@@ -29,13 +29,15 @@ def peer(builder: str, path, **options):
 
 def test_csv_rows_match_datasets_across_chunks_and_a_type_that_widens(tmp_path):
     path = tmp_path / "t.csv"
-    # n: ints for 30 rows, then a float (the whole column is float); code: ints, then text (all text).
-    path.write_text("text,n,code\n" + "".join(f'"row {i}, with a comma",{i},{i}\n' for i in range(30))
-                    + '"multi\nline ""quoted""",2.5,x7\n,3,4\n')
+    # n: ints for 30 rows, then a float (the whole column is float); code: ints, then text (all
+    # text); mixed: ints, a float in the third chunk, text in the fifth (all text).
+    path.write_text("text,n,code,mixed\n" + "".join(f'"row {i}, with a comma",{i},{i},{2.5 if i == 17 else i}\n'
+                                                  for i in range(30))
+                    + '"multi\nline ""quoted""",2.5,x7,word\n,3,4,5\n')
     ds = load_source(str(path))["train"]
     expected = peer("csv", path, keep_default_na=False)
     assert ds.to_list() == expected.to_list()
-    assert ds["n"][-2:] == [2.5, 3.0] and ds["code"][:2] == ["0", "1"]
+    assert ds["n"][-2:] == [2.5, 3.0] and ds["code"][:2] == ["0", "1"] and ds["mixed"][17] == "2.5"
 
 
 def test_tsv_quotes_are_text(tmp_path):

@@ -193,6 +193,12 @@ def _csv_chunks(text, path: Path, settings: dict, txt_unit: str, sep: str = ",")
         raise HftoolError(f"{path} is empty; it needs a header row and at least one data row") from None
     except pd.errors.ParserError as err:
         raise HftoolError(f"{path}: {str(err).strip().splitlines()[-1]}; every row needs the header's number of fields") from None
+    except ValueError:  # a column pinned to float meets text further on: it is text, as the whole file reads
+        floats = [column for column, kind in settings.get("dtype", {}).items() if kind == "float64"]
+        if not floats:
+            raise
+        settings["dtype"].update(dict.fromkeys(floats, "str"))
+        raise _Restart from None
 
 
 def _pinned(first, later) -> dict[str, str]:
