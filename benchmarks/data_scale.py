@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/data_scale.py --rows 100000,1000000,3000000
     python benchmarks/data_scale.py --rows 100000 --only reader   # the readers alone
+    python benchmarks/data_scale.py --only reader --baseline ../main   # + another checkout's reader
 
 Rows are made by recombining TREC-6 questions from ../shared/data (two random questions per row,
 labelled with the first one's class), seeded, so every size holds the same kind of text. Every
@@ -32,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SHARED, TREC_LABELS, minilm_path, need  # noqa: E402
+from common import REPO, RESULTS, SHARED, TREC_LABELS, minilm_path, need  # noqa: E402
 
 READER = {
     "hftool": "from hftool.data import load_source\nds = load_source({path!r})['train']\nprint(len(ds), ds[-1]['label'])",
@@ -86,7 +87,7 @@ def make_rows(rows: int, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def run_child(command: list[str], cache: Path) -> dict:
+def run_child(command: list[str], cache: Path, code_dir: Path = REPO) -> dict:
     """Run `command` as a whole process with its own datasets cache: wall s, CPU s (user + system)
     and peak RSS (MB), from the rusage of a small wrapper's one child."""
     wrapper = ("import json, os, resource, subprocess, sys, time\n"
@@ -96,7 +97,7 @@ def run_child(command: list[str], cache: Path) -> dict:
                "print(json.dumps({'code': code, 'wall_s': time.perf_counter() - start, 'cpu_s': usage.ru_utime + usage.ru_stime, "
                "'peak_rss_mb': usage.ru_maxrss / 1024}), file=sys.stderr)\n")
     env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+           "PYTHONPATH": str(code_dir)}
     done = subprocess.run([sys.executable, "-c", wrapper, *command], env=env, capture_output=True, text=True)
     report = json.loads(done.stderr.strip().splitlines()[-1])
     if report["code"]:
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--rows", default="100000,1000000,3000000")
     parser.add_argument("--only", choices=("reader", "train"), default=None)
     parser.add_argument("--data-dir", default=str(RESULTS / "data_scale"))
+    parser.add_argument("--baseline", help="another hftool checkout whose reader also runs (e.g. ../main)")
     args = parser.parse_args()
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     results = []
@@ -116,9 +118,12 @@ def main() -> None:
         path = make_rows(rows, Path(args.data_dir) / f"rows-{rows}.csv")
         size = path.stat().st_size / 1e6
         if args.only in (None, "reader"):
-            for side, code in READER.items():
+            sides = [("hftool", READER["hftool"], REPO), ("datasets", READER["datasets"], REPO)]
+            if args.baseline:
+                sides.append((f"hftool at {args.baseline}", READER["hftool"], Path(args.baseline)))
+            for side, code, code_dir in sides:
                 with tempfile.TemporaryDirectory() as cache:
-                    figures = run_child([sys.executable, "-c", code.format(path=str(path))], Path(cache))
+                    figures = run_child([sys.executable, "-c", code.format(path=str(path))], Path(cache), code_dir)
                 results.append({"what": "reader", "side": side, "rows": rows, "csv_mb": round(size), **figures})
                 print(json.dumps(results[-1]), flush=True)
         if args.only in (None, "train"):
