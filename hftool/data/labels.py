@@ -30,10 +30,24 @@ def label_names(ds, column: str, source: str) -> list[str]:
 
 def label_ids(ds, column: str, names: list[str], source: str) -> list[int]:
     """Class ids of `column` against `names`; a missing or unknown label is an error naming the row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     feature = ds.features[column]
+    values = column_values(ds, column)
+    if not hasattr(feature, "names") and (pa.types.is_string(values.type) or pa.types.is_integer(values.type)):
+        # Looked up by Arrow (text and ints read as str() writes them): no Python object per row.
+        found = pc.index_in(values.cast(pa.string()), value_set=pa.array(names, pa.string()))
+        if not found.null_count:
+            return found.to_pylist()
+        first = pc.index(pc.is_null(found), True).as_py()  # the message below names it
+        values = values.slice(first, 1)
+        offset = first
+    else:
+        offset = 0
     ids = {name: i for i, name in enumerate(names)}
     out = []
-    for row, value in enumerate(column_values(ds, column).to_pylist(), 1):
+    for row, value in enumerate(values.to_pylist(), offset + 1):
         if hasattr(feature, "names") and value is not None and value >= 0:  # datasets.ClassLabel
             value = feature.names[value]
         key = "" if value is None else str(value)
