@@ -144,3 +144,15 @@ def test_shards_that_disagree_and_two_unnumbered_files_are_errors(tmp_path):
     (other / "train.jsonl").write_text('{"text": "b", "label": 1}\n')
     with pytest.raises(HftoolError, match="has two train files .* number them as shards"):
         load_source(str(other))
+
+
+def test_prepared_rows_of_a_split_are_its_rows_in_order_memory_mapped(tmp_path):
+    from hftool.config import load_config
+    from hftool.tasks import get_task
+
+    path = tmp_path / "t.csv"
+    path.write_text("sentence,label\n" + "".join(f"row {i},{'ab'[i % 3 == 0]}\n" for i in range(40)))
+    split = load_source(str(path))["train"].train_test_split(test_size=0.25, seed=3)["train"]
+    rows, labels = get_task("text-classification").prepare(load_config("bert-cls"), split, "t.csv")
+    assert labels == ["a", "b"] and rows.cache_files
+    assert rows.to_list() == [{"text": r["sentence"], "label": labels.index(r["label"])} for r in split]
