@@ -128,7 +128,7 @@ def _write(path: Path, kind: str, encoding: str | None, txt_unit: str, target: P
         while True:
             try:
                 with path.open(encoding=chosen, newline=None) as text:  # newline=None: CRLF and CR read as LF
-                    _write_chunks(_CHUNKERS[kind](text, path, settings, txt_unit), temporary, said)
+                    _write_chunks(_CHUNKERS[kind](text, path, settings, txt_unit), temporary, said, f"Reading {path.name}")
                 break
             except UnicodeDecodeError as err:
                 if encoding:
@@ -146,20 +146,24 @@ def _write(path: Path, kind: str, encoding: str | None, txt_unit: str, target: P
         logs.warn(message)
 
 
-def _write_chunks(chunks: Iterator, temporary: Path, said: list[str]) -> None:
-    """Write the Arrow tables of `chunks` (at least one) to one stream file, the warnings in its schema."""
+def _write_chunks(chunks: Iterator, temporary: Path, said: list[str], desc: str = "") -> None:
+    """Write the Arrow tables of `chunks` (at least one) to one stream file, the warnings in its
+    schema; with `desc`, a progress bar counts rows per second."""
     import pyarrow as pa
+    from tqdm.auto import tqdm
 
     writer = schema = None
-    try:
-        for table in chunks:
-            if writer is None:
-                schema = table.schema.with_metadata({WARNINGS_KEY: json.dumps(said).encode()})
-                writer = pa.ipc.new_stream(str(temporary), schema)
-            writer.write_table(table.replace_schema_metadata(schema.metadata))
-    finally:
-        if writer is not None:
-            writer.close()
+    with tqdm(desc=desc, unit=" rows", disable=not desc, leave=False) as progress:
+        try:
+            for table in chunks:
+                if writer is None:
+                    schema = table.schema.with_metadata({WARNINGS_KEY: json.dumps(said).encode()})
+                    writer = pa.ipc.new_stream(str(temporary), schema)
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+                progress.update(len(table))
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def _csv_chunks(text, path: Path, settings: dict, txt_unit: str, sep: str = ","):
