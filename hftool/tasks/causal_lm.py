@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from hftool import models
 from hftool.config import DataConfig, EvalConfig
+from hftool.data.columns import column_values
 from hftool.errors import HftoolError
 from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
 from hftool.tasks.base import Options, Parts, Reading, Task, find_column
@@ -72,7 +73,7 @@ class CausalLM(Task):
         import datasets
 
         column = find_column(ds, source, cfg.data.text_column, TEXT_COLUMNS, "text", "text_column")
-        texts = ds[column]
+        texts = column_values(ds, column).to_pylist()  # one Arrow read, not a formatted row at a time
         bad = next((i for i, v in enumerate(texts) if not isinstance(v, str)), None)
         if bad is not None:
             raise HftoolError(f"{source} row {bad + 1}: column '{column}' holds {texts[bad]!r}, not text; "
@@ -88,7 +89,7 @@ class CausalLM(Task):
             models.check_tiny(spec, ("gpt2",), self.name)
             from transformers import GPT2LMHeadModel
 
-            tokenizer = models.tiny_tokenizer(run_dir, lambda: models.train_byte_bpe(train_ds["text"],
+            tokenizer = models.tiny_tokenizer(run_dir, lambda: models.train_byte_bpe(column_values(train_ds, "text").to_pylist(),
                                                                                    cfg.model.tiny_vocab_size))
             fields = {"n_positions": cfg.data.block_size} if cfg.data.block_size else {}
             model = GPT2LMHeadModel(models.tiny_gpt2_config(tokenizer, overrides, **fields))
