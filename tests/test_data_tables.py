@@ -156,3 +156,14 @@ def test_prepared_rows_of_a_split_are_its_rows_in_order_memory_mapped(tmp_path):
     rows, labels = get_task("text-classification").prepare(load_config("bert-cls"), split, "t.csv")
     assert labels == ["a", "b"] and rows.cache_files
     assert rows.to_list() == [{"text": r["sentence"], "label": labels.index(r["label"])} for r in split]
+
+
+def test_conll_sentences_across_chunks_keep_their_lines_and_errors_name_the_line(tmp_path):
+    path = tmp_path / "train.conll"
+    sentences = [[f"w{i}", "B-X"] for i in range(20)]
+    path.write_text("-DOCSTART- O\n\n" + "".join(f"{w} {t}\nend O\n\n" for w, t in sentences))
+    ds = load_source(str(path))["train"]
+    assert len(ds) == 20 and ds[9] == {"tokens": ["w9", "end"], "tags": ["B-X", "O"], "line": 3 + 9 * 3}
+    path.write_text("".join(f"{w} {t}\n\n" for w, t in sentences) + "lonely\n")
+    with pytest.raises(HftoolError, match=r"train.conll:41: token 'lonely' has no tag"):
+        load_source(str(path))

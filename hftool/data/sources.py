@@ -76,7 +76,7 @@ def read_file(path: Path, encoding: str | None = None, txt_unit: str = "line"):
 def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line"):
     import datasets
 
-    from hftool.data.conll import looks_like_conll, read_conll
+    from hftool.data.conll import looks_like_conll
     from hftool.data.tables import looks_like_json_lines, read_streamed, sample_text
 
     suffix = path.suffix.lower()
@@ -92,28 +92,29 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
         return read_streamed(path, "jsonl", encoding)
     if suffix == ".txt" and not looks_like_conll(sample_text(path, encoding)):
         return read_streamed(path, "txt", encoding, txt_unit)
+    if suffix != ".json":  # a .txt of token/tag columns, or another extension: CoNLL
+        return read_streamed(path, "conll", encoding)
     text = read_text(path, encoding)
-    if suffix == ".json":  # one JSON document: records, columns, or COCO (read whole: json cannot stream it)
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError as err:
-            if text.lstrip().startswith("{") and '"images"' in text[:100000] and '"annotations"' in text:
-                raise HftoolError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the file") from None
-            return read_streamed(path, "jsonl", encoding)  # JSON lines with a bad line: its error names the line
-        from hftool.data.captions import is_coco_captions, read_coco_captions
-        from hftool.data.detection import is_coco, read_coco
+    # One JSON document: records, columns, or COCO (read whole: json cannot stream it).
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as err:
+        if text.lstrip().startswith("{") and '"images"' in text[:100000] and '"annotations"' in text:
+            raise HftoolError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the file") from None
+        return read_streamed(path, "jsonl", encoding)  # JSON lines with a bad line: its error names the line
+    from hftool.data.captions import is_coco_captions, read_coco_captions
+    from hftool.data.detection import is_coco, read_coco
 
-        if is_coco_captions(loaded):  # COCO captions: one row per image, its captions listed
-            return read_coco_captions(loaded, path)
-        if is_coco(loaded):  # a COCO instances file: one row per image, its objects nested
-            return read_coco(path, loaded)
-        records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
-        if isinstance(records, dict):  # {"column": [values...]}
-            return datasets.Dataset.from_dict(records)
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise HftoolError(f"{path}: expected JSON objects (one per row), e.g. {{\"text\": ..., \"label\": ...}}")
-        return _records_to_dataset(records, path)
-    return read_conll(path, text)
+    if is_coco_captions(loaded):  # COCO captions: one row per image, its captions listed
+        return read_coco_captions(loaded, path)
+    if is_coco(loaded):  # a COCO instances file: one row per image, its objects nested
+        return read_coco(path, loaded)
+    records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
+    if isinstance(records, dict):  # {"column": [values...]}
+        return datasets.Dataset.from_dict(records)
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise HftoolError(f"{path}: expected JSON objects (one per row), e.g. {{\"text\": ..., \"label\": ...}}")
+    return _records_to_dataset(records, path)
 
 
 def _split_name(stem: str) -> str | None:

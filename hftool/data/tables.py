@@ -1,4 +1,4 @@
-"""csv, tsv, JSON lines and txt files read in chunks into a memory-mapped Arrow file.
+"""csv, tsv, JSON lines, txt and CoNLL files read in chunks into a memory-mapped Arrow file.
 
 Reading takes memory flat in the number of rows: each chunk of rows is parsed (pandas for
 csv/tsv, json for JSON lines), written to an Arrow file in the datasets cache and dropped; the
@@ -51,7 +51,7 @@ def read_streamed(path: Path, kind: str, encoding: str | None = None, txt_unit: 
     """The rows of `path` as a memory-mapped Dataset.
 
     Args:
-        kind: "csv", "tsv", "jsonl" or "txt".
+        kind: "csv", "tsv", "jsonl", "txt" or "conll".
         encoding: data.encoding; None decides between UTF-8 and Latin-1.
         txt_unit: for txt, "line" (a row per non-empty line) or "paragraph" (a row per block
             between blank lines).
@@ -287,7 +287,17 @@ def _txt_chunks(text, path: Path, settings: dict, txt_unit: str):
     yield pa.table({"text": pa.array([row for row in rows if row.strip()], pa.string())})
 
 
-_CHUNKERS = {"csv": _csv_chunks, "tsv": _tsv_chunks, "jsonl": _jsonl_chunks, "txt": _txt_chunks}
+def _conll_chunks(text, path: Path, settings: dict, txt_unit: str):
+    """Tables of CHUNK_ROWS CoNLL sentences: tokens, tags and the line each starts on."""
+    import pyarrow as pa
+
+    from hftool.data.conll import conll_sentences
+
+    for columns in conll_sentences(path, text, CHUNK_ROWS):
+        yield pa.table(columns)
+
+
+_CHUNKERS = {"csv": _csv_chunks, "tsv": _tsv_chunks, "jsonl": _jsonl_chunks, "txt": _txt_chunks, "conll": _conll_chunks}
 
 
 def looks_like_json_lines(path: Path, encoding: str | None = None) -> bool:
