@@ -1,6 +1,6 @@
 """Run every comparison and write the results into benchmarks/README.md.
 
-    python benchmarks/run.py [--reps 2] [--train-rows 2000] [--only bert-cls,generate,images,cli]
+    python benchmarks/run.py [--reps 2] [--train-rows 2000] [--only bert-cls,generate,images,cli,lora-trec,lora-chat]
 
 Each comparison runs hftool and the tool a user would pick instead on the same machine, data,
 model and settings, alternating the sides (A B A B ...) and reporting medians and ratios. Whole
@@ -187,7 +187,100 @@ def images(reps: int, _rows) -> dict:
                   "with a training step (ratio above 1: hftool faster)")
 
 
-BENCHMARKS = {"bert-cls": bert_cls, "generate": generation, "images": images, "cli": cli_startup}
+def run_sides(sides: dict, reps: int, score) -> dict[str, list[dict]]:
+    """Each side's whole process, sides alternated `reps` times; `score(name, command, result)` adds
+    the side's figures (accuracy, ...) to its result."""
+    runs = {name: [] for name in sides}
+    for rep in range(reps):
+        for name, command in sides.items():
+            result = timed(command)
+            result |= score(name, command, result)
+            runs[name].append(result)
+            print(f"  [{rep + 1}/{reps}] {name}: {result['seconds']:.1f} s, {result['rss_mib']:.0f} MiB, "
+                  + ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("seconds", "cpu_seconds", "rss_mib",
+                                                                                  "stdout")), flush=True)
+    return runs
+
+
+def run_figures(command: list[str]) -> dict:
+    """What an hftool run dir says of itself: trainable parameters, training time, metrics."""
+    run = Path(command[command.index("-o") + 1])
+    metrics = json.loads((run / "metrics.json").read_text())
+    parameters = json.loads((run / "provenance.json").read_text()).get("parameters", {})
+    saved = sum(p.stat().st_size for p in run.iterdir() if p.suffix == ".safetensors")
+    return {"metrics": metrics, "trainable": parameters.get("trainable"), "total": parameters.get("total"),
+            "train_seconds": metrics["train_runtime"], "saved_mib": saved / 2**20}
+
+
+def lora_trec(reps: int, train_rows: int | None) -> dict:
+    """LoRA against full fine-tuning of all-MiniLM-L6-v2 on TREC-6, one epoch each."""
+    data = trec_csv()
+    train = subset(data["train"], train_rows, RESULTS / "trec" / f"train-{train_rows}.csv")
+    n = sum(1 for _ in open(train, encoding="utf-8")) - 1
+    out = RESULTS / "lora-trec"
+
+    def hftool(run: str, lr: str, *extra: str) -> list[str]:
+        return [PY, "-m", "hftool", "finetune", "bert-cls", "--model", str(minilm_path()), "--data", str(train),
+                "--eval-data", str(data["test"]), "-o", str(out / run), "--overwrite", "--epochs", "1",
+                "--batch-size", "32", "--lr", lr, "data.max_length=128", "train.warmup_ratio=0.1",
+                "train.logging_steps=50", *extra]
+
+    sides = {"full fine-tuning, lr 1e-4": hftool("full", "1e-4"),
+             "LoRA r=8, lr 1e-4 (the same settings)": hftool("lora-1e-4", "1e-4", "model.peft=lora"),
+             "LoRA r=8, lr 1e-3 (LoRA's usual rate)": hftool("lora-1e-3", "1e-3", "model.peft=lora")}
+    runs = run_sides(sides, reps, lambda name, command, result: run_figures(command))
+    rows = []
+    for name, results in runs.items():
+        first = results[0]
+        rows.append({"side": name, "test accuracy, mean": round(statistics.mean(r["metrics"]["eval_accuracy"]
+                                                                               for r in results), 4),
+                     "macro F1": round(statistics.mean(r["metrics"]["eval_f1_macro"] for r in results), 4),
+                     "trainable parameters": f"{first['trainable']:,} of {first['total']:,} "
+                                             f"({100 * first['trainable'] / first['total']:.2f}%)",
+                     "training s per epoch (with its evaluation)": round(statistics.median(r["train_seconds"] for r in results), 1),
+                     "whole process s": round(statistics.median(r["seconds"] for r in results), 1),
+                     "peak RSS MiB": round(statistics.median(r["rss_mib"] for r in results)),
+                     "weights saved MiB": round(first["saved_mib"], 1), "runs": len(results)})
+    return {"title": f"LoRA vs full fine-tuning: all-MiniLM-L6-v2 on TREC-6 ({n} train rows, 500 test), 1 epoch, "
+                     "batch 32, warm-up 10%, the machine's default precision",
+            "rows": rows, "commands": {name: shlex.join(c).replace(str(REPO) + "/", "") for name, c in sides.items()}}
+
+
+def lora_chat(reps: int, _rows) -> dict:
+    """LoRA against full fine-tuning of tiny:llama on the chat sample, and packing against padding."""
+    out = RESULTS / "lora-chat"
+
+    def hftool(run: str, *extra: str) -> list[str]:
+        return [PY, "-m", "hftool", "finetune", "chat", "-o", str(out / run), "--overwrite", *extra]
+
+    sides = {"full fine-tuning (the recipe: packed)": hftool("full"),
+             # a packed row holds about 9 conversations: 64 padded rows a batch train on as many per step
+             "full fine-tuning, data.packing=false (padded), batch 64": hftool("padded", "data.packing=false",
+                                                                               "--batch-size", "64"),
+             "LoRA r=8 (the recipe's lr 2e-3)": hftool("lora", "model.peft=lora")}
+
+    def score(name: str, command: list[str], result: dict) -> dict:
+        run = command[command.index("-o") + 1]
+        test = timed([PY, "-m", "hftool", "evaluate", run, "--data", "sample:chat", "--split", "test"])
+        return {**run_figures(command), "exact_match": json.loads(test["stdout"])["eval_exact_match"]}
+
+    runs = run_sides(sides, reps, score)
+    rows = []
+    for name, results in runs.items():
+        first = results[0]
+        rows.append({"side": name, "held-out exact match, mean": round(statistics.mean(r["exact_match"] for r in results), 3),
+                     "validation exact match": round(statistics.mean(r["metrics"]["eval_exact_match"] for r in results), 3),
+                     "trainable parameters": f"{first['trainable']:,} of {first['total']:,} "
+                                             f"({100 * first['trainable'] / first['total']:.1f}%)",
+                     "training s, median": round(statistics.median(r["train_seconds"] for r in results), 1),
+                     "peak RSS MiB": round(statistics.median(r["rss_mib"] for r in results)), "runs": len(results)})
+    return {"title": "LoRA vs full fine-tuning: tiny:llama (random init) on sample:chat (3000 conversations, 8 epochs), "
+                     "exact answers on the 200 held-out test conversations; packing vs padding",
+            "rows": rows, "commands": {name: shlex.join(c).replace(str(REPO) + "/", "") for name, c in sides.items()}}
+
+
+BENCHMARKS = {"bert-cls": bert_cls, "generate": generation, "images": images, "cli": cli_startup,
+              "lora-trec": lora_trec, "lora-chat": lora_chat}
 
 
 def table(rows: list[dict]) -> str:
@@ -214,12 +307,13 @@ def main() -> None:
             print(f"  skipped: {skipped}", flush=True)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     load = os.getloadavg()[0]
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")  # both sides of a comparison share it
     blocks = {}
     for name, section in sections.items():
         text = [f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu}, {os.cpu_count()} cores "
-                f"(load average {load:.1f} when it ended), Python {platform.python_version()}; {args.reps} "
-                f"alternating repetitions per side, medians. Reproduce: "
-                f"`python benchmarks/run.py --reps {args.reps} --train-rows {args.train_rows} --only {name}`\n",
+                f"(load average {load:.1f} when it ended), OMP_NUM_THREADS={threads}, Python "
+                f"{platform.python_version()}; {args.reps} alternating repetitions per side, medians. Reproduce: "
+                f"`OMP_NUM_THREADS={threads} python benchmarks/run.py --reps {args.reps} --train-rows {args.train_rows} --only {name}`\n",
                 f"### {section['title']}\n\n{table(section['rows'])}\n"]
         if section.get("notes"):
             text.append(section["notes"] + "\n")

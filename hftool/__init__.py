@@ -9,15 +9,17 @@ __version__ = "0.1.0"
 _cli_process = False
 
 
-def _register_forecaster() -> None:
-    import hftool.forecaster  # noqa: F401  (importing it registers it with transformers' Auto classes)
+def _register_models() -> None:
+    import hftool.dcgan  # noqa: F401  (importing them registers them with transformers' Auto classes)
+    import hftool.forecaster  # noqa: F401
 
 
 class _AfterTransformers:
-    """Registers hftool's forecaster with transformers' Auto classes as soon as transformers is
-    imported, so `import hftool` is all it takes for `AutoModel.from_pretrained(RUN)` to load a
-    forecaster run (no remote code). Importing transformers and torch here instead would cost
-    every `hftool --help` seconds; Python has no other hook that runs after an import."""
+    """Registers hftool's forecaster and DCGAN generator with transformers' Auto classes as soon as
+    transformers is imported, so `import hftool` is all it takes for `AutoModel.from_pretrained(RUN)`
+    to load an lstm-forecast or gan run (no remote code). Importing transformers and torch here
+    instead would cost every `hftool --help` seconds; Python has no other hook that runs after an
+    import."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "transformers":
@@ -31,13 +33,13 @@ class _AfterTransformers:
 
             def exec_module(module):
                 execute(module)
-                _register_forecaster()
+                _register_models()
 
             spec.loader.exec_module = exec_module
         return spec
 
 
 if "transformers" in sys.modules:
-    _register_forecaster()
+    _register_models()
 else:
     sys.meta_path.insert(0, _AfterTransformers())

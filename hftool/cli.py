@@ -39,6 +39,8 @@ NumMachines = Annotated[int, typer.Option(help="Machines in the job.", rich_help
 MachineRank = Annotated[int, typer.Option(help="This machine's rank (0 on the main one).", rich_help_panel="Distributed")]
 MainProcessIp = Annotated[Optional[str], typer.Option(help="Address of machine rank 0.", rich_help_panel="Distributed")]
 MainProcessPort = Annotated[int, typer.Option(help="Port on machine rank 0.", rich_help_panel="Distributed")]
+OverwriteOutputs = Annotated[bool, typer.Option(
+    help="Replace existing files at the output paths (never a model or run dir's own files).")]
 
 
 def _command_line() -> str:
@@ -56,13 +58,7 @@ def _task_options(kind: str, check_min: bool = True):
     """Add to a command the options every registered task declares for it (`predict_options` or
     `generate_options`), each once; the command receives them in `**options`, those not given as
     None. `check_min` lets the command line reject values below an option's minimum."""
-    from hftool.tasks import TASKS
-
-    declared: dict[str, object] = {}
-    for task in TASKS.values():
-        for option in getattr(task, kind):
-            if declared.setdefault(option.name, option) != option:
-                raise RuntimeError(f"two tasks declare --{option.name} differently; share one Option")
+    declared = _declared(kind)
 
     def decorate(command):
         signature = inspect.signature(command, eval_str=True)
@@ -79,6 +75,18 @@ def _task_options(kind: str, check_min: bool = True):
         return run
 
     return decorate
+
+
+def _declared(kind: str) -> dict:
+    """name -> Option of every option the registered tasks declare for `kind`, each once."""
+    from hftool.tasks import TASKS
+
+    declared: dict[str, object] = {}
+    for task in TASKS.values():
+        for option in getattr(task, kind):
+            if declared.setdefault(option.name, option) != option:
+                raise RuntimeError(f"two tasks declare --{option.name} differently; share one Option")
+    return declared
 
 
 def _annotation(option, check_min: bool):
@@ -200,6 +208,7 @@ def validate(
     eval_data: Annotated[Optional[str], typer.Option(help="Validation data (default: the source's own).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print {errors, warnings, summary} as JSON.")] = False,
     report_dir: Annotated[Optional[Path], typer.Option(help="Also write report.json and summary.png (histograms) here.")] = None,
+    overwrite: OverwriteOutputs = False,
 ) -> None:
     """Check every row of the data as finetune reads it and list every problem (file, row, column, fix); exit 2 on errors."""
     from hftool.config import load_config
@@ -208,7 +217,7 @@ def validate(
     recipe, positional, keyvals = _split_overrides(recipe, overrides)
     if positional:
         raise HftoolError(f"unexpected argument '{positional[0]}': overrides are KEY=VALUE")
-    report = check(load_config(recipe, {"data.train": data, "data.eval": eval_data}, keyvals), report_dir)
+    report = check(load_config(recipe, {"data.train": data, "data.eval": eval_data}, keyvals), report_dir, overwrite)
     typer.echo(json.dumps(report.as_json(), indent=2, ensure_ascii=False, default=str) if as_json else report.text())
     if report_dir is not None:
         typer.echo(f"report written to {report_dir}", err=True)
@@ -224,6 +233,7 @@ def evaluate(
     split: Annotated[Optional[str], typer.Option(help="Split of --data (default: test, else validation).")] = None,
     batch_size: BatchSize = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the metrics JSON here.")] = None,
+    overwrite: OverwriteOutputs = False,
     num_processes: NumProcesses = None,
     num_machines: NumMachines = 1,
     machine_rank: MachineRank = 0,
@@ -239,7 +249,7 @@ def evaluate(
 
     relaunch(Launch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port))
 
-    metrics = api.evaluate(model, data, split, batch_size, keyvals, output)
+    metrics = api.evaluate(model, data, split, batch_size, keyvals, output, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(json.dumps(metrics, indent=2))
 
@@ -252,6 +262,7 @@ def predict(
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="More inputs: a text file (one per line) or JSONL with a text field.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per input here.")] = None,
     batch_size: BatchSize = 32,
+    overwrite: OverwriteOutputs = False,
     **options,
 ) -> None:
     """Predict on raw inputs: prints one line per input (or per step, for tasks that forecast)."""
@@ -263,14 +274,16 @@ def predict(
     model, texts, keyvals = _split_overrides(model, inputs)
     if file is not None:
         texts += read_inputs(file)
+    from hftool.outputs import check_output, write_jsonl
+
     task = get_task(run_config(model, keyvals).task)
     if task.writes_output:  # the task writes its own files (a forecast's CSV + PNG)
         options["output"] = output
-    predictions = api.predict(model, texts, batch_size or 32, keyvals, **options)
+    elif output is not None:
+        check_output(output, overwrite, [model], what="--output")  # before the model loads
+    predictions = api.predict(model, texts, batch_size or 32, keyvals, overwrite=overwrite, **options)
     if output is not None and not task.writes_output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+        write_jsonl(output, predictions)
     for prediction in predictions:
         typer.echo(task.format_prediction(prediction))
 
@@ -278,42 +291,61 @@ def predict(
 @app.command()
 @_task_options("generate_options")
 def generate(
-    model: Annotated[str, typer.Argument(help="A model that generates (a language model): a run dir, a local model dir or a hub id.")],
+    model: Annotated[str, typer.Argument(help="A model that generates (a language model, an image generator): a run dir, a local model dir or a hub id.")],
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt to continue (repeatable).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option(help="More prompts: one per line, or JSONL with a \"prompt\" field.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per returned sequence here.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one JSON line per returned sequence here (image generators: the grid of images, and each image beside it).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling: the same seed gives the same output.")] = None,
-    stream: Annotated[bool, typer.Option(help="Print text as it is generated (one prompt at a time).")] = False,
+    stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="Print text as it is generated (one prompt at a time). Default: only for --chat.", show_default=False)] = None,
     batch_size: BatchSize = 8,
     mixed_precision: Annotated[Optional[str], typer.Option(help="Weights in: auto (bf16 where the GPU/CPU has it natively, else fp32) | no (fp32) | bf16 | fp16 (GPU). Default: the run's train.mixed_precision, else auto.", show_default=False)] = None,
+    overwrite: OverwriteOutputs = False,
     **options,
 ) -> None:
-    """Generate from prompts with a model whose task generates (language models continue them, seq2seq models transform them); prints the outputs (and writes JSONL with --output)."""
+    """Generate with a model whose task generates: language models continue prompts, seq2seq models transform them, image generators (igpt, gan) make images; prints the outputs (and writes them with --output)."""
     from hftool import api
     from hftool.data import read_inputs
+    from hftool.outputs import check_output, write_jsonl
     from hftool.tasks import get_task
 
+    if output is not None:
+        check_output(output, overwrite, [model], what="--output")  # before the model loads
     prompts = list(prompt or []) + (read_inputs(prompts_file, ("prompt", "text")) if prompts_file else [])
+    # Prompts given through a task's options (--chat) come after the plain ones, in the results too.
+    asked = [text for option in _declared("generate_options").values() if option.prompts
+             for text in options.get(option.name) or []]
+    stream = bool(asked) if stream is None else stream
     shown = []  # prompt indices already begun on the terminal
-    # A continuation goes on the prompt's line; a new text (a translation) below its input.
-    separator = get_task(api.model_task(model) or api.DEFAULT_GENERATE_TASK).generation_separator
+    task = get_task(api.model_task(model) or api.DEFAULT_GENERATE_TASK)
+    # A continuation goes on the prompt's line; a new text (a translation, an answer) below its input.
+    separator = task.generation_separator
+
+    def heading(index: int) -> str:
+        return (prompts + asked)[index] + (separator if index < len(prompts) else "\n")
 
     def show(index: int, piece: str) -> None:
         if not shown or shown[-1] != index:
-            typer.echo(("\n\n" if shown else "") + prompts[index] + separator, nl=False)
+            typer.echo(("\n\n" if shown else "") + heading(index), nl=False)
             shown.append(index)
         typer.echo(piece, nl=False)
 
+    if task.writes_output:  # the task writes its own files (images)
+        if task.prompts_optional and output is None:
+            raise HftoolError("image generators write PNG files: pass --output samples.png (the grid; each image "
+                              "beside it as samples-<i>.png)")
+        options["output"] = output
     results = api.generate(model, prompts, on_text=show if stream else None, mixed_precision=mixed_precision,
                            seed=seed, batch_size=batch_size or 8, **options)
     if stream:
         typer.echo()
     else:
-        typer.echo("\n\n".join(r["prompt"] + separator + r["generated_text"] for r in results))
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+        if asked:  # answers go below their question, not on its line
+            per_prompt = len(results) // max(1, len(prompts) + len(asked))
+            typer.echo("\n\n".join(heading(n // per_prompt) + r["generated_text"] for n, r in enumerate(results)))
+        else:
+            typer.echo(task.format_generation(results))
+    if output is not None and not task.writes_output:
+        write_jsonl(output, results)
 
 
 @app.command("eval-suite")
@@ -381,18 +413,19 @@ def report(
 def export(
     model: Annotated[str, typer.Argument(help="A run dir written by `hftool finetune`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the export into.", show_default=False)],
-    fmt: Annotated[str, typer.Option("--format", help="onnx | safetensors (merged LoRA weights: needs LoRA support).")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help="onnx | safetensors (a LoRA run's model with its adapters merged, with --merge).")] = "onnx",
     atol: Annotated[float, typer.Option(help="Largest absolute difference from PyTorch the parity check allows.")] = 1e-4,
     examples: Annotated[int, typer.Option(help="Validation examples of the run the parity check runs on.")] = 16,
     quantize: Annotated[Optional[str], typer.Option(help="dynamic-int8: also write int8 graphs (text and image classifiers), which predict then runs, and report their validation metrics.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --output.")] = False,
     batch_size: BatchSize = 8,
+    merge: Annotated[bool, typer.Option(help="Fold a LoRA run's adapters into its base (model.peft=lora runs; ONNX merges them anyway).")] = False,
 ) -> None:
-    """Export a run to ONNX (tokenizer/processor beside it) and check it against PyTorch on the run's validation examples: exit 1 if they differ by more than --atol."""
+    """Export a run to ONNX (tokenizer/processor beside it) and check it against PyTorch on the run's validation examples: exit 1 if they differ by more than --atol. A LoRA run: --format safetensors --merge writes a plain model dir."""
     from hftool import api
 
-    manifest = api.export(model, output, fmt, overwrite, atol, examples, batch_size or 8, quantize)
-    typer.echo(json.dumps({k: manifest[k] for k in ("parity", "quantization") if k in manifest}, indent=2))
+    manifest = api.export(model, output, fmt, overwrite, atol, examples, batch_size or 8, quantize, merge)
+    typer.echo(json.dumps({k: manifest[k] for k in ("parity", "quantization", "merged") if k in manifest}, indent=2))
     typer.echo(f"export saved to {output}", err=True)
 
 
@@ -412,14 +445,35 @@ def recipes(name: Annotated[Optional[str], typer.Argument(help="Print this recip
 
 
 def main() -> None:
-    """Console entry point: HftoolError -> `error: ...` on stderr and exit code 2, no traceback."""
+    """Console entry point. Every error a user can cause is one line on stderr, `error: ...`, with
+    exit code 2: HftoolError, usage errors (Typer's multi-line box otherwise) and OS errors (a
+    full disk, a path under a file). Interrupts exit with 128 + the signal. HFTOOL_DEBUG=1 keeps
+    tracebacks."""
     import hftool
 
     hftool._cli_process = True
+    debug = bool(os.environ.get("HFTOOL_DEBUG"))
     try:
-        app()
+        code = app(standalone_mode=False)  # click raises instead of printing its box and exiting
+        if code == 130:  # Typer turns Ctrl-C outside our handlers into Exit(130)
+            print("interrupted", file=sys.stderr)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except typer.TyperException as err:  # click's usage errors (Typer vendors click)
+        if type(err).__name__ == "NoArgsIsHelpError":  # `hftool` alone: the help, as before
+            err.show()
+            sys.exit(2)
+        if debug:
+            raise
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print(f"error: {' '.join(err.format_message().split())}{hint}", file=sys.stderr)  # one line
+        sys.exit(2)
+    except typer.Abort:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except HftoolError as err:
-        if os.environ.get("HFTOOL_DEBUG"):
+        if debug:
             raise
         if not (getattr(err, "collective", False) and int(os.environ.get("RANK", "0")) > 0):
             print(f"error: {err}", file=sys.stderr)  # a stop every process makes together: said once
@@ -428,12 +482,19 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:
-        if os.environ.get("HFTOOL_DEBUG") or not _lost_a_peer(err):
+        if debug:
             raise
-        # The process that failed printed its own error; this one only lost its connection to it.
-        print(f"error: process {os.environ.get('RANK')} stopped because another process of the run failed "
-              "(its error is above)", file=sys.stderr)
-        sys.exit(1)
+        if _lost_a_peer(err):
+            # The process that failed printed its own error; this one only lost its connection to it.
+            print(f"error: process {os.environ.get('RANK')} stopped because another process of the run failed "
+                  "(its error is above)", file=sys.stderr)
+            sys.exit(1)
+        if isinstance(err, OSError) and not isinstance(err, ConnectionError):
+            # A disk that fills up, a folder that cannot be written: the system's words, one line.
+            where = f" {err.filename}" if err.filename else ""
+            print(f"error: cannot use{where}: {err.strerror or err}", file=sys.stderr)
+            sys.exit(2)
+        raise
     finally:
         # Exit's final collections would walk every object torch and transformers made, for
         # nothing: the process is ending.

@@ -52,6 +52,7 @@ class Section:
 @dataclass
 class ModelConfig(Section):
     section: typing.ClassVar[str] = "model"
+    choices: typing.ClassVar[dict[str, tuple]] = {"peft": ("none", "lora", "qlora")}
     # A local model dir or hftool run dir (wins when it exists), a hub id, or tiny:<arch> for a
     # small randomly initialised model built from a config (tests, demos, air-gapped smoke runs).
     name: str = "tiny:bert"
@@ -61,6 +62,11 @@ class ModelConfig(Section):
     # Hub access token for private models. Never written anywhere: redacted in config.yaml and
     # in tracker configs.
     token: str | None = None
+    # Parameter-efficient fine-tuning (hftool.adapters): none trains every weight; lora trains
+    # low-rank adapters (peft.*) plus the task's new heads and saves only those; qlora does the
+    # same on a 4-bit base (CUDA and bitsandbytes only). Full fine-tuning is the default: on the
+    # models a CPU trains it is the most accurate and memory is rarely what limits it.
+    peft: str = "none"
 
 
 @dataclass
@@ -171,6 +177,10 @@ class TrainConfig(Section):
             self.require(name, getattr(self, name) is None or getattr(self, name) > 0, "positive")
         if self.max_steps is None and self.epochs <= 0:
             raise HftoolError(f"train.epochs must be positive, got {self.epochs} (or set --max-steps)")
+        self.require("lr", self.lr >= 0, ">= 0 (0 freezes the weights)")
+        self.require("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)")
+        self.require("weight_decay", self.weight_decay >= 0, ">= 0")
+        self.require("max_grad_norm", self.max_grad_norm >= 0, ">= 0 (0 turns clipping off)")
 
 
 @dataclass
@@ -179,6 +189,10 @@ class EvalConfig(Section):
     # Write every evaluated example's prediction (and reference, loss) to predictions.jsonl: in
     # the run dir for the final evaluation of `finetune`, beside --output for `hftool evaluate`.
     save_predictions: bool = False
+    # `hftool evaluate RUN` on the run's own data: stop when the data's sha256 differs from the one
+    # in provenance.json. false warns with both hashes and scores it, since an edited file is
+    # sometimes what the user means to score.
+    strict: bool = False
     # `hftool eval-suite`: resamples of the examples behind each metric's 95% interval and the
     # paired test against the baseline (seeded: the same draws on every run); 0 turns both off.
     # Each resample recomputes the metrics from per-example counts: cheap next to evaluating.
@@ -201,8 +215,47 @@ class Option:
     flags: tuple[str, ...] = ()  # extra spellings, e.g. ("-k",) or ("--greedy/--sample",)
     default: Any = None  # None: not given (the hook's own default applies)
     min: float | None = None
+    # Its values are prompts too (--chat): `hftool generate` shows and streams them like --prompt.
+    prompts: bool = False
 
 
+@dataclass
+class PeftConfig(Section):
+    """peft.*: the LoRA adapters of model.peft=lora|qlora (ignored with model.peft=none)."""
+
+    section: typing.ClassVar[str] = "peft"
+    # Rank of each adapter's update (two matrices of r x width per adapted layer). 8 is the LoRA
+    # paper's usual value; higher ranks rarely help on classification-sized data.
+    r: int = 8
+    # The update is scaled by alpha / r, so alpha = 2r keeps the scale when r changes (peft's
+    # and the QLoRA paper's convention).
+    alpha: float = 16.0
+    # Dropout on each adapter's input: a mild regulariser for small data (the QLoRA paper's 0.05).
+    dropout: float = 0.05
+    # The layers that get adapters: `auto` puts them on every linear layer but the task's heads
+    # and the output layer (the QLoRA paper's choice, which matched full fine-tuning where
+    # attention-only adapters fell short; convolutions in a model without linear layers), and the
+    # banner prints the names chosen. Or module names: a list such as [query, value], or
+    # `query,value` on a command line.
+    target_modules: list | str = "auto"
+
+    def check(self) -> None:
+        self.require("r", self.r > 0, "positive")
+        self.require("alpha", self.alpha > 0, "positive")
+        self.require("dropout", 0 <= self.dropout < 1, "in [0, 1)")
+        names = self.target_modules
+        ok = bool(names) and all(isinstance(n, str) and n.strip() for n in (names if isinstance(names, list) else [names]))
+        self.require("target_modules", ok, "auto or module names such as [query, value]")
+
+    def module_names(self) -> list[str] | None:
+        """The names asked for; None for auto."""
+        if self.target_modules == "auto":
+            return None
+        names = self.target_modules if isinstance(self.target_modules, list) else self.target_modules.split(",")
+        return [n.strip() for n in names if n.strip()]
+
+
+# The sections a task's Options provide; `peft` is the same for every task.
 SECTIONS = ("model", "data", "train", "eval")
 
 
@@ -219,6 +272,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
 
 def new_config(task: str) -> RunConfig:
@@ -315,8 +369,24 @@ def valid_keys(cfg: Any = None, prefix: str = "") -> list[str]:
     return keys
 
 
+# Names other tools (transformers' TrainingArguments, the example scripts) use for hftool keys: a
+# close spelling match would suggest the wrong key (learning_rate -> logging_steps).
+ALIASES = {
+    "learning_rate": "train.lr", "num_train_epochs": "train.epochs", "num_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size", "train_batch_size": "train.batch_size",
+    "per_device_eval_batch_size": "train.eval_batch_size", "gradient_accumulation": "train.gradient_accumulation_steps",
+    "warmup_steps": "train.warmup_ratio", "lr_scheduler_type": "train.scheduler", "max_seq_length": "data.max_length",
+    "fp16": "train.mixed_precision", "bf16": "train.mixed_precision", "model_name_or_path": "model.name",
+    "train_file": "data.train", "validation_file": "data.eval",
+}
+
+
 def _unknown_key(key: str, source: str, cfg: RunConfig) -> HftoolError:
     keys = valid_keys(cfg)
+    alias = ALIASES.get(key.rsplit(".", 1)[-1])
+    if alias:
+        note = " (a fraction of the steps)" if alias == "train.warmup_ratio" else ""
+        return HftoolError(f"unknown config key '{key}' in {source}: hftool calls it '{alias}'{note}")
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     if not close:  # a bare leaf name such as `warmup_ratio` still finds `train.warmup_ratio`
         leaf = key.rsplit(".", 1)[-1]
@@ -495,7 +565,7 @@ def _for_task(task: str, source: str) -> RunConfig:
 def validate(cfg: RunConfig) -> None:
     """Reject values that cannot work, before anything expensive runs: each section's choices
     and checks (the task's own included)."""
-    for name in SECTIONS:
+    for name in (*SECTIONS, "peft"):
         getattr(cfg, name).validate()
 
 

@@ -46,6 +46,7 @@ def diagnose(cfg: RunConfig) -> list[Check]:
         found, size = _model(spec, cfg)
         checks += found
         weights += size
+    checks += _adapters(cfg)
     checks += [_data(cfg.data.train, "data.train", "--data")] if cfg.data.train else [
         Check("data.train", "fail", "no training data is set", "pass --data FILE (or set data.train in the recipe)")]
     if cfg.data.eval:
@@ -128,10 +129,34 @@ def _model(spec: str, cfg: RunConfig) -> tuple[list[Check], int]:
     return _hub_model(spec)
 
 
+def _adapters(cfg: RunConfig) -> list[Check]:
+    """model.peft: what would stop the run before it reads any data (hftool.adapters.check)."""
+    from hftool import adapters
+    from hftool.errors import HftoolError
+    from hftool.tasks import get_task
+
+    try:
+        adapters.check(cfg, get_task(cfg.task))
+    except HftoolError as err:
+        problem, _, fix = str(err).rpartition("; ")  # its messages end with the fix
+        return [Check("adapters", "fail", problem, fix)]
+    if cfg.model.peft == "none":
+        return []
+    return [Check("adapters", "ok", f"model.peft={cfg.model.peft}: r={cfg.peft.r}, alpha={cfg.peft.alpha}, "
+                  f"target_modules={cfg.peft.target_modules}")]
+
+
 def _local_model(spec: str, path: Path) -> tuple[list[Check], int]:
     if not path.is_dir() or not (path / "config.json").is_file():
         return [Check(f"model {spec}", "fail", f"{spec} is not a model directory (no config.json)",
                       "pass a folder written by save_pretrained or by `hftool finetune`")], 0
+    from hftool.errors import HftoolError
+    from hftool.models import check_model_dir, read_config_json
+
+    try:  # a broken config.json, or one that needs the dir's own Python (never run)
+        check_model_dir(path)
+    except HftoolError as err:
+        return [Check(f"model {spec}", "fail", str(err))], 0  # the message says the fix
     weights = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()]
     size = sum(p.stat().st_size for p in weights)
     checks = [Check(f"model {spec}", "ok" if weights else "fail",
@@ -143,9 +168,7 @@ def _local_model(spec: str, path: Path) -> tuple[list[Check], int]:
     if tokenizer or processor:
         checks.append(Check(f"tokenizer/processor {spec}", "ok", ", ".join(tokenizer + processor)))
     else:
-        import json
-
-        timm = json.loads((path / "config.json").read_text(encoding="utf-8")).get("architecture") is not None
+        timm = read_config_json(path).get("architecture") is not None
         checks.append(Check(f"tokenizer/processor {spec}", "ok" if timm else "fail",
                             "timm model: its processor is in config.json" if timm else
                             "no tokenizer or image processor files",

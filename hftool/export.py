@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hftool import logs
+from hftool import adapters, logs
 from hftool.errors import HftoolError
 
 FORMATS = ("onnx", "safetensors")
@@ -418,25 +418,32 @@ def is_export(path: str | Path) -> bool:
 
 
 def export(run: str | Path, output: str | Path, fmt: str = "onnx", overwrite: bool = False, atol: float = DEFAULT_ATOL,
-           examples: int = 16, batch_size: int = 8, quantize: str | None = None) -> dict:
-    """Export a run dir to ONNX in `output`, check it against PyTorch, optionally quantize it.
+           examples: int = 16, batch_size: int = 8, quantize: str | None = None, merge: bool = False) -> dict:
+    """Export a run dir to ONNX in `output`, check it against PyTorch, optionally quantize it; or
+    (fmt "safetensors" with `merge`) write a LoRA run as a plain model dir, adapters merged.
 
     Args:
         atol: Largest absolute difference allowed between an onnxruntime output and PyTorch's.
         examples: Validation examples of the run the check runs on.
         quantize: "dynamic-int8": also write int8 graphs (onnxruntime dynamic quantisation), which
             predict then runs, and report the validation metrics they lose.
+        merge: Fold a LoRA run's adapters into its base (ONNX of a LoRA run merges them anyway).
 
     Returns:
-        The export.json written beside the graphs (parity figures, quantisation metrics).
+        The export.json written beside the graphs (parity figures, quantisation metrics); for
+        a merged safetensors dir, what was written (no export.json: it is a plain model dir).
 
     Raises:
         ParityError: An output differs by more than `atol` (or a generated token differs); the
             files are kept in `output` for inspection.
     """
     run, output = Path(run).expanduser(), Path(output).expanduser()
-    cfg, task = _checked_request(run, output, fmt, overwrite, atol, examples, batch_size, quantize)
+    cfg, task = _checked_request(run, output, fmt, overwrite, atol, examples, batch_size, quantize, merge)
     parts = task.build(cfg, None, model_path=str(run))
+    if adapters.is_peft(parts.model):  # a LoRA run: both formats take its merged model
+        parts.model = adapters.merge(parts.model)
+    if fmt == "safetensors":
+        return _export_merged(run, output, task, parts)
     parts.model = parts.model.float().eval()
     features = task.features(parts, cfg, _validation_rows(task, cfg, parts, limit=examples))
     features = features.select(range(min(examples, len(features))))
@@ -470,8 +477,27 @@ def export(run: str | Path, output: str | Path, fmt: str = "onnx", overwrite: bo
     return manifest
 
 
+def _export_merged(run: Path, output: Path, task, parts) -> dict:
+    """A LoRA run's merged model as a plain model dir (weights, config, tokenizer or processor,
+    generation config), written in a staging folder renamed into place."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        task.save(parts, staging, model=parts.model)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if output.exists():
+        shutil.rmtree(output)  # _checked_request allowed it: empty
+    os.replace(staging, output)
+    logs.info(f"exported {run} to {output} with its adapters merged")
+    return {"format": "safetensors", "run": str(run.resolve()), "merged": True}
+
+
 def _checked_request(run: Path, output: Path, fmt: str, overwrite: bool, atol: float, examples: int, batch_size: int,
-                     quantize: str | None):
+                     quantize: str | None, merge: bool = False):
     """Every reason to refuse the export, before anything is loaded. Returns (the run's config in fp32, its task)."""
     from hftool.api import run_config
     from hftool.tasks import get_task
@@ -479,9 +505,9 @@ def _checked_request(run: Path, output: Path, fmt: str, overwrite: bool, atol: f
 
     if fmt not in FORMATS:
         raise HftoolError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    if fmt == "safetensors":
-        raise HftoolError("--format safetensors writes a run with its LoRA adapters merged, which needs LoRA support "
-                          "this hftool does not have yet; use --format onnx")
+    if fmt == "safetensors" and not merge:
+        raise HftoolError("--format safetensors writes a LoRA run's model with its adapters merged: add --merge (a run "
+                          "trained in full is such a model dir already)")
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise HftoolError(f"unknown --quantize {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
     if atol <= 0 or examples < 1 or batch_size < 1:
@@ -491,11 +517,15 @@ def _checked_request(run: Path, output: Path, fmt: str, overwrite: bool, atol: f
                           "validation data: pass the folder `hftool finetune` wrote")
     cfg = run_config(str(run), ["train.mixed_precision=no"])  # the check compares fp32 to fp32
     task = get_task(cfg.task)
-    if type(task).onnx_graphs is Task.onnx_graphs:
+    lora = adapters.is_adapter_dir(run)
+    if merge and not lora:
+        raise HftoolError(f"--merge: {run} has no adapters to merge (it was trained with model.peft=none); leave out "
+                          "--merge")
+    if fmt == "onnx" and type(task).onnx_graphs is Task.onnx_graphs:
         task.onnx_graphs(None, cfg, None)  # the base class's one-line "not exportable yet"
     if quantize and not task.quantizable:
         raise HftoolError(f"--quantize {quantize} is for text and image classifiers; {cfg.task} exports in fp32 only")
-    if not any((run / name).is_file() for name in WEIGHTS):
+    if not lora and not any((run / name).is_file() for name in WEIGHTS):
         raise HftoolError(f"{run} has no model weights ({WEIGHTS[0]}): the run did not finish; finish it with "
                           "`hftool finetune ... --resume -o RUN` or export another run")
     _check_output(output, run, overwrite)

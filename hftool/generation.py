@@ -173,7 +173,7 @@ def continuation(tokenizer, ids: list[int], eos_ids: set[int], stop: list[str]) 
 
 
 def generate(model, tokenizer, prompts: list[str], options: GenerationOptions | None = None,
-             on_text: Callable[[int, str], None] | None = None) -> list[dict]:
+             on_text: Callable[[int, str], None] | None = None, add_special_tokens: bool = True) -> list[dict]:
     """Continue each prompt.
 
     Args:
@@ -186,6 +186,7 @@ def generate(model, tokenizer, prompts: list[str], options: GenerationOptions | 
         on_text: Streaming: called as on_text(prompt_index, piece) with each new piece of text as
             it is generated, prompts one at a time (at least one call per prompt). The pieces
             of a prompt join into its generated_text.
+        add_special_tokens: False for prompts that carry their own (a rendered chat template).
 
     Returns:
         One {"prompt", "generated_text"} per returned sequence (the continuation only; an
@@ -208,7 +209,7 @@ def generate(model, tokenizer, prompts: list[str], options: GenerationOptions | 
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     if not encoder_decoder:
         tokenizer.padding_side = "left"
-    encoded = [ids or [start] for ids in tokenizer(list(prompts))["input_ids"]]
+    encoded = [ids or [start] for ids in tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]]
     size = 1 if on_text is not None else options.batch_size
     order = list(range(len(prompts)))
     if size > 1:

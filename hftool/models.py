@@ -48,8 +48,54 @@ def is_run_dir(path: str | Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "config.json").is_file()
 
 
+NO_REMOTE_CODE = "hftool never runs code shipped in a model dir"
+
+
+def read_config_json(path: str | Path) -> dict:
+    """A model dir's config.json as a dict; a broken one is an error blaming config.json."""
+    file = Path(path).expanduser() / "config.json"
+    try:
+        loaded = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HftoolError(f"{file} is not valid JSON (line {err.lineno}: {err.msg}); restore the file") from None
+    except UnicodeDecodeError:
+        raise HftoolError(f"{file} is not UTF-8 text; restore the file") from None
+    if not isinstance(loaded, dict):
+        raise HftoolError(f"{file} is not a JSON object of model settings; restore the file")
+    return loaded
+
+
+def check_model_dir(path: Path) -> None:
+    """Fail before transformers reads a local model dir that cannot load without running code:
+    a config.json whose model_type transformers does not know but whose auto_map names Python
+    files of the dir. transformers would ask on stdin whether to run them; hftool never does."""
+    if not (path / "config.json").is_file():
+        files = ", ".join(sorted(p.name for p in path.iterdir())[:5]) or "it is empty"
+        raise HftoolError(f"{path} is not a model directory (no config.json; {files}); pass a saved model or run dir")
+    config = read_config_json(path)
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if model_type in CONFIG_MAPPING:
+        return
+    if config.get("auto_map"):
+        classes = ", ".join(f"{k}: {v}" for k, v in config["auto_map"].items())
+        raise HftoolError(f"{path} needs custom code (config.json auto_map: {classes}); {NO_REMOTE_CODE}: use a model "
+                          "whose architecture transformers includes")
+    if model_type is None:
+        return  # old configs without one: transformers guesses from the name, or says what is wrong
+    import transformers
+
+    raise HftoolError(f"{path / 'config.json'}: model_type {model_type!r} is not one transformers "
+                      f"{transformers.__version__} knows; upgrade transformers or pass another model")
+
+
 def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: Any) -> Any:
-    """`loader.from_pretrained(spec, ...)` for a local path or a hub id, with clear errors.
+    """`loader.from_pretrained(spec, ...)` for a local path or a hub id, with clear errors. A run
+    dir with adapters (model.peft=lora) loads as its base with the adapters on it.
+
+    Auto classes get trust_remote_code=False: transformers otherwise asks on stdin whether to run
+    a model's own Python files (and waits for an answer) - hftool never runs them.
 
     Args:
         kind: What is loaded, for messages ("model", "tokenizer").
@@ -57,28 +103,72 @@ def load(kind: str, loader: Any, spec: str, token: str | None = None, **kwargs: 
         spec: A local directory or a hub id.
         token: Hub token for private models.
     """
+    if getattr(loader, "__name__", "").startswith("Auto"):
+        kwargs["trust_remote_code"] = False
     path = Path(spec).expanduser()
+    weights = kind == "model" and not loader.__name__.endswith("Config")  # a model, not its config
+    if weights:
+        from hftool import adapters
+
+        kwargs = {**kwargs, **adapters.load_kwargs()}  # a 4-bit base under model.peft=qlora
+        if adapters.is_adapter_dir(path):
+            return adapters.load(loader, path, token, **kwargs)
     if path.exists():
-        if not path.is_dir() or (kind != "tokenizer" and not (path / "config.json").is_file()):
+        if not path.is_dir():
             raise HftoolError(f"{spec} is not a model directory (no config.json); pass a saved model or run dir")
+        check_model_dir(path)
         if kind == "model" and _loads_weights(loader):
             from hftool.export import OnnxModel, is_export
 
             if is_export(path):  # the export's graphs stand in for the weights it does not have
                 return OnnxModel.load(path, kwargs.get("config"))
         try:
-            return loader.from_pretrained(str(path), **kwargs)
+            loaded = loader.from_pretrained(str(path), **kwargs)
         except (OSError, ValueError) as err:
-            raise HftoolError(f"{spec}: the {kind} cannot be loaded ({str(err).splitlines()[0]})") from None
+            if kind == "tokenizer" and "instantiate the backend tokenizer" in str(err):  # no vocabulary file at all
+                raise HftoolError(_no_vocabulary(path)) from None
+            raise HftoolError(_load_error(spec, kind, err)) from None
+        if kind == "tokenizer":
+            check_vocabulary(loaded, path)
+        return loaded
     # "runs/mine" is a path when ./runs exists, though it reads like a hub id "owner/name".
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (path.parent != Path(".") and path.parent.is_dir()):
         raise HftoolError(f"model directory {spec} does not exist; check the path")
     from hftool.hub import from_hub
 
-    return from_hub(
-        kind, spec, "a local model directory (--model path/to/model) or a tiny:<arch> model",
-        lambda: loader.from_pretrained(spec, token=token, **kwargs),
-    )
+    def from_hub_id():
+        try:
+            return loader.from_pretrained(spec, token=token, **kwargs)
+        except ValueError as err:
+            if "custom code" in str(err):
+                raise HftoolError(_load_error(spec, kind, err)) from None
+            raise
+
+    return from_hub(kind, spec, "a local model directory (--model path/to/model) or a tiny:<arch> model", from_hub_id)
+
+
+def _load_error(spec: str, kind: str, err: Exception) -> str:
+    text = str(err)
+    if "custom code" in text or "trust_remote_code" in text:  # a tokenizer or processor class in the dir's files
+        return f"{spec}: the {kind} needs custom code; {NO_REMOTE_CODE}: use a model whose {kind} transformers includes"
+    return f"{spec}: the {kind} cannot be loaded ({text.strip().splitlines()[0]})"
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model", "source.spm")
+
+
+def check_vocabulary(tokenizer: Any, path: Path) -> None:
+    """A tokenizer whose files are gone loads without error but knows only its special tokens,
+    so every word would become [UNK]: an error naming the missing file instead."""
+    if len(tokenizer.get_vocab()) <= len(set(tokenizer.all_special_tokens)):
+        raise HftoolError(_no_vocabulary(path))
+
+
+def _no_vocabulary(path: Path) -> str:
+    present = [name for name in TOKENIZER_FILES if (path / name).is_file()]
+    return (f"{path / (present[0] if present else 'tokenizer.json')}: missing or empty, so the tokenizer has no "
+            "vocabulary; restore the model's tokenizer files (tokenizer.json)")
 
 
 def _loads_weights(loader: Any) -> bool:
@@ -129,8 +219,9 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, model_max_length: int
 END_OF_TEXT = "<|endoftext|>"
 
 
-def byte_bpe_merges(texts: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Vocabulary and merges of a GPT-2-style byte-level BPE learned from `texts`.
+def byte_bpe_merges(texts: Iterable[str], vocab_size: int,
+                    specials: tuple[str, ...] = (END_OF_TEXT,)) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocabulary and merges of a GPT-2-style byte-level BPE learned from `texts`, `specials` first.
 
     Every byte is in the vocabulary, so any text encodes. The `tokenizers` BPE trainer breaks
     ties between equally frequent pairs by the pair itself, so the same texts give the same
@@ -140,7 +231,7 @@ def byte_bpe_merges(texts: Iterable[str], vocab_size: int) -> tuple[dict[str, in
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer)
     model = json.loads(tokenizer.to_str())["model"]
@@ -154,6 +245,41 @@ def train_byte_bpe(texts: Iterable[str], vocab_size: int, model_max_length: int 
     vocab, merges = byte_bpe_merges(texts, vocab_size)
     # pad = eos: batches pad with it and mask it out, as GPT-2 itself has no pad token.
     return GPT2Tokenizer(vocab=vocab, merges=merges, pad_token=END_OF_TEXT, model_max_length=model_max_length)
+
+
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+# tiny:llama's chat template (Zephyr's layout): a role marker and a line break before each turn,
+# EOS after it, so generation stops where the assistant's turn ends.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}"
+                 "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+
+
+def train_chat_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int = 2048):
+    """The tokenizer of tiny:llama: a byte-level BPE learned from `texts` with <s>, </s>, <pad> and
+    the role markers of its chat template (CHAT_TEMPLATE, set on it) as special tokens."""
+    from transformers import GPT2Tokenizer
+
+    vocab, merges = byte_bpe_merges(texts, vocab_size, specials=(PAD, BOS, EOS, *ROLE_TOKENS))
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=EOS,
+                              model_max_length=model_max_length)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(ROLE_TOKENS)})  # never split, dropped on decode
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama_config(tokenizer, overrides: dict, **fields: Any):
+    """A small Llama config: 4 layers of width 128 with rotary positions, embeddings tied to the
+    output layer (the vocabulary is small) and no dropout, like tiny:gpt2."""
+    from transformers import LlamaConfig
+
+    sizes = dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True)
+    check_config_overrides(LlamaConfig(), overrides)
+    return LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       **(sizes | fields | overrides))
 
 
 def tiny_gpt2_config(tokenizer, overrides: dict, **fields: Any):
@@ -195,7 +321,7 @@ def tiny_tokenizer(run_dir: str | Path | None, train: Callable[[], Any]):
     if run_dir is not None and (Path(run_dir) / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(run_dir))
+        return AutoTokenizer.from_pretrained(str(run_dir), trust_remote_code=False)
     return train()
 
 

@@ -14,20 +14,23 @@ from pathlib import Path
 
 from hftool import __version__
 from hftool.config import RunConfig, to_dict
+from hftool.outputs import atomic_write_text
 
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "evaluate", "timm", "tokenizers")
 
 
 def write_all(run_dir: Path, cfg: RunConfig, task, parts, metrics: dict, records: list[dict], sources: dict[str, str],
-              recipe: str, command: str, precision: str) -> None:
+              recipe: str, command: str, precision: str, parameters: dict | None = None) -> None:
     """Every file a finished run leaves beside its weights; the task's own through its
-    write_reports hook (records: the final evaluation's per-example results)."""
+    write_reports hook (records: the final evaluation's per-example results). `parameters`:
+    trainable and total parameter counts and the adapters' description (Trainer._parameters)."""
     provenance = collect_provenance(cfg, sources, command, precision)
-    (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
+    if parameters:
+        provenance["parameters"] = parameters
+    atomic_write_text(run_dir / "provenance.json", json.dumps(provenance, indent=2))
     plot_curves(run_dir / "log.jsonl", run_dir / "curves.svg",
                 (cfg.train.metric_for_best or task.default_metric).removeprefix("eval_"))
-    (run_dir / "README.md").write_text(model_card(run_dir, cfg, task, parts, metrics, provenance, recipe),
-                                       encoding="utf-8")
+    atomic_write_text(run_dir / "README.md", model_card(run_dir, cfg, task, parts, metrics, provenance, recipe))
     task.write_reports(parts, run_dir, metrics, records)
 
 
@@ -175,13 +178,23 @@ def model_card(run_dir: Path, cfg: RunConfig, task, parts, metrics: dict, proven
                for key, value in metrics.items() if key.startswith("eval_")]
     hub_datasets = list(dict.fromkeys(d["id"] for d in map(_dataset, (cfg.data.train, cfg.data.eval)) if d["hub"]))
     bases = meta["base_model"]
-    card_data = ModelCardData(model_name=Path(run_dir).name, library_name=meta["library_name"],
+    parameters = provenance.get("parameters") or {}
+    library = "peft" if parameters.get("adapters") else meta["library_name"]  # peft loads adapters onto their base
+    card_data = ModelCardData(model_name=Path(run_dir).name, library_name=library,
                               pipeline_tag=meta["pipeline_tag"], base_model=bases[0] if len(bases) == 1 else bases or None,
                               datasets=hub_datasets or None, tags=["hftool", cfg.task], eval_results=results or None)
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     data_rows = "\n".join(f"- {split}: {d['source']}" + (f" (sha256 {d['sha256'][:16]}...)" if "sha256" in d else "")
                           for split, d in provenance["data"].items())
     versions = ", ".join(f"{k} {v}" for k, v in provenance["packages"].items())
+    training, usage = "", task.card_usage(parts, cfg)
+    if parameters:
+        from hftool.adapters import card_section, card_usage
+
+        training = "## Training\n\n" + card_section(parameters["trainable"], parameters["total"],
+                                                     parameters.get("adapters")) + "\n"
+        if parameters.get("adapters"):  # transformers loads the merged folder, not this one
+            usage = card_usage(usage)
     base = ", ".join(f"[{b}](https://huggingface.co/{b})" for b in bases) or "none (trained from scratch)"
     return f"""---
 {card_data.to_yaml()}
@@ -197,7 +210,7 @@ Task: {cfg.task}. Model: {meta['model']}. Base model: {base}.
 |---|---|
 {rows}
 
-## Data
+{training}## Data
 
 {data_rows}
 
@@ -213,7 +226,7 @@ Resolved configuration: `config.yaml`; training log: `log.jsonl`; curves: `curve
 
 Run from this folder (`"."`), or put its path or Hub id in place of `"."`:
 
-{task.card_usage(parts, cfg)}
+{usage}
 ## Provenance
 
 hftool {provenance['hftool_version']} (commit {provenance['hftool_git_commit'] or 'unknown'}), Python {provenance['python']}; {versions}.

@@ -28,6 +28,7 @@ import yaml
 
 from hftool import __version__, logs
 from hftool.errors import HftoolError
+from hftool.runs import trained_labels
 
 KEYS = ("models", "baseline", "datasets", "gates", "overrides", "alpha")
 DATASET_KEYS = ("path", "split", "task", "overrides")
@@ -334,8 +335,10 @@ def plan(suite: Suite, out: Path, cli_overrides: list[str] | None = None) -> Pla
             if signature not in checked:  # columns that fit the task: checked once per task and settings
                 data, source = rows[dataset.name]
                 try:
-                    # The first rows show whether the columns fit; scoring checks every row.
-                    get_task(task).prepare(cfg, data.select(range(min(len(data), 64))), source)
+                    # The first rows show whether the columns fit; scoring checks every row. With the
+                    # run's classes: a test set may hold one class, which training data may not.
+                    get_task(task).prepare(cfg, data.select(range(min(len(data), 64))), source,
+                                           trained_labels(model.run))
                 except HftoolError as err:
                     raise HftoolError(f"{where} does not fit {model.name} ({task}): {err}") from None
                 checked.add(signature)

@@ -28,16 +28,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hftool import logs
+from hftool import adapters, logs
 from hftool.config import RunConfig, to_dict, to_yaml
 from hftool.errors import HftoolError
-from hftool.outputs import honour_umask, write_json, write_jsonl
+from hftool.outputs import atomic_write_text, honour_umask, write_json, write_jsonl
 from hftool.runtime import make_accelerator, resolve_mixed_precision
 
 CHECKPOINT = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
 LOG_FILE = "log.jsonl"
-LOWER_IS_BETTER = re.compile(r"loss|perplexity|error|wer|cer|mae|mse|rmse|mape")
+LOWER_IS_BETTER = re.compile(r"loss|perplexity|error|wer|cer|mae|mse|rmse|mape|bits_per|fid|kid")
 
 
 @dataclass
@@ -76,12 +76,23 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, recipe: str = "", resume: bool = False, command: str = ""):
+    def __init__(self, cfg: RunConfig, run_dir: Path, recipe: str = "", resume: bool = False, command: str = "",
+                 replace: bool = False):
+        """
+        Args:
+            replace: run_dir holds an hftool run to replace (--overwrite): it is moved aside once
+                the new run's data and model have loaded, and deleted at its first checkpoint.
+        """
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.recipe = recipe
         self.resume = resume
         self.command = command
+        self.replace = replace
+        self.replaced: Path | None = None  # where the replaced run waits for the first checkpoint
+        self.staged_base: Path | None = None  # a LoRA run's built base, until the run dir may change
+        self.finished = False  # --resume found the run already at its last step: nothing to do
+        self.resume_from: Path | None = None
         self.state = TrainerState()
         self.stop_signal = 0
         self.metric_name = ""
@@ -119,6 +130,7 @@ class Trainer:
         )
         set_seed(t.seed)
         self.task = task = get_task(cfg.task)
+        adapters.check(cfg, task)
         self.metric_name = t.metric_for_best or task.default_metric
         self.greater_is_better = (t.greater_is_better if t.greater_is_better is not None
                                   else not LOWER_IS_BETTER.search(self.metric_name))
@@ -126,26 +138,48 @@ class Trainer:
         from hftool.models import check_reachable
 
         check_reachable(cfg.model.name, cfg.model.token)
+        if self.resume:  # before the data loads: a refused resume costs nothing and writes nothing
+            self.resume_from = self._check_resume()
         with acc.main_process_first():
             raw, self.sources = load_splits(cfg.data, task.reading(cfg), t.seed, cfg.model.token)
             with validate.hint(self.recipe, cfg):  # a bad row's error names the command that lists them all
                 _, labels = task.prepare(cfg, raw["full"], self.sources["train"]) if "full" in raw else (None, None)
                 train_rows, labels = task.prepare(cfg, raw["train"], self.sources["train"], labels)
                 self.eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
-            self.parts = parts = task.build(cfg, labels, train_rows, run_dir=self.run_dir if self.resume else None)
+            with adapters.loading(cfg):  # a 4-bit base under model.peft=qlora
+                self.parts = parts = task.build(cfg, labels, train_rows, run_dir=self.run_dir if self.resume else None)
+            # Adapters go on after the task built its model and before any optimizer exists.
+            self.staged_base = adapters.wrap(cfg, task, parts, self.run_dir, main_process=acc.is_main_process,
+                                            resume=self.resume)
             self.train_features = task.train_features(parts, cfg, train_rows)
             self.eval_features = task.eval_features(parts, cfg, self.eval_rows)
+        if self.resume:
+            from hftool.runs import shown, trained_labels
+
+            trained = trained_labels(self.run_dir)
+            if trained is not None and labels is not None and [str(label) for label in labels] != trained:
+                raise HftoolError(f"--resume: the data's labels ({shown(labels)}) are not the run's ({shown(trained)}); "
+                                  "resume with the run's data or start a new run")
         if t.micro_batch_size == "auto":
             self._plan_micro_batch()
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            task.save(parts, self.run_dir)  # the tokenizer first: a resumed run reuses it
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
         self._build_loaders()
         self._build_optimizer()
+        if adapters.is_peft(parts.model):
+            adapters.slim_checkpoints(acc)
+        for kept in task.checkpointed(parts):  # registered before a resume loads the checkpoint
+            if isinstance(kept, torch.nn.Module):
+                kept.to(acc.device)
+            acc.register_for_checkpointing(kept)
         self.state.num_processes = acc.num_processes
         self.state.gradient_accumulation_steps = t.gradient_accumulation_steps
         self.state.batch_size = t.batch_size
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
+        if self.resume_from is not None:
+            self._load_checkpoint(self.resume_from)
+            if self.finished:
+                return
+        # Every check has passed and the model is built: only now does the run dir change.
+        self._write_run_files()
         if tracking:
             if acc.is_main_process:
                 self.logging_dir.mkdir(parents=True, exist_ok=True)
@@ -153,9 +187,47 @@ class Trainer:
             acc.init_trackers(project, config=_flat_scalars(to_dict(cfg)),
                               init_kwargs={"wandb": {"dir": str(self.logging_dir)},
                                            "mlflow": {"logging_dir": str(self.logging_dir)}})
-        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
-        if self.resume:
-            self._load_latest_checkpoint()
+
+    def _write_run_files(self) -> None:
+        """Move a run being replaced aside, then write the marker (a new run's first file), the
+        tokenizer/processor (a resumed run reuses it) and config.yaml; a resumed run's log loses
+        the records written after its checkpoint."""
+        from hftool.runs import MARKER, move_aside, recorded, write_marker
+
+        if self.accelerator.is_main_process:
+            if self.replace and self.run_dir.is_dir():
+                self.replaced = move_aside(self.run_dir)
+                logs.info(f"--overwrite: moved the previous run to {self.replaced}; it is deleted when this run "
+                          "saves its first checkpoint")
+            if not (self.run_dir / MARKER).is_file():
+                write_marker(self.run_dir, self.parts.labels)
+            adapters.place_base(self.staged_base, self.run_dir)
+            self.staged_base = None
+            self.task.save(self.parts, self.run_dir)
+            atomic_write_text(self.run_dir / "config.yaml", to_yaml(recorded(self.cfg)))
+            if self.resume:
+                self._truncate_log(self.state.global_step)
+        self.accelerator.wait_for_everyone()
+
+    def restore_replaced(self) -> None:
+        """Put back a run that --overwrite moved aside, when the new run stopped before its first
+        checkpoint (the new run's partial files go): the user keeps a whole run either way."""
+        if self.staged_base is not None:  # the run stopped before its dir could change
+            shutil.rmtree(self.staged_base, ignore_errors=True)
+            self.staged_base = None
+        if self.replaced is None:
+            return
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        os.rename(self.replaced, self.run_dir)
+        logs.info(f"--overwrite: the new run stopped before its first checkpoint; the previous run is back in {self.run_dir}")
+        self.replaced = None
+
+    def _drop_replaced(self) -> None:
+        if self.replaced is not None:
+            from hftool.runs import remove_aside
+
+            remove_aside(self.replaced)
+            self.replaced = None
 
     def _plan_micro_batch(self) -> None:
         """train.micro_batch_size=auto: a resumed run takes the split its checkpoint was written
@@ -241,6 +313,8 @@ class Trainer:
             with bounded_kernel_caches(varying_shapes and self.accelerator.device.type == "cpu"):
                 self._train()
         finally:
+            if getattr(self, "progress", None) is not None:
+                self.progress.close()  # now, not when collected: after the error line it would bury it
             if in_main_thread:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
@@ -271,8 +345,8 @@ class Trainer:
     def _train(self) -> None:
         acc, t, state = self.accelerator, self.cfg.train, self.state
         self._banner()
-        progress = tqdm(total=self.total_steps, initial=state.global_step, desc="Training", dynamic_ncols=True,
-                        disable=not acc.is_local_main_process)
+        progress = self.progress = tqdm(total=self.total_steps, initial=state.global_step, desc="Training",
+                                        dynamic_ncols=True, disable=not acc.is_local_main_process)
         self.model.train()
         running_loss = torch.zeros((), device=acc.device)
         running_parts: dict = {}  # a task's other losses (a GAN's generator and discriminator)
@@ -285,6 +359,7 @@ class Trainer:
             if state.batches_in_epoch:  # resume mid-epoch at the next unseen batch
                 loader = acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
             for batch in loader:
+                self.step.number = state.global_step
                 with acc.accumulate(*self.models.values()):
                     losses = self.task.train_step(self.parts, batch, self.step)
                 loss = losses["loss"]
@@ -359,7 +434,7 @@ class Trainer:
     def _evaluate_and_checkpoint(self) -> bool:
         """Evaluate, track the best, checkpoint. Returns True when patience has run out."""
         t, state = self.cfg.train, self.state
-        metrics = self.evaluate()
+        metrics = self.evaluate(state.global_step)
         state.last_eval = {"step": state.global_step, **metrics}
         self._log("eval", metrics)
         key = f"eval_{self.metric_name}"
@@ -376,15 +451,20 @@ class Trainer:
         self.save_checkpoint()
         return t.early_stopping_patience is not None and state.evals_without_improvement >= t.early_stopping_patience
 
-    def evaluate(self) -> dict[str, float]:
-        """Metrics on the eval data. The gathered per-example outputs of the latest evaluation are
-        kept (self.eval_batches): finish() turns the final one into records for the task's report
-        files and, with eval.save_predictions, predictions.jsonl."""
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Metrics on the eval data of the model as it is after `step` optimizer steps. The
+        gathered per-example outputs of the latest evaluation are kept (self.eval_batches):
+        finish() turns the final one into records for the task's report files and, with
+        eval.save_predictions, predictions.jsonl. The task's `evaluated` hook then writes what
+        shows the model at that step; the last call is always the run's final model."""
         from hftool.evaluation import evaluate_model
 
         self.eval_batches = []
-        return evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts, self.eval_rows,
-                              batches=self.eval_batches)
+        metrics = evaluate_model(self.accelerator, self.model, self.eval_loader, self.task, self.parts, self.eval_rows,
+                                 batches=self.eval_batches)
+        if self.accelerator.is_main_process:
+            self.task.evaluated(self.parts, self.accelerator.unwrap_model(self.model), self.run_dir, step)
+        return metrics
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -411,6 +491,7 @@ class Trainer:
             os.replace(tmp, final)
             _fsync_dir(root)
             self._rotate_checkpoints()
+            self._drop_replaced()  # the new run can now be resumed: the old one goes
         acc.wait_for_everyone()
         return final
 
@@ -421,25 +502,58 @@ class Trainer:
         for old in removable[: max(0, len(removable) - self.cfg.train.save_total_limit)]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _load_latest_checkpoint(self) -> None:
+    def _check_resume(self) -> Path | None:
+        """The checkpoint --resume continues from (None: none complete yet), after checking that
+        this command's data and setup are the run's. Reads only: a refused resume changes nothing."""
+        from hftool.config import read_yaml
+        from hftool.runs import same_spec
+
+        saved_config = self.run_dir / "config.yaml"
+        if saved_config.is_file():
+            saved = read_yaml(saved_config).get("data") or {}
+            for key in ("train", "eval"):
+                wanted = getattr(self.cfg.data, key)
+                if not same_spec(saved.get(key), wanted):
+                    raise HftoolError(f"--resume: {self.run_dir} was trained with data.{key}={saved.get(key)}, this "
+                                      f"command passes {wanted}; resume with the run's data or start a new run")
         checkpoints = list_checkpoints(self.run_dir)
         if not checkpoints:
             logs.warn(f"--resume: no complete checkpoint in {self.run_dir / 'checkpoints'}; starting from scratch")
-            return
+            return None
         latest = checkpoints[-1]
-        saved = TrainerState(**json.loads((latest / STATE_FILE).read_text()))
+        saved_state = TrainerState(**json.loads((latest / STATE_FILE).read_text()))
         current = TrainerState(num_processes=self.accelerator.num_processes,
                                gradient_accumulation_steps=self.cfg.train.gradient_accumulation_steps,
                                batch_size=self.cfg.train.batch_size)
-        diffs = [f"{k} {getattr(saved, k)} -> {getattr(current, k)}"
-                 for k in ("num_processes", "gradient_accumulation_steps", "batch_size")
-                 if getattr(saved, k) != getattr(current, k)]
+        def setup(state: TrainerState) -> dict:
+            if self.cfg.train.micro_batch_size == "auto":  # the split is the checkpoint's (_plan_micro_batch)
+                return {"num_processes": state.num_processes,
+                        "global batch": state.batch_size * state.gradient_accumulation_steps}
+            return {k: getattr(state, k) for k in ("num_processes", "gradient_accumulation_steps", "batch_size")}
+
+        diffs = [f"{k} {was} -> {now}" for (k, was), now in zip(setup(saved_state).items(), setup(current).values())
+                 if was != now]
         if diffs:
             raise HftoolError(f"--resume: {latest} was written with a different setup ({'; '.join(diffs)}); "
                               "resume with the original settings or start a new run")
-        self.accelerator.load_state(str(latest))
+        return latest
+
+    def _load_checkpoint(self, latest: Path) -> None:
+        """Load `latest` into the model, optimizer and schedule (in memory only); a run already
+        at its last step with its metrics.json is `finished` instead."""
+        saved = TrainerState(**json.loads((latest / STATE_FILE).read_text()))
+        if saved.global_step >= self.total_steps and (self.run_dir / "metrics.json").is_file():
+            self.state, self.finished = saved, True
+            return
+        try:
+            adapters.load_state(self.accelerator, self.models.values(), latest)
+        except RuntimeError as err:  # the checkpoint's tensors have other shapes than this run's model
+            mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
+                            str(err).splitlines()[0])
+            raise HftoolError(f"--resume: {latest} does not fit the model this command builds ({mismatch.rstrip('.')}); "
+                              "the labels or the model differ from the run's: resume with its data and model, "
+                              "or start a new run") from None
         self.state = saved
-        self._truncate_log(saved.global_step)
         logs.info(f"resuming from {latest.name}: step {saved.global_step}, epoch {saved.epoch}, "
                   f"batch {saved.batches_in_epoch} of the epoch")
 
@@ -452,12 +566,12 @@ class Trainer:
         final_eval = {k: v for k, v in state.last_eval.items() if k != "step"}
         if t.load_best_at_end and state.best_step is not None and state.best_step != state.last_eval.get("step"):
             best = self.run_dir / "checkpoints" / f"step-{state.best_step:07d}"
-            acc.load_state(str(best))
-            final_eval = self.evaluate()
+            adapters.load_state(acc, self.models.values(), best)
+            final_eval = self.evaluate(state.best_step)
             logs.info(f"loaded the best checkpoint (step {state.best_step}, eval_{self.metric_name}="
                       f"{state.best_metric:.4f}) as the run's model")
         if getattr(self, "eval_batches", None) is None:
-            self.evaluate()  # no evaluation ran in this process (resumed after the last one)
+            self.evaluate(state.global_step)  # no evaluation ran in this process (resumed after the last one)
         acc.wait_for_everyone()
         metrics = dict(final_eval)
         if hasattr(self, "last_train_loss"):
@@ -468,9 +582,14 @@ class Trainer:
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
             model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-            self.task.save(self.parts, self.run_dir, model=model, state_dict=state_dict)
+            if adapters.is_peft(model):
+                self.task.save(self.parts, self.run_dir)  # the tokenizer or processor
+                adapters.save(model, self.run_dir, state_dict)
+            else:
+                self.task.save(self.parts, self.run_dir, model=model, state_dict=state_dict)
             honour_umask(self.run_dir)
             write_json(self.run_dir / "metrics.json", metrics)
+            self._drop_replaced()
             from hftool.evaluation import eval_order
 
             records = self.task.prediction_records(self.parts, self.eval_batches, eval_order(self.eval_features),
@@ -478,7 +597,7 @@ class Trainer:
             if self.cfg.eval.save_predictions:
                 write_jsonl(self.run_dir / "predictions.jsonl", records)
             reports.write_all(self.run_dir, self.cfg, self.task, self.parts, metrics, records, self.sources,
-                              self.recipe, self.command, self.mixed_precision)
+                              self.recipe, self.command, self.mixed_precision, self._parameters())
         acc.end_training()
         return metrics
 
@@ -497,9 +616,20 @@ class Trainer:
             f"({'higher' if self.greater_is_better else 'lower'} is better)",
             f"  precision: {'fp32' if self.mixed_precision == 'no' else self.mixed_precision + ' autocast'}"
             + (" (train.mixed_precision=auto)" if t.mixed_precision == "auto" else ""),
-            f"  run dir: {self.run_dir}",
         ]
+        parameters = self._parameters()
+        trainable, total = parameters["trainable"], parameters["total"]
+        lines.append(f"  parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+        if parameters.get("adapters"):
+            lines.append(f"  adapters: {parameters['adapters']}")
+        lines.append(f"  run dir: {self.run_dir}")
         logs.info("\n  ".join(lines))
+
+    def _parameters(self) -> dict:
+        """Trainable and total parameters of the trained models, and their adapters (banner, card)."""
+        models = [self.accelerator.unwrap_model(model) for model in self.models.values()]
+        trainable, total = adapters.parameter_counts(models)
+        return {"trainable": trainable, "total": total, "adapters": adapters.describe(models[0])}
 
     def _log(self, kind: str, values: dict) -> None:
         record = {"type": kind, "step": self.state.global_step, **values}
@@ -511,13 +641,24 @@ class Trainer:
         self.accelerator.log(scalars, step=self.state.global_step)
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log records a killed run wrote after the checkpoint it is resumed from."""
+        """Drop log records a killed run wrote after the checkpoint it is resumed from, and a last
+        line the kill cut in half."""
         path = self.run_dir / LOG_FILE
-        if not self.accelerator.is_main_process or not path.is_file():
+        if not path.is_file():
             return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    logs.warn(f"{path}: dropped its half-written last line (the run was killed while writing it)")
+                    break
+                raise HftoolError(f"{path}:{number}: not valid JSON; delete the line to resume") from None
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")

@@ -27,6 +27,7 @@ from hftool.errors import HftoolError
 
 # The distribution figures the summary gives for each of a split's measured values.
 STATS = {"min": min, "median": statistics.median, "mean": statistics.fmean, "max": max}
+REPORT_FILES = ("report.json", "summary.png")  # what --report-dir holds
 
 
 @dataclass
@@ -74,15 +75,19 @@ def as_record(finding: Finding) -> dict:
             "check": finding.check.name, "message": message, "fix": fix}
 
 
-def validate(cfg: RunConfig, report_dir: str | Path | None = None) -> Report:
+def validate(cfg: RunConfig, report_dir: str | Path | None = None, overwrite: bool = False) -> Report:
     """Check the training data (cfg.data.train) and validation data (cfg.data.eval, else the
     source's own validation split) of a run as `finetune` would read them. Never raises for bad
-    data: every problem is in the report. With `report_dir`, writes report.json and summary.png."""
+    data: every problem is in the report. With `report_dir`, writes report.json and summary.png,
+    replacing existing ones only with `overwrite`."""
     from hftool.data import describe, load_source
+    from hftool.outputs import check_output
     from hftool.tasks import get_task
 
     if not cfg.data.train:
         raise HftoolError("no training data: pass --data FILE (or set data.train in the recipe)")
+    for name in REPORT_FILES if report_dir is not None else ():  # before any data is read
+        check_output(Path(report_dir) / name, overwrite, [], what="--report-dir file")
     task = get_task(cfg.task)
     reading = task.reading(cfg)
     findings = Findings(collect=True)
@@ -152,9 +157,7 @@ def _describe(source: str, summary) -> dict:
 def write_report(report: Report, summaries: dict, folder: Path) -> None:
     """report.json and summary.png (a histogram per measured value, both splits overlaid, and the
     class counts) in `folder`, each written atomically."""
-    import os
-
-    from hftool.outputs import write_json
+    from hftool.outputs import atomic_path, write_json
 
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "report.json", report.as_json())
@@ -194,10 +197,9 @@ def write_report(report: Report, summaries: dict, folder: Path) -> None:
         ax.set_title("examples per class" + (" (the 30 largest)" if len(names) == 30 else ""))
         ax.legend()
     fig.tight_layout()
-    tmp = folder / ".summary.png.tmp"
-    fig.savefig(tmp, dpi=80, format="png")
+    with atomic_path(folder / "summary.png") as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-    os.replace(tmp, folder / "summary.png")
 
 
 def command(recipe: str, cfg: RunConfig) -> str:

@@ -60,7 +60,8 @@ def one_thread() -> Iterator[None]:
 
 
 class ImageTransform:
-    """Decode (any mode -> RGB uint8) and transform a batch of datasets Image dicts: a random
+    """Decode (any mode -> RGB uint8, or greyscale with image_mode="L") and transform a batch of datasets
+    Image dicts: a random
     resized crop and flips in training, the processor's resize and centre crop otherwise.
 
     A class rather than a closure so DataLoader workers can pickle it where processes spawn.
@@ -69,7 +70,7 @@ class ImageTransform:
     """
 
     def __init__(self, geometry: Geometry, train: bool, skip_bad: bool, crop_scale_min: float = 0.08,
-                 hflip: float = 0.5, randaugment: int | None = None):
+                 hflip: float = 0.5, randaugment: int | None = None, image_mode: str = "RGB"):
         import torch
         from torchvision.transforms import InterpolationMode, v2
 
@@ -84,11 +85,11 @@ class ImageTransform:
             steps = [v2.Resize(geometry.resize, interpolation=mode, antialias=True), v2.CenterCrop(geometry.crop)]
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(geometry.mean), list(geometry.std))]
         self.pipeline = v2.Compose(steps)
-        self.skip_bad = skip_bad
+        self.skip_bad, self.image_mode = skip_bad, image_mode
 
     def image(self, entry):
         """One image -> a normalised float tensor (ValueError/OSError for an unreadable one)."""
-        return self.pipeline(images.decode(entry))
+        return self.pipeline(images.decode(entry, self.image_mode))
 
     def images(self, entries) -> list:
         """(position, tensor) of the entries that decode (images.readable's rule)."""
@@ -207,3 +208,17 @@ def pretrained(cfg, spec: str, auto_model, fields: dict, new_head: bool):
 
     config, model = models.pretrained_with_head(cfg, spec, auto_model, fields, new_head)
     return config, model, models.load("image processor", AutoImageProcessor, spec, cfg.model.token)
+
+
+def image_grid(batch, columns: int, cell: int = 48):
+    """uint8 images [N, C, H, W] -> one uint8 image [C, H', W'], `columns` to a row, 2 px apart on
+    black. Small images are enlarged (nearest neighbour, a whole multiple) to at least `cell` px,
+    so a grid of 16 px samples can be looked at; the pixels themselves are not smoothed."""
+    import torch
+    from torchvision.utils import make_grid
+
+    scale = max(1, -(-cell // max(batch.shape[-2:])))
+    if scale > 1:
+        batch = batch.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    grid = make_grid(batch.to(torch.uint8), nrow=columns, padding=2, pad_value=0)
+    return grid[:1] if batch.shape[1] == 1 else grid  # make_grid turns one channel into three

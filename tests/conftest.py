@@ -35,6 +35,7 @@ def cli(capsys, monkeypatch):
     def run(*args: str) -> Result:
         monkeypatch.setattr(sys, "argv", ["hftool", *map(str, args)])
         capsys.readouterr()
+        reattach_log_handlers()
         code = 0
         try:
             main()
@@ -44,6 +45,21 @@ def cli(capsys, monkeypatch):
         return Result(code, captured.out, captured.err)
 
     return run
+
+
+def reattach_log_handlers() -> None:
+    """Point log handlers whose stream is closed at the current stderr. Libraries (transformers,
+    datasets, huggingface_hub) create their handler on first use, bound to that moment's stderr:
+    in a test, an earlier test's captured stream, closed since; logging to it would print a
+    "Logging error" traceback into this test's stderr."""
+    import logging
+
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", ()):
+            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stderr
+                if "flush" in vars(handler):  # transformers binds flush to the stream it started with
+                    handler.flush = sys.stderr.flush
 
 
 @contextlib.contextmanager
@@ -85,6 +101,21 @@ def sentiment_csv(tmp_path):
             writer.writerows(sentiment_rows(n, seed))
         paths[name] = path
     return paths
+
+
+def evaluate_in_processes(run: Path, out: Path, processes: int) -> tuple[dict, list[dict]]:
+    """`hftool evaluate RUN -b 3 eval.save_predictions=true` under torch.distributed.run with
+    `processes` processes: (metrics, prediction records)."""
+    import json
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
+               "-m", "hftool", "evaluate", str(run), "-b", "3", "-o", str(out), "eval.save_predictions=true"]
+    done = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    predictions = out.with_name(out.stem + ".predictions.jsonl")
+    return json.loads(out.read_text()), [json.loads(line) for line in predictions.read_text().splitlines()]
 
 
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
@@ -130,7 +161,9 @@ def readme_clients() -> dict[str, tuple[str, list[str]]]:
 def client_namespace(run: Path) -> dict:
     """What the README's loading code names: the clients, and RUN."""
     import timm
-    from transformers import AutoModel, AutoModelForSeq2SeqLM, pipeline
+    from transformers import (AutoModel, AutoModelForSeq2SeqLM, ImageGPTForCausalImageModeling,
+                              ImageGPTImageProcessor, pipeline)
 
     return {"timm": timm, "AutoModel": AutoModel, "AutoModelForSeq2SeqLM": AutoModelForSeq2SeqLM,
-            "pipeline": pipeline, "RUN": str(run)}
+            "ImageGPTForCausalImageModeling": ImageGPTForCausalImageModeling,
+            "ImageGPTImageProcessor": ImageGPTImageProcessor, "pipeline": pipeline, "RUN": str(run)}

@@ -4,13 +4,15 @@ A new task gets these checks by registering: its recipe trains a few steps on th
 its own sample, and each check below runs on that. Per-task test files keep only what is
 specific to their task. `TwoPlayer` (below) is a task that owns its step, with two models and
 two optimizers: the loop must checkpoint and resume both exactly.
+
+Every task that trains adapters (Task.peft_unsupported empty) runs the training checks a second
+time with model.peft=lora: one step, metrics, evaluate reproducing the run, exact resume.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from hftool import api
 from hftool.config import load_config, new_config, valid_keys
 from hftool.tasks import TASKS, get_task
 from hftool.tasks.base import Parts, Task, Update
-from tests.conftest import REPO, client_namespace, readme_clients, run_card_snippets
+from tests.conftest import REPO, client_namespace, evaluate_in_processes, readme_clients, run_card_snippets
 
 # A few steps on the first rows of the recipe's own data: every hook runs, nothing takes long.
 TINY = ["train.max_steps=4", "train.batch_size=4", "train.eval_batch_size=8", "data.max_train_samples=48",
@@ -163,13 +165,13 @@ def finetune(recipe: str, run: Path, *overrides: str, resume: bool = False, stop
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """name -> (run dir, metrics) of each task's tiny run, trained on first use."""
-    done: dict[str, tuple[Path, dict]] = {}
+    """(name, peft) -> (run dir, metrics) of each task's tiny run, trained on first use."""
+    done: dict[tuple[str, str], tuple[Path, dict]] = {}
 
-    def get(name: str) -> tuple[Path, dict]:
-        if name not in done:
-            done[name] = finetune(recipe_of(name), tmp_path_factory.mktemp(name) / "run")
-        return done[name]
+    def get(name: str, peft: str = "none") -> tuple[Path, dict]:
+        if (name, peft) not in done:
+            done[name, peft] = finetune(recipe_of(name), tmp_path_factory.mktemp(name) / "run", f"model.peft={peft}")
+        return done[name, peft]
 
     return get
 
@@ -183,6 +185,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 NAMES = list(TASKS)
+LORA = [name for name in NAMES if not TASKS[name].peft_unsupported]
+# Each task in full, and each that trains adapters again with model.peft=lora.
+VARIANTS = [pytest.param(name, "none", id=name) for name in NAMES] + [
+    pytest.param(name, "lora", id=f"{name}-lora") for name in LORA]
 
 
 # -------------------------------------------------------------------------------- the checks
@@ -213,21 +219,21 @@ def test_dry_run_prints_every_key_of_the_tasks_options(cli, name):
     def keys(mapping, prefix=""):
         out = []
         for key, value in mapping.items():
-            nested = isinstance(value, dict) and key in ("model", "data", "train", "eval") and not prefix
+            nested = isinstance(value, dict) and key in ("model", "data", "train", "eval", "peft") and not prefix
             out += keys(value, f"{key}.") if nested else [prefix + key]
         return out
 
     assert keys(yaml.safe_load(result.out)) == valid_keys(new_config(name))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_one_optimizer_step_changes_every_parameter_that_gets_a_gradient(name, tmp_path):
+@pytest.mark.parametrize("name, peft", VARIANTS)
+def test_one_optimizer_step_changes_every_parameter_that_gets_a_gradient(name, peft, tmp_path):
     """And nothing else: a parameter missing from the optimizer, or a frozen one that moves, fails.
     (A parameter whose gradient is exactly 0 may keep its value: DETR's first decoder layer starts
-    from zero queries.)"""
+    from zero queries, and a LoRA adapter's first matrix gets none while the second is zero.)"""
     from hftool.training import Trainer
 
-    cfg = load_config(recipe_of(name), overrides=[*TINY, "train.max_steps=1"])
+    cfg = load_config(recipe_of(name), overrides=[*TINY, "train.max_steps=1", f"model.peft={peft}"])
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup()
     named = {(m, n): p for m, model in trainer.models.items() for n, p in model.named_parameters()}
@@ -242,9 +248,9 @@ def test_one_optimizer_step_changes_every_parameter_that_gets_a_gradient(name, t
     assert all(named[key].requires_grad for key in changed)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_metrics_are_present_and_finite(runs, name):
-    run, metrics = runs(name)
+@pytest.mark.parametrize("name, peft", VARIANTS)
+def test_metrics_are_present_and_finite(runs, name, peft):
+    run, metrics = runs(name, peft)
     saved = json.loads((run / "metrics.json").read_text())
     assert saved == pytest.approx(metrics)
     task = TASKS[name]
@@ -252,40 +258,75 @@ def test_metrics_are_present_and_finite(runs, name):
     assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in saved.values()), saved
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_evaluate_reproduces_metrics_json_and_the_reloaded_model_predicts_the_same(runs, name, tmp_path):
+@pytest.mark.parametrize("name, peft", VARIANTS)
+def test_evaluate_reproduces_metrics_json_and_the_reloaded_model_predicts_the_same(runs, name, peft, tmp_path):
     """The run dir reloaded: the same metrics, and the same prediction for every example."""
-    run, metrics = runs(name)
+    run, metrics = runs(name, peft)
     out = tmp_path / "again.json"
     again = api.evaluate(str(run), overrides=["eval.save_predictions=true"], output=out)
     assert eval_metrics(again) == pytest.approx(eval_metrics(metrics), rel=1e-5, abs=1e-7)
     assert read_jsonl(api.predictions_path(out)) == read_jsonl(run / "predictions.jsonl")
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_resume_after_a_stop_matches_an_unbroken_run(runs, name, tmp_path):
+@pytest.mark.parametrize("name, peft", VARIANTS)
+def test_resume_after_a_stop_matches_an_unbroken_run(runs, name, peft, tmp_path):
     """Stopped mid-epoch at step 2 (as SIGTERM stops it), resumed: the same model and metrics."""
-    run, metrics = runs(name)
+    run, metrics = runs(name, peft)
     broken = tmp_path / "broken"
-    finetune(recipe_of(name), broken, stop_at=2)
+    finetune(recipe_of(name), broken, f"model.peft={peft}", stop_at=2)
     assert not (broken / "metrics.json").exists()
-    _, resumed = finetune(recipe_of(name), broken, resume=True)
+    _, resumed = finetune(recipe_of(name), broken, f"model.peft={peft}", resume=True)
     assert eval_metrics(resumed) == pytest.approx(eval_metrics(metrics), rel=1e-6, abs=1e-7)
     assert read_jsonl(broken / "predictions.jsonl") == read_jsonl(run / "predictions.jsonl")
+
+
+@pytest.mark.parametrize("name", LORA)
+def test_an_adapter_run_saves_the_adapters_and_heads_not_the_model(runs, name):
+    """adapter_config.json + adapter_model.safetensors beside config.json; the tiny base the run
+    built in base/; checkpoints without the frozen base; the banner's figures in the model card."""
+    from safetensors import safe_open
+
+    run, _ = runs(name, "lora")
+    assert (run / "adapter_config.json").is_file() and (run / "config.json").is_file()
+    assert not (run / "model.safetensors").exists() and (run / "base" / "model.safetensors").is_file()
+    with safe_open(str(run / "adapter_model.safetensors"), "pt") as saved:
+        keys = list(saved.keys())
+    assert any("lora_A" in key for key in keys)
+    heads = json.loads((run / "adapter_config.json").read_text())["modules_to_save"] or []
+    assert all(any(f".{head}." in key for key in keys) for head in heads), (heads, keys)
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1] / "model.safetensors"
+    assert checkpoint.stat().st_size < (run / "base" / "model.safetensors").stat().st_size / 2
+    provenance = json.loads((run / "provenance.json").read_text())["parameters"]
+    assert 0 < provenance["trainable"] < provenance["total"] / 2 and provenance["adapters"].startswith("LoRA r=8")
+    card = (run / "README.md").read_text()
+    assert f"Trainable parameters: {provenance['trainable']:,} of {provenance['total']:,}" in card
+
+
+@pytest.mark.parametrize("name", LORA)
+def test_an_adapter_runs_card_python_merges_it_and_predicts_offline(runs, name, tmp_path):
+    """The card of an adapter run says peft, and its python, run as written from inside (a copy
+    of) the run dir, writes the merged folder and loads it from there."""
+    from huggingface_hub import ModelCard
+
+    run, _ = runs(name, "lora")
+    assert ModelCard.load(run / "README.md").data.library_name == "peft"
+    run_card_snippets(run, tmp_path)
+    assert (tmp_path / "card-run" / "merged" / "config.json").is_file()
+    assert not (tmp_path / "card-run" / "merged" / "adapter_config.json").exists()  # a plain model folder
+
+
+@pytest.mark.parametrize("name", sorted(set(NAMES) - set(LORA)))
+def test_a_task_without_adapters_says_so_in_one_line(cli, name, tmp_path):
+    result = cli("finetune", recipe_of(name), "-o", tmp_path / "run", "model.peft=lora", *TINY)
+    assert result.code == 2 and "Traceback" not in result.err
+    assert f"model.peft=lora: {name} cannot train adapters" in result.err and "model.peft=none" in result.err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_two_process_evaluation_equals_one_process(runs, name, tmp_path):
     run, _ = runs(name)
-    outputs = {}
-    for processes in (1, 2):
-        out = tmp_path / f"{processes}.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
-                   "-m", "hftool", "evaluate", str(run), "-b", "3", "-o", str(out), "eval.save_predictions=true"]
-        done = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
-                              text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        outputs[processes] = json.loads(out.read_text()), read_jsonl(api.predictions_path(out))
+    outputs = {processes: evaluate_in_processes(run, tmp_path / f"{processes}.json", processes) for processes in (1, 2)}
     if not TASKS[name].exact_eval_loss:  # a mean of batch losses: the batches differ
         for metrics, _ in outputs.values():
             metrics.pop("eval_loss")

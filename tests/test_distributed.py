@@ -103,3 +103,20 @@ def test_a_process_that_fails_ends_the_run_with_its_error(tmp_path):
     assert f"error: {damaged}: cannot be decoded" in result.stderr
     assert "process 1 failed" in result.stderr or "process 0 failed" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_two_processes_train_lora_to_the_same_adapters(data, tmp_path):
+    """model.peft=lora under DDP: 2 x 8 == 1 x 16 within 1e-5, metrics and adapter weights."""
+    from safetensors.torch import load_file
+
+    lora = ("model.peft=lora", "peft.dropout=0.0")
+    finetune(data, tmp_path / "one", 16, *lora)
+    finetune(data, tmp_path / "two", 8, "--num-processes", 2, *lora)
+    m1, m2 = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("one", "two"))
+    for key, value in m1.items():
+        if key.startswith("eval_"):
+            assert m2[key] == pytest.approx(value, abs=1e-5), key
+    w1, w2 = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("one", "two"))
+    assert w1.keys() == w2.keys() and any("lora_B" in key for key in w1)
+    for key in w1:
+        assert (w1[key] - w2[key]).abs().max() < 1e-5, key

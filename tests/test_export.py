@@ -34,7 +34,7 @@ def last_line(result) -> str:
 def test_bad_requests_are_one_line_errors_that_write_nothing(cli, bert_run, tmp_path):
     out = tmp_path / "onnx"
     for args, message in ((["--format", "tflite"], "unknown --format 'tflite'; choose one of: onnx, safetensors"),
-                          (["--format", "safetensors"], "needs LoRA support"),
+                          (["--format", "safetensors"], "add --merge"),
                           (["--quantize", "int4"], "unknown --quantize 'int4'"),
                           (["--atol", "0"], "--atol must be positive")):
         result = cli("export", bert_run, "-o", out, *args)

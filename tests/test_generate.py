@@ -187,7 +187,7 @@ def test_sampling_with_a_seed_is_reproducible(cli, model_dir, tmp_path):
     def sample(seed: int) -> list[dict]:
         out = tmp_path / f"seed{seed}.jsonl"
         args = ("generate", model_dir, "-p", PROMPTS[0], "-p", PROMPTS[1], "--top-k", "0", "--temperature", "1.5",
-                "--max-new-tokens", "20", "--num-return-sequences", "2", "--seed", str(seed), "-o", out)
+                "--max-new-tokens", "20", "--num-return-sequences", "2", "--seed", str(seed), "-o", out, "--overwrite")
         assert cli(*args).code == 0
         return read_jsonl(out)
 

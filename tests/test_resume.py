@@ -70,9 +70,11 @@ def test_sigkill_then_resume_matches_an_unbroken_run(data, tmp_path, recipe):
 
 
 def test_resume_without_a_checkpoint_starts_fresh_with_a_warning(data, tmp_path, cli):
+    from hftool.runs import write_marker
+
     run = tmp_path / "run"
+    write_marker(run)  # a run's first file
     (run / "checkpoints" / ".tmp-step-0000004").mkdir(parents=True)  # a save killed half-way
-    (run / "config.yaml").write_text("task: text-classification\n")
     result = cli("finetune", "bert-cls", "--data", data["train"], "--eval-data", data["val"], "-o", run,
                  "--max-steps", "2", "--resume")
     assert result.code == 0, result.err

@@ -151,8 +151,9 @@ def test_a_short_clip_loops_or_pads_and_is_never_dropped(tmp_path, short, expect
     task = get_task(config.task)
     import datasets
 
-    rows, _ = task.prepare(config, datasets.Dataset.from_dict({"video": [str(path)], "label": ["a"]}), "t")
-    parts = task.build(config, ["a", "b"])
+    labels = ["a", "b"]  # given: one row of training data with one class would be refused
+    rows, _ = task.prepare(config, datasets.Dataset.from_dict({"video": [str(path)], "label": ["a"]}), "t", labels)
+    parts = task.build(config, labels)
     pixels = task.features(parts, config, rows)[0]["pixel_values"][0]  # normalised with mean 0.5, std 0.5
     assert grey_levels((pixels * 0.5 + 0.5) * 255) == expected
 

@@ -3,7 +3,8 @@ datasets, the image column of any source, header checks and decoding any image m
 one rule for unreadable images in every image task.
 
 Pillow decodes every format to a uint8 CHW tensor. Every mode (palette, grey, grey+alpha, RGBA,
-CMYK, 16-bit) comes out as 8-bit RGB, EXIF orientation applied.
+CMYK, 16-bit) comes out as 8-bit RGB, EXIF orientation applied (or as 8-bit greyscale, for models
+of grey images: `image_mode` tells which a dataset is).
 """
 
 from __future__ import annotations
@@ -69,27 +70,39 @@ def image_files(root: Path) -> list[Path]:
 
 
 def is_image_folder(path: Path) -> bool:
-    """A folder of class subfolders holding images (optionally inside train/val/test folders)."""
+    """A folder of images: in class subfolders (optionally inside train/val/test folders), or
+    directly inside it (images without labels, for image generation)."""
     return any(p.is_dir() and not p.name.startswith(".") and next(iter(image_files(p)), None)
-               for p in path.iterdir())
+               for p in path.iterdir()) or any(p.is_file() and is_image(p) for p in path.iterdir())
 
 
-def _class_folders(root: Path, name: str) -> tuple[list[str], list[str]]:
-    """(paths, class names) of a folder whose subfolders are the classes."""
+def _class_folders(root: Path, name: str, train: bool = False) -> tuple[list[str], list[str] | None]:
+    """(paths, class names) of a folder whose subfolders are the classes; (paths, None) of a
+    folder that holds its images directly, with no class folders. In training data an empty
+    class folder is an error: its class would silently not exist."""
     stray = next((p for p in sorted(root.iterdir()) if p.is_file() and is_image(p)), None)
+    found = {p: image_files(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    folders = {folder: files for folder, files in found.items() if files}
+    if stray is not None and not folders:
+        return [str(f.resolve()) for f in image_files(root)], None
     if stray is not None:
         raise HftoolError(f"{stray} is not inside a class folder; {name} needs one subfolder per class "
                           f"({root}/<class>/<image>): move it into one")
     paths, labels = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = image_files(folder)
+    for folder, files in found.items():
+        if not files and train:
+            from hftool.data.checks import Findings
+
+            Findings().add("empty_class_folder", folder=folder, label=folder.name, items="images")
+    for folder, files in folders.items():
         paths += [str(f.resolve()) for f in files]
         labels += [folder.name] * len(files)
     return paths, labels
 
 
 def read_image_folder(path: Path):
-    """`path/<class>/*.jpg` or `path/{train,val,test}/<class>/*.jpg` -> DatasetDict(image, label).
+    """`path/<class>/*.jpg` or `path/{train,val,test}/<class>/*.jpg` -> DatasetDict(image, label);
+    `path/*.jpg` (or `path/{train,val,test}/*.jpg`) -> DatasetDict(image), images without labels.
 
     Without split folders the whole folder is `train` (the data layer then holds out a seeded
     validation part). Image paths are absolute, labels are the class folder names.
@@ -101,9 +114,9 @@ def read_image_folder(path: Path):
     roots = split_folders or {"train": path}
     splits = {}
     for split, root in roots.items():
-        paths, labels = _class_folders(root, str(path))
+        paths, labels = _class_folders(root, str(path), train=split == "train")
         if paths:
-            splits[split] = datasets.Dataset.from_dict({"image": paths, "label": labels})
+            splits[split] = datasets.Dataset.from_dict({"image": paths, **({"label": labels} if labels else {})})
     if "train" not in splits:
         raise HftoolError(f"{path} has no training images; expected {path}/train/<class>/<image> "
                           f"(or {path}/<class>/<image>)")
@@ -131,8 +144,9 @@ def check_header(path: str) -> str | None:
     return None
 
 
-def decode(entry: dict | str | bytes):
-    """An image (a path, raw bytes, or a datasets Image dict {bytes, path}) -> uint8 RGB CHW tensor.
+def decode(entry: dict | str | bytes, mode: str = "RGB"):
+    """An image (a path, raw bytes, or a datasets Image dict {bytes, path}) -> uint8 CHW tensor in
+    `mode`: RGB (3 channels) or L (1 channel, greyscale).
 
     Pillow decodes every format (torchvision's own decoders are deprecated in favour of
     torchcodec, and warn at every call); this is the only place images are decoded.
@@ -145,10 +159,10 @@ def decode(entry: dict | str | bytes):
     data = Path(entry).read_bytes() if isinstance(entry, str) else entry
     if not data:
         raise ValueError("empty file")
-    return _decode_pil(data)
+    return _decode_pil(data, mode)
 
 
-def _decode_pil(data: bytes):
+def _decode_pil(data: bytes, mode: str = "RGB"):
     import numpy as np
     import torch
     from PIL import Image, ImageOps
@@ -159,9 +173,11 @@ def _decode_pil(data: bytes):
             if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit: scale, do not clip
                 array = (np.asarray(image, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8)
                 image = Image.fromarray(array)
-            array = np.asarray(image.convert("RGB"))
+            array = np.asarray(image.convert(mode))
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
         raise ValueError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+    if array.ndim == 2:  # L: one channel
+        array = array[:, :, None]
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
@@ -215,6 +231,49 @@ def image_rows(ds, source: str, configured: str | None, skip_bad: bool):
     paths = resolve_paths(("" if v is None else v for v in given), source_dir(ds))
     kept = check_images(paths, given, source, column, skip_bad)
     return datasets.Dataset.from_dict({"image": [paths[i] for i in kept]}).cast_column("image", image_type), kept
+
+
+def labelled_rows(ds, source: str, data: ImageData, labels: list[str] | None = None, require_labels: bool = True):
+    """Rows -> columns image (datasets Image, not decoded) and, where the rows have labels (or
+    `require_labels`), label (class id). Returns (rows, labels): the class names are `labels`
+    when given (a trained model's), else those of the rows' label column.
+
+    `data` needs image_column, label_column and skip_bad_images; paths are read and checked as
+    image_rows does."""
+    from hftool.data.columns import find_column
+    from hftool.data.labels import LABEL_COLUMNS, has_labels, label_ids, label_names
+
+    ids = None
+    if require_labels or has_labels(ds, data.label_column):
+        column = find_column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")
+        labels = label_names(ds, column, source) if labels is None else labels
+        ids = label_ids(ds, column, labels, source)
+    rows, kept = image_rows(ds, source, data.image_column, data.skip_bad_images)
+    if ids is not None:
+        rows = rows.add_column("label", ids if kept is None else [ids[i] for i in kept])
+    return rows, labels
+
+
+# Pillow modes of greyscale images (grey+alpha included: the alpha is dropped either way).
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def image_mode(entries: Iterable, source: str) -> str:
+    """"L" when every image is greyscale, else "RGB". A mix of the two is trained in colour, with a
+    note. Reads only the headers; an unreadable image counts for neither (decoding reports it)."""
+    from PIL import Image
+
+    grey = colour = 0
+    for entry in entries:
+        data = entry.get("bytes") or entry.get("path") if isinstance(entry, dict) else entry
+        try:
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+                grey, colour = (grey + 1, colour) if image.mode in GREY_MODES else (grey, colour + 1)
+        except Exception:  # noqa: BLE001 (Pillow raises many kinds for a bad file; decode names it later)
+            continue
+    if grey and colour:
+        logs.info(f"{source} mixes {grey} greyscale and {colour} colour images: all are read as RGB")
+    return "L" if grey and not colour else "RGB"
 
 
 def check_images(paths: list[str], given: list, source: str, column: str, skip_bad: bool,

@@ -1,31 +1,76 @@
 """Class labels: the names a label column holds, and each row's class id against them.
 
 Shared by every task whose rows carry one class label (text, images, video): the same rules and
-the same errors everywhere.
+the same errors everywhere, including the checks that catch training labels that cannot mean what
+the user meant (one class; `1` beside `1.0` or beside `pos`).
 """
 
 from __future__ import annotations
 
+import re
+
 from hftool.config import Option
 from hftool.data.columns import column_values
+from hftool.data.checks import Findings
 from hftool.errors import HftoolError
 
 # Column names found without data.label_column.
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "coarse_label")
 # `hftool predict --top-k`, declared by every classifier (text, images, video).
 TOP_K_OPTION = Option("top_k", int, "Classifiers: also give the k best classes with their scores.", flags=("-k",), min=1)
+INTEGER = re.compile(r"[+-]?\d+")
+DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?|[+-]?(nan|inf)", re.IGNORECASE)
 
 
-def label_names(ds, column: str, source: str) -> list[str]:
-    """The class names of `column`: a datasets ClassLabel's names, else the distinct values
-    (ints sorted numerically, strings alphabetically)."""
+def label_kind(value) -> str:
+    """How a label is written: integer, decimal or name. Labels of one column share one kind;
+    otherwise `1` and `1.0` (or `1` and `pos`) become different classes."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return "name"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "decimal"
+    text = value.strip()
+    return "integer" if INTEGER.fullmatch(text) else "decimal" if DECIMAL.fullmatch(text) else "name"
+
+
+def check_label_types(values: list, source: str, column: str, findings: Findings | None = None) -> None:
+    first: dict[str, int] = {}
+    for row, value in enumerate(values):
+        if value is None or value == "":
+            continue
+        first.setdefault(label_kind(value), row)
+        if len(first) > 1:
+            (a, row_a), (b, row_b) = sorted(first.items(), key=lambda kv: kv[1])[:2]
+            (findings or Findings()).add("mixed_label_types", source=source, column=column, row_a=row_a + 1,
+                                         value_a=values[row_a], kind_a=a, row_b=row_b + 1, value_b=values[row_b],
+                                         kind_b=b)
+            return
+
+
+def label_names(ds, column: str, source: str, findings: Findings | None = None) -> list[str]:
+    """The class names of a training set's label column, index = class id: a datasets
+    ClassLabel's names, else the distinct values (numbers numerically, then names alphabetically).
+
+    Checks that the labels are written one way and that there are at least two classes: a
+    single class would build a one-output "classifier" that is right by construction.
+    """
+    findings = findings or Findings()
     feature = ds.features[column]
+    values = column_values(ds, column).to_pylist()  # one Arrow read: a datasets column formats row by row
     if hasattr(feature, "names"):  # datasets.ClassLabel
-        return list(feature.names)
-    values = {v for v in column_values(ds, column).unique().to_pylist() if v is not None and v != ""}
-    if not values:
-        raise HftoolError(f"{source}: the label column '{column}' is empty; every row needs a label")
-    return [str(v) for v in sorted(values)]
+        names = list(feature.names)
+        present = sorted({names[v] for v in values if v is not None and 0 <= v < len(names)})
+    else:
+        check_label_types(values, source, column, findings)
+        distinct = {v for v in values if v is not None and v != ""}
+        if not distinct:
+            raise HftoolError(f"{source}: the label column '{column}' is empty; every row needs a label")
+        names = present = [str(v) for v in sorted(distinct, key=lambda v: (isinstance(v, str), v))]
+    if len(present) == 1:
+        findings.add("one_class", source=source, column=column, label=present[0])
+    return names
 
 
 def label_ids(ds, column: str, names: list[str], source: str) -> list[int]:

@@ -9,10 +9,13 @@ validation and test. Bad input raises HftoolError naming the file (and line, whe
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
+from hftool.data import idx
+from hftool.data.checks import Findings
 from hftool.data.encoding import read_text
 from hftool.data.images import is_image_folder, read_image_folder
 from hftool.data.splits import SPLIT_ALIASES
@@ -60,6 +63,21 @@ def _records_to_dataset(records: list[dict], path: Path):
         raise HftoolError(f"{path}: rows do not share one type per column ({str(err).splitlines()[0]}); fix the values") from None
 
 
+def _columns_to_dataset(columns: dict, path: Path):
+    import datasets
+
+    if not all(isinstance(v, list) for v in columns.values()):
+        raise HftoolError(f"{path}: expected rows (a list of objects, or JSON lines) or columns ({{\"text\": [...], ...}})")
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise HftoolError(f"{path}: its columns have different lengths ({', '.join(f'{k}: {len(v)}' for k, v in columns.items())}); "
+                          "every column needs one value per row")
+    try:
+        return datasets.Dataset.from_dict(columns)
+    except Exception as err:  # pyarrow: mixed types in a column
+        raise HftoolError(f"{path}: rows do not share one type per column ({str(err).splitlines()[0]}); fix the values") from None
+
+
 def read_file(path: Path, encoding: str | None = None, txt_unit: str = "line"):
     """One data file -> a Dataset. txt files give one `text` row per non-empty line (or per
     paragraph with txt_unit="paragraph"), unless they hold CoNLL columns; files with other
@@ -77,7 +95,7 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
     import datasets
 
     from hftool.data.conll import looks_like_conll
-    from hftool.data.tables import looks_like_json_lines, read_streamed, sample_text
+    from hftool.data.tables import looks_like_json_lines, notes, read_streamed, sample_text
 
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -87,7 +105,14 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
             raise HftoolError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None
     # Tables are read in chunks into a memory-mapped file (hftool/data/tables.py).
     if suffix in (".csv", ".tsv"):
-        return read_streamed(path, suffix[1:], encoding)
+        sep = "\t" if suffix == ".tsv" else ","
+        check_table_text(sample_text(path, encoding), path, sep)  # the header and the first 1000 lines
+        ds = read_streamed(path, suffix[1:], encoding)
+        # A quoted field runs over lines: did a stray quote merge rows? (This check reads the file
+        # whole; files whose fields hold no line breaks are never read that way.)
+        if sep == "," and notes(ds)["spans_lines"]:
+            check_merged_rows(read_text(path, encoding), path, sep, len(ds.column_names))
+        return ds
     if suffix == ".jsonl" or (suffix == ".json" and looks_like_json_lines(path, encoding)):
         return read_streamed(path, "jsonl", encoding)
     if suffix == ".txt" and not looks_like_conll(sample_text(path, encoding)):
@@ -109,12 +134,63 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
         return read_coco_captions(loaded, path)
     if is_coco(loaded):  # a COCO instances file: one row per image, its objects nested
         return read_coco(path, loaded)
+    if isinstance(loaded, dict) and "images" in loaded and ("categories" in loaded or "info" in loaded):
+        raise HftoolError(f"{path}: a COCO file needs an \"annotations\" list beside \"images\" (use an "
+                          "empty list for images without objects)")
     records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
     if isinstance(records, dict):  # {"column": [values...]}
-        return datasets.Dataset.from_dict(records)
+        return _columns_to_dataset(records, path)
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise HftoolError(f"{path}: expected JSON objects (one per row), e.g. {{\"text\": ..., \"label\": ...}}")
     return _records_to_dataset(records, path)
+
+
+def check_table_text(text: str, path: Path, sep: str, findings: Findings | None = None) -> None:
+    """Checks of a csv/tsv file before it is parsed: a TSV named .csv, a header naming a column
+    twice (pandas would silently rename the second to `name.1`)."""
+    import csv
+
+    findings = findings or Findings()
+    lines = [line for line in text.split("\n", 1001)[:1000] if line.strip()]
+    if not lines:
+        return
+    if sep == "," and "," not in lines[0] and all("\t" in line for line in lines):
+        findings.add("tab_separated_csv", source=path)
+        return
+    header = next(csv.reader([lines[0]], delimiter=sep, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL))
+    seen = set()
+    for name in header:
+        if name in seen:
+            findings.add("duplicate_columns", source=path, column=name)
+            return
+        seen.add(name)
+
+
+def check_merged_rows(text: str, path: Path, sep: str, columns: int, findings: Findings | None = None) -> None:
+    """Find rows an unbalanced quote merged: a field running over several lines where one of
+    those lines reads as a whole row of its own (the header's number of fields, ending in a value
+    the last column has elsewhere, e.g. a label). Fields that legitimately span lines (a review
+    with line breaks) do not end their lines in a label."""
+    import csv
+
+    if sep == "\t" or columns < 2:  # a tsv's quotes are text: nothing merges
+        return
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    next(reader, None)
+    records, start = [], reader.line_num + 1
+    for record in reader:
+        records.append((start, reader.line_num, record))
+        start = reader.line_num + 1
+    known = {r[-1].strip() for s, e, r in records if s == e and len(r) == columns and r[-1].strip()}
+    for first, last, record in records:
+        if first == last:
+            continue
+        for value in record:
+            for piece in value.split("\n"):
+                fields = next(csv.reader([piece], delimiter=sep), [])
+                if len(fields) == columns and fields[-1].strip() in known:
+                    (findings or Findings()).add("merged_rows", source=path, line=first, end=last, preview=piece[:40])
+                    return
 
 
 def _split_name(stem: str) -> str | None:
@@ -136,6 +212,8 @@ def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line",
 
     if is_voc(path):  # Pascal VOC: Annotations/*.xml beside JPEGImages/
         return read_voc(path)
+    if idx.is_idx_folder(path):  # MNIST-style idx files
+        return idx.read_idx_folder(path)
     if is_yolo(path):  # Ultralytics: images/ and labels/, names in data.yaml or classes.txt
         return read_yolo(path)
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FOLDER_EXTENSIONS)
@@ -214,6 +292,10 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
 
         return read_yolo(path.parent, path)
     if path.is_file():
+        if idx.is_idx(path):  # MNIST-style images (with their labels file beside them)
+            if not idx.IMAGES.match(path.name):
+                raise HftoolError(f"{spec} holds idx labels; pass the images file (*-idx3-ubyte) or their folder")
+            return datasets.DatasetDict(train=idx.read_idx(path))
         return datasets.DatasetDict(train=read_file(path, encoding, txt_unit))
     if path.is_dir():
         if all(langs) and _is_parallel_folder(path):

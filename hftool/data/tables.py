@@ -20,11 +20,13 @@ import codecs
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from hftool import logs
+from hftool.data.encoding import check_no_nul, latin1_warning, marked_encoding, not_what_it_is_marked
 from hftool.errors import HftoolError
 
 # Rows parsed at once: a few MB of Python objects, whatever the file's size. Tests lower it to
@@ -34,7 +36,6 @@ CHUNK_ROWS = 20_000
 SAMPLE_BYTES = 1 << 20
 # Part of every cache key: bump it when what a reader produces changes.
 VERSION = "1"
-WARNINGS_KEY = b"hftool.warnings"
 
 
 class _Restart(Exception):
@@ -65,13 +66,16 @@ def read_streamed(path: Path, kind: str, encoding: str | None = None, txt_unit: 
     if not target.is_file():
         _write(path, kind, encoding, txt_unit, target)
         return datasets.Dataset.from_file(str(target))
-    import pyarrow as pa
-
-    with pa.memory_map(str(target)) as source:  # the schema only: datasets' Dataset drops its metadata
-        said = pa.ipc.open_stream(source).schema.metadata or {}
-    for message in json.loads(said.get(WARNINGS_KEY, b"[]")):
+    ds = datasets.Dataset.from_file(str(target))
+    for message in notes(ds)["warnings"]:
         logs.warn(message)  # read before: its warnings are said again, the data is still what it was
-    return datasets.Dataset.from_file(str(target))
+    return ds
+
+
+def notes(ds) -> dict:
+    """What reading the file behind `ds` (a read_streamed Dataset) found: "warnings" given, and
+    "spans_lines", whether a text value holds a line break (csv: a quoted field over lines)."""
+    return json.loads(Path(ds.cache_files[0]["filename"]).with_suffix(".json").read_text(encoding="utf-8"))
 
 
 def sample_text(path: Path, encoding: str | None = None) -> str:
@@ -83,23 +87,24 @@ def sample_text(path: Path, encoding: str | None = None) -> str:
 
 
 def _sample_encoding(raw: bytes, path: Path, encoding: str | None) -> tuple[str, str | None]:
-    """data.encoding, else UTF-8 unless the sample already holds a byte UTF-8 cannot read; and
-    the warning to give when it does."""
+    """data.encoding, else the byte-order mark's, else UTF-8 unless the sample already holds a
+    byte UTF-8 cannot read (then Latin-1); and the warning to give for Latin-1."""
     if encoding:
         try:
             codecs.lookup(encoding)
         except LookupError as err:
             raise HftoolError(f"{path}: cannot be read as {encoding} ({err}); set data.encoding to the file's encoding") from None
         return encoding, None
+    if (bom := marked_encoding(raw)) is not None:
+        return bom, None
+    chosen, warning = "utf-8-sig", None
     try:
-        codecs.getincrementaldecoder("utf-8-sig")().decode(raw)  # not final: a character cut at the end is fine
+        text = codecs.getincrementaldecoder(chosen)().decode(raw)  # not final: a character cut at the end is fine
     except UnicodeDecodeError as err:
-        return "latin-1", _latin1_warning(path, raw[: err.start].count(b"\n") + 1)
-    return "utf-8-sig", None
-
-
-def _latin1_warning(path: Path, line: int) -> str:
-    return f"{path} is not valid UTF-8 (line {line}); reading it as Latin-1 (set data.encoding to override)"
+        chosen, warning = "latin-1", latin1_warning(path, raw[: err.start].count(b"\n") + 1)
+        text = raw.decode(chosen)
+    check_no_nul(text, path)
+    return chosen, warning
 
 
 def _first_bad_line(path: Path) -> int:
@@ -128,17 +133,22 @@ def _write(path: Path, kind: str, encoding: str | None, txt_unit: str, target: P
         while True:
             try:
                 with path.open(encoding=chosen, newline=None) as text:  # newline=None: CRLF and CR read as LF
-                    _write_chunks(_CHUNKERS[kind](text, path, settings, txt_unit), temporary, said, f"Reading {path.name}")
+                    _write_chunks(_CHUNKERS[kind](text, path, settings, txt_unit), temporary, f"Reading {path.name}")
                 break
             except UnicodeDecodeError as err:
+                if chosen in ("utf-16", "utf-32"):
+                    raise not_what_it_is_marked(path, chosen, err) from None
                 if encoding:
                     raise HftoolError(f"{path}: cannot be read as {encoding} ({err}); set data.encoding to the file's "
                                       "encoding") from None
                 # A bad byte past the sample: everything is read again as Latin-1, as the whole-file reader did.
-                said.append(_latin1_warning(path, _first_bad_line(path)))
+                said.append(latin1_warning(path, _first_bad_line(path)))
                 chosen = "latin-1"
             except _Restart:
                 continue
+        # The notes first: a cache file without them is never seen.
+        target.with_suffix(".json").write_text(json.dumps({"warnings": said, "spans_lines": settings.get("spans_lines", False)}),
+                                               encoding="utf-8")
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
@@ -146,20 +156,19 @@ def _write(path: Path, kind: str, encoding: str | None, txt_unit: str, target: P
         logs.warn(message)
 
 
-def _write_chunks(chunks: Iterator, temporary: Path, said: list[str], desc: str = "") -> None:
-    """Write the Arrow tables of `chunks` (at least one) to one stream file, the warnings in its
-    schema; with `desc`, a progress bar counts rows per second."""
+def _write_chunks(chunks: Iterator, temporary: Path, desc: str = "") -> None:
+    """Write the Arrow tables of `chunks` (at least one) to one stream file; with `desc`, a
+    progress bar counts rows per second."""
     import pyarrow as pa
     from tqdm.auto import tqdm
 
-    writer = schema = None
+    writer = None
     with tqdm(desc=desc, unit=" rows", disable=not desc, leave=False) as progress:
         try:
             for table in chunks:
                 if writer is None:
-                    schema = table.schema.with_metadata({WARNINGS_KEY: json.dumps(said).encode()})
-                    writer = pa.ipc.new_stream(str(temporary), schema)
-                writer.write_table(table.replace_schema_metadata(schema.metadata))
+                    writer = pa.ipc.new_stream(str(temporary), table.schema)
+                writer.write_table(table)
                 progress.update(len(table))
         finally:
             if writer is not None:
@@ -172,6 +181,7 @@ def _csv_chunks(text, path: Path, settings: dict, txt_unit: str, sep: str = ",")
     read restarts."""
     import pandas as pd
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     first = None  # the first chunk's schema
     try:
@@ -189,6 +199,9 @@ def _csv_chunks(text, path: Path, settings: dict, txt_unit: str, sep: str = ",")
                     elif table.schema != first:
                         settings["dtype"] = {**settings.get("dtype", {}), **_pinned(first, table.schema)}
                         raise _Restart
+                    settings["spans_lines"] = settings.get("spans_lines") or any(
+                        pc.any(pc.match_substring(column, "\n")).as_py() for column in table.columns
+                        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type))
                     yield table
     except pd.errors.ParserWarning:
         raise HftoolError(f"{path}: a row has more fields than the header; quote fields that contain the "
@@ -196,7 +209,12 @@ def _csv_chunks(text, path: Path, settings: dict, txt_unit: str, sep: str = ",")
     except pd.errors.EmptyDataError:
         raise HftoolError(f"{path} is empty; it needs a header row and at least one data row") from None
     except pd.errors.ParserError as err:
-        raise HftoolError(f"{path}: {str(err).strip().splitlines()[-1]}; every row needs the header's number of fields") from None
+        reason = str(err).strip().splitlines()[-1]
+        if "EOF inside string" in reason:  # pandas counts rows from 0, the header included (across chunks too)
+            row = re.search(r"row (\d+)", reason)
+            where = f" on line {int(row.group(1)) + 1}" if row else ""
+            raise HftoolError(f"{path}: a quote opened{where} is never closed; close it or remove it") from None
+        raise HftoolError(f"{path}: {reason}; every row needs the header's number of fields") from None
     except ValueError:  # a column pinned to float meets text further on: it is text, as the whole file reads
         floats = [column for column, kind in settings.get("dtype", {}).items() if kind == "float64"]
         if not floats:
@@ -352,7 +370,7 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         try:
-            _write_chunks(chunks(), temporary, [])
+            _write_chunks(chunks(), temporary)
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)

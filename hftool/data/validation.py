@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hftool.data.checks import Findings
+from hftool.data.labels import label_kind
 
 
 @dataclass
@@ -71,21 +71,6 @@ def class_labels(values: list, source: str, column: str, findings: Findings, lab
     if labels is None and len(counts) == 1:
         findings.add("one_class", source=source, column=column, label=next(iter(counts)))
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-INTEGER = re.compile(r"[+-]?\d+")
-DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?|[+-]?(nan|inf)", re.IGNORECASE)
-
-
-def label_kind(value) -> str:
-    """How a label is written: integer, decimal or name (`1`, `1.0` and `pos` would be three
-    different classes). #19's data/labels.py has the same rule: share it once both are merged."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return "name"
-    if isinstance(value, (int, float)):
-        return "integer" if isinstance(value, int) else "decimal"
-    text = value.strip()
-    return "integer" if INTEGER.fullmatch(text) else "decimal" if DECIMAL.fullmatch(text) else "name"
 
 
 def labelled(ds, source: str, configured: str | None, findings: Findings, labels: list[str] | None,

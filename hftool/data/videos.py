@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hftool.data import images
+from hftool.data.checks import Findings
 from hftool.data.splits import SPLIT_ALIASES
 from hftool.errors import HftoolError
 
@@ -82,6 +83,8 @@ def read_video_folder(path: Path):
         paths, labels = [], []
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             clips = _class_clips(folder)
+            if not clips and split == "train":  # its class would silently not exist
+                Findings().add("empty_class_folder", folder=folder, label=folder.name, items="videos")
             paths += [str(c.resolve()) for c in clips]
             labels += [folder.name] * len(clips)
         if paths:

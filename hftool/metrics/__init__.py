@@ -16,7 +16,9 @@ import hftool
 
 _WHERE = {"Accuracy": "classification", "PrecisionRecallF1": "classification",
           "TopKAccuracy": "classification", "CocoMeanAP": "detection", "GeneratedCaptions": "captioning", "Perplexity": "perplexity",
-          "Seqeval": "tagging", "TextOverlap": "text_overlap"}
+          "BitsPerDim": "perplexity", "GeneratedExactMatch": "exact_match", "LinearProbe": "probe",
+          "SampleQuality": "samples", "ClassAccuracy": "samples", "Mean": "samples", "Seqeval": "tagging",
+          "TextOverlap": "text_overlap"}
 __all__ = sorted([*_WHERE, "combine"])
 
 # Imported by evaluate's package but used only by its Evaluator, which hftool never calls:

@@ -1,4 +1,4 @@
-"""Perplexity from summed token losses, exact whatever the batch size or process count."""
+"""Perplexity (and bits per token) from summed token losses, exact whatever the batch size or process count."""
 
 from __future__ import annotations
 
@@ -34,3 +34,12 @@ class Perplexity(evaluate.Metric):
             return {"loss": math.nan, "perplexity": math.nan}
         loss = total / count
         return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}  # exp overflows float past ~709
+
+
+class BitsPerDim(Perplexity):
+    """Perplexity, and the same mean loss in bits: `bits_per_dim`, bits per predicted token (Image
+    GPT's measure, one token a pixel)."""
+
+    def _compute(self, loss_sum, tokens) -> dict[str, float]:
+        result = super()._compute(loss_sum, tokens)
+        return {**result, "bits_per_dim": result["loss"] / math.log(2)}

@@ -549,6 +549,16 @@ class PerplexityStats(ExampleStats):
         return -self.columns["loss_sum"] / np.maximum(self.columns["tokens"], 1)
 
 
+class BitsPerDimStats(PerplexityStats):
+    """Image GPT: perplexity's pooled sums, and their mean loss in bits (bits_per_dim)."""
+
+    kind = "bits_per_dim"
+
+    def metrics(self, w):
+        out = super().metrics(w)
+        return {**out, "bits_per_dim": out["loss"] / math.log(2)}
+
+
 # ------------------------------------------------------------------------------------ forecasting
 class ForecastStats(ExampleStats):
     """Forecasting: per window, the sums behind MAE, RMSE, MAPE and sMAPE over its series, of the

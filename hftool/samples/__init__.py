@@ -13,7 +13,7 @@ from hftool.errors import HftoolError
 # name -> module under hftool.samples with a `load()` returning a DatasetDict
 SAMPLES = {"sentiment": "sentiment", "ner": "ner", "tales": "tales", "shapes": "shapes", "boxes": "boxes",
            "seasonal": "seasonal", "captions": "captions",
-           "translation": "translation", "motion": "motion"}
+           "translation": "translation", "chat": "chat", "sprites": "sprites", "motion": "motion"}
 
 
 def load_sample(name: str):

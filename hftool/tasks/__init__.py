@@ -10,8 +10,10 @@ from __future__ import annotations
 from hftool.errors import HftoolError
 from hftool.tasks.base import Task
 from hftool.tasks.causal_lm import CausalLM
+from hftool.tasks.gan import Gan
 from hftool.tasks.image_captioning import ImageCaptioning
 from hftool.tasks.image_classification import ImageClassification
+from hftool.tasks.image_gpt import ImageGPT
 from hftool.tasks.object_detection import ObjectDetection
 from hftool.tasks.seq2seq import Seq2Seq
 from hftool.tasks.text_classification import TextClassification
@@ -28,6 +30,8 @@ TASKS: dict[str, type[Task]] = {task.name: task for task in (
     ImageCaptioning,
     Seq2Seq,
     TimeSeriesForecasting,
+    ImageGPT,
+    Gan,
     VideoClassification,
 )}
 

@@ -20,8 +20,11 @@ Declarations (class attributes):
     generate_options     Options `hftool generate` takes for this task; empty: no generation
     generation_separator between a prompt and its generated text on the terminal
     inputs_optional      `predict RUN` with no inputs is meaningful (a forecast from the run's data)
+    prompts_optional     `generate RUN` with no prompts is meaningful (an image generator's samples)
     exact_eval_loss      eval_loss does not depend on batching or process count (False: a batch mean)
-    writes_output        predict writes --output itself (a forecast's CSV and PNG), not the CLI
+    writes_output        predict and generate write --output themselves (a forecast's CSV and PNG,
+                         generated images), not the CLI
+    peft_unsupported     why model.peft=lora|qlora cannot work for this task; "" where it can
     quantizable          `hftool export --quantize dynamic-int8` applies (the classifiers)
 
 Hooks, in the order a run calls them (`parts` is what `build` returned):
@@ -43,6 +46,8 @@ Hooks, in the order a run calls them (`parts` is what `build` returned):
     collate(parts) -> callable                   list of features -> batch of tensors
     updates(parts, cfg) -> [Update]              the models the loop trains, each with its
                                                  optimizer's parameter groups (one by default)
+    checkpointed(parts) -> [object]              more state the loop moves to the device, saves and
+                                                 resumes with the models (an EMA of weights)
     train_step(parts, batch, step) -> {"loss", ...}
                                                  one micro-batch: losses, step.backward(loss),
                                                  step.update(name); default: train_loss + update
@@ -56,6 +61,12 @@ Hooks, in the order a run calls them (`parts` is what `build` returned):
     eval_generate(parts, model, batch) -> dict   more tensors from model.generate (captions)
     prediction_records(parts, batches, order, rows) -> [dict]
                                                  gathered eval outputs -> one dict per example
+    peft_heads(parts) -> [str]                   with model.peft=lora: the new head modules, which
+                                                 train in full and are saved with the adapters
+    peft_base(cfg) -> str | None                 where an adapter run's base loads from again; None:
+                                                 the run built it, and keeps its weights in base/
+    evaluated(parts, model, run_dir, step)       after each evaluation in training (main process):
+                                                 files of the model at that step (sample grids)
     resampler(parts, rows) -> ExampleStats       per-example statistics the metrics are recomputed
                                                  from for bootstrap resamples (`hftool eval-suite`;
                                                  default: the loss only)
@@ -72,6 +83,7 @@ Hooks, in the order a run calls them (`parts` is what `build` returned):
     format_prediction(prediction) -> str         one terminal line
     generate(parts, cfg, prompts, on_text, **options) -> [dict]
                                                  `hftool generate`: prompts -> generated outputs
+    format_generation(results) -> str            what `hftool generate` prints
     onnx_graphs(parts, cfg, batch) -> [hftool.export.Graph]
                                                  `hftool export`: the graphs to export, traced on
                                                  `batch`; default: not exportable yet
@@ -89,6 +101,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from hftool import models
 from hftool.config import DataConfig, EvalConfig, ModelConfig, Option, TrainConfig
 from hftool.data.columns import find_column
 from hftool.errors import HftoolError
@@ -149,9 +162,18 @@ class Step:
                  max_grad_norm: float):
         self.accelerator, self.models = accelerator, models
         self._optimizers, self._schedulers, self._max_grad_norm = optimizers, schedulers, max_grad_norm
+        # Optimizer steps done before this micro-batch (the loop's global step, restored on resume):
+        # what a task that updates its models on different steps counts by.
+        self.number = 0
 
-    def backward(self, loss) -> None:
-        self.accelerator.backward(loss)
+    @property
+    def at_boundary(self) -> bool:
+        """Whether `update` steps the optimizers at this micro-batch (the last of an accumulation window)."""
+        return self.accelerator.sync_gradients
+
+    def backward(self, loss, **kwargs) -> None:
+        """Backpropagate `loss`; kwargs go to Tensor.backward (`inputs=`: only these get gradients)."""
+        self.accelerator.backward(loss, **kwargs)
 
     def update(self, name: str) -> None:
         """Clip, step, schedule and zero the gradients of model `name`."""
@@ -179,11 +201,15 @@ class Task:
     predict_options: tuple[Option, ...] = ()
     generate_options: tuple[Option, ...] = ()
     inputs_optional: bool = False
-    writes_output: bool = False  # predict writes --output itself (a forecast's CSV + PNG), not the CLI's JSONL
+    prompts_optional: bool = False
+    writes_output: bool = False  # predict/generate write --output themselves (a forecast's CSV + PNG), not the CLI's JSONL
     generation_separator: str = ""  # between a prompt and its generated text on the terminal
     # eval_loss is exact whatever the batching (per-example losses); False where the model's loss
     # is normalised over a batch and cannot be split by example (DETR's, over the batch's boxes).
     exact_eval_loss: bool = True
+    # model.peft=lora|qlora (hftool.adapters): "" where the task trains adapters (peft_heads names
+    # what else trains), else why it cannot, which the error gives.
+    peft_unsupported: str = "it does not say which of its modules are new heads (Task.peft_heads)"
     quantizable: bool = False  # `hftool export --quantize dynamic-int8` applies
 
     def model_inputs(self, batch: dict) -> dict:
@@ -249,6 +275,12 @@ class Task:
         label smoothing) override this; eval_loss always comes from the model's own loss."""
         return model(**batch).loss
 
+    def checkpointed(self, parts: Parts) -> list:
+        """State besides the trained models that changes in training and must resume exactly (an
+        EMA of a model's weights): objects with state_dict()/load_state_dict(). The loop moves
+        modules to its device and saves and restores them with every checkpoint; none by default."""
+        return []
+
     def param_groups(self, parts: Parts, cfg, model) -> list[dict]:
         """The optimizer's parameter groups. Default: weight decay on weight matrices, none on
         biases and norms, all at train.lr. Tasks override it for per-part rates (a group's "lr"
@@ -309,6 +341,28 @@ class Task:
             records.append(record)
         return sorted(records, key=lambda r: r["index"])
 
+    # ---------------------------------------------------------------------------- adapters
+    def peft_heads(self, parts: Parts) -> list[str]:
+        """The modules the task adds to a pretrained model (a classifier, a box head): with
+        model.peft=lora they train in full beside the adapters and are saved with them. Names as
+        peft's modules_to_save reads them: a module's name or a dotted suffix of it
+        (hftool.adapters.present keeps those the model has). None by default."""
+        return []
+
+    def peft_base(self, cfg) -> str | None:
+        """Where an adapter run's frozen base loads from again: model.name when the run loaded it
+        from a model dir or the hub (a dir as an absolute path). None when the run built the base
+        itself (tiny:<arch>, model.pretrained=false): the run dir then keeps its weights in base/."""
+        spec = cfg.model.name
+        if models.tiny_arch(spec) is not None or not getattr(cfg.model, "pretrained", True):
+            return None
+        return str(Path(spec).expanduser().resolve()) if models.is_local(spec) else spec
+
+    def evaluated(self, parts: Parts, model, run_dir: Path, step: int) -> None:
+        """Called on the main process after each evaluation during training, with the (unwrapped)
+        model evaluated and the step it is at: files that show the model at that step (a
+        generator's sample grid). Nothing by default; `hftool evaluate` does not call it."""
+
     def resampler(self, parts: Parts, rows):
         """A hftool.metrics.resampling.ExampleStats that evaluation feeds with each gathered batch
         of eval_outputs, from which the metrics are recomputed for any reweighting of the examples
@@ -362,6 +416,10 @@ class Task:
         """What `hftool generate` makes from `prompts`, with the task's generate_options (and seed,
         batch_size); only tasks that declare generate_options have it."""
         raise NotImplementedError
+
+    def format_generation(self, results: list[dict]) -> str:
+        """What `hftool generate` prints: each prompt with its generated text."""
+        return "\n\n".join(r["prompt"] + self.generation_separator + r["generated_text"] for r in results)
 
     # ---------------------------------------------------------------------------- export
     def onnx_graphs(self, parts: Parts, cfg, batch: dict) -> list:

@@ -1,17 +1,27 @@
-"""Causal language modelling: GPT-2 and any AutoModelForCausalLM, trained on packed blocks.
+"""Causal language modelling: GPT-2, Llama and any AutoModelForCausalLM, on plain text or chats.
 
-Documents are tokenized, joined with EOS between them and cut into blocks of `data.block_size`
-tokens over the whole split at once, so no token is lost at a batch boundary (run_clm drops
-each 1000-row map batch's remainder); the last block may be shorter. Evaluation reports
-perplexity = exp(total token loss / total tokens), optionally over strided windows.
+Plain text: documents are tokenized, joined with EOS between them and cut into blocks of
+`data.block_size` tokens over the whole split at once, so no token is lost at a batch boundary
+(run_clm drops each 1000-row map batch's remainder); the last block may be shorter. Evaluation
+reports perplexity = exp(total token loss / total tokens), optionally over strided windows.
+
+Chat data (a `messages` column, or `prompt`/`completion`; hftool.data.chat): each conversation
+is rendered with the chat template, the loss falls on the assistant's tokens (data.train_on), and
+conversations are packed into blocks without attending to each other. Evaluation also answers
+each held-out conversation's last question greedily: eval_exact_match against the reference.
+Why one task for both: the model, loss, perplexity and generation are the same; only the rows
+differ, and the rows say which they are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pathlib import Path
+
 from hftool import models
-from hftool.config import DataConfig, EvalConfig
+from hftool.config import DataConfig, EvalConfig, Option
+from hftool.data import chat as chat_data
 from hftool.data.columns import column_values
 from hftool.errors import HftoolError
 from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
@@ -19,11 +29,13 @@ from hftool.tasks.base import Options, Parts, Reading, Task, find_column
 
 TEXT_COLUMNS = ("text", "content", "document", "story", "body", "sentence")
 MAX_BLOCK = 1024  # data.block_size=None: the model's context, capped here (see CausalLMData)
+CHAT_OPTION = Option("chat", list, "A user message for a chat model: rendered with its chat template and answered "
+                                   "(repeatable; streamed unless --no-stream).", prompts=True)
 
 
 @dataclass
 class CausalLMData(DataConfig):
-    choices = {"txt_unit": ("line", "paragraph")}
+    choices = {"txt_unit": ("line", "paragraph"), "train_on": ("assistant", "all")}
     # The documents' column; None auto-detects text/content/document/story/body/sentence.
     text_column: str | None = None
     # How a .txt file becomes documents: `line` (one per non-empty line) or `paragraph` (blocks
@@ -37,6 +49,18 @@ class CausalLMData(DataConfig):
     # Keep line breaks inside a document (verse, code, dialogue). false joins hard-wrapped lines
     # with a space, so a line end in the middle of a sentence costs no token.
     keep_linebreaks: bool = True
+    # Chat data: a Jinja chat-template file for a tokenizer that has none (it is saved with the
+    # run's tokenizer, so generate --chat uses it too). None: the tokenizer's own template.
+    chat_template: str | None = None
+    # Chat data: the tokens the loss is on. assistant: its replies and the end-of-turn marker after
+    # each, so the model learns to answer rather than to write the user's side too; all: the
+    # whole rendered conversation.
+    train_on: str = "assistant"
+    # Chat data: several conversations per block of block_size tokens, each attending only to
+    # itself (position ids restart at each, and transformers masks between them). false gives
+    # each conversation a row of its own, padded to its batch's longest (figures in
+    # benchmarks/README.md). Plain text is always packed, documents joined by EOS.
+    packing: bool = True
 
     def check(self) -> None:
         super().check()
@@ -63,15 +87,21 @@ class CausalLM(Task):
     architectures = ("ForCausalLM", "LMHeadModel")
     default_metric = "perplexity"
     pipeline_task = "text-generation"
-    generate_options = TEXT_GENERATION_OPTIONS
+    generate_options = (*TEXT_GENERATION_OPTIONS, CHAT_OPTION)
+    meta_keys = ("prompt_ids", "prompt_mask", "index")  # chat evaluation: what eval_generate answers from
+    peft_unsupported = ""  # no new head: the LM head is the pretrained one (tied to the embeddings)
 
     def reading(self, cfg):
         return Reading(txt_unit=cfg.data.txt_unit)
 
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
-        """Rows -> one `text` column of documents (line breaks joined when data.keep_linebreaks is false)."""
+        """Rows -> one `text` column of documents (line breaks joined when data.keep_linebreaks is
+        false), or for chat data one `messages` column of checked conversations."""
         import datasets
 
+        conversations = chat_data.conversations(ds, source)
+        if conversations is not None:
+            return datasets.Dataset.from_dict({"messages": conversations}), None
         column = find_column(ds, source, cfg.data.text_column, TEXT_COLUMNS, "text", "text_column")
         texts = column_values(ds, column).to_pylist()  # one Arrow read, not a formatted row at a time
         bad = next((i for i, v in enumerate(texts) if not isinstance(v, str)), None)
@@ -86,13 +116,19 @@ class CausalLM(Task):
         spec = model_path or cfg.model.name
         overrides = dict(cfg.model.config_overrides)
         if models.tiny_arch(spec) is not None:
-            models.check_tiny(spec, ("gpt2",), self.name)
-            from transformers import GPT2LMHeadModel
+            arch = models.check_tiny(spec, ("gpt2", "llama"), self.name)
+            from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
-            tokenizer = models.tiny_tokenizer(run_dir, lambda: models.train_byte_bpe(column_values(train_ds, "text").to_pylist(),
-                                                                                   cfg.model.tiny_vocab_size))
-            fields = {"n_positions": cfg.data.block_size} if cfg.data.block_size else {}
-            model = GPT2LMHeadModel(models.tiny_gpt2_config(tokenizer, overrides, **fields))
+            texts = ([m["content"] for messages in train_ds["messages"] for m in messages]
+                     if "messages" in train_ds.column_names else column_values(train_ds, "text").to_pylist())
+            train = models.train_chat_tokenizer if arch == "llama" else models.train_byte_bpe
+            tokenizer = models.tiny_tokenizer(run_dir, lambda: train(texts, cfg.model.tiny_vocab_size))
+            if arch == "llama":
+                fields = {"max_position_embeddings": cfg.data.block_size} if cfg.data.block_size else {}
+                model = LlamaForCausalLM(models.tiny_llama_config(tokenizer, overrides, **fields))
+            else:
+                fields = {"n_positions": cfg.data.block_size} if cfg.data.block_size else {}
+                model = GPT2LMHeadModel(models.tiny_gpt2_config(tokenizer, overrides, **fields))
         else:
             from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -112,14 +148,22 @@ class CausalLM(Task):
             generation.pad_token_id = tokenizer.pad_token_id
         if model_path is None:  # a new run: the recipe's defaults for `hftool generate`
             update_generation_config(generation, cfg.model.generation_config)
+            if cfg.data.chat_template:
+                tokenizer.chat_template = _read_template(cfg.data.chat_template)
+            if train_ds is not None and "messages" in train_ds.column_names:
+                _templated(tokenizer, spec)  # before any data is tokenized
         return Parts(model, tokenizer)
 
     # ---------------------------------------------------------------------------- features
     def features(self, parts, cfg, ds):
+        if "messages" in ds.column_names:
+            return self._conversations(parts, cfg, ds, pack=cfg.data.packing)
         ids = self._token_stream(parts, ds)
         return _pack(ids, self._block_size(parts, cfg))
 
     def eval_features(self, parts, cfg, ds):
+        if "messages" in ds.column_names:  # one conversation a row, with the question it ends in
+            return self._conversations(parts, cfg, ds, pack=False, prompts=True)
         stride, block = cfg.eval.stride, self._block_size(parts, cfg)
         if stride is None:
             return self.features(parts, cfg, ds)
@@ -137,6 +181,24 @@ class CausalLM(Task):
                               f"({context} tokens); set data.block_size to at most {context}")
         return cfg.data.block_size
 
+    def _conversations(self, parts, cfg, ds, pack: bool, prompts: bool = False):
+        """Rendered conversations with labels on the assistant's tokens (data.train_on): packed into
+        blocks, or a row each with its length; with `prompts` also the ids of each conversation
+        before its last answer (left-cut to the block) and its row index."""
+        import datasets
+
+        tokenizer, block = _templated(parts.processor, "the model"), self._block_size(parts, cfg)
+        examples = chat_data.fit([chat_data.encode(tokenizer, messages, cfg.data.train_on)
+                                  for messages in ds["messages"]], block)
+        if pack:
+            return datasets.Dataset.from_dict(chat_data.pack(examples, block))
+        rows = {"input_ids": [ids for ids, _ in examples], "labels": [labels for _, labels in examples]}
+        rows["length"] = [len(ids) for ids in rows["input_ids"]]
+        if prompts:
+            rows["prompt_ids"] = [chat_data.prompt_ids(tokenizer, messages)[-block:] for messages in ds["messages"]]
+            rows["index"] = list(range(len(ds)))
+        return datasets.Dataset.from_dict(rows)
+
     def _token_stream(self, parts, ds):
         """Every document's tokens followed by EOS, as one flat Arrow array (no Python ints)."""
         tokenizer = parts.processor
@@ -151,22 +213,48 @@ class CausalLM(Task):
         return tokenized.data.column("input_ids").combine_chunks().flatten()
 
     def collate(self, parts):
+        import torch
+
         from hftool.data.batching import pad_collate
 
-        pad = pad_collate({"input_ids": parts.processor.pad_token_id, "labels": -100})
+        pad_id = parts.processor.pad_token_id
+        pad = pad_collate({"input_ids": pad_id, "labels": -100})
 
         def collate(features):
-            # Labels are the inputs (the model shifts them); strided windows bring their own.
-            return pad([{"input_ids": f["input_ids"], "attention_mask": [1] * len(f["input_ids"]),
-                         "labels": f.get("labels", f["input_ids"])} for f in features])
+            if "position_ids" in features[0]:
+                # Packed conversations: no attention mask, so transformers reads the restarting
+                # position ids as sequence boundaries. Padding gets position 0 each: alone too.
+                return pad([{k: f[k] for k in ("input_ids", "labels", "position_ids")} for f in features])
+            # Labels are the inputs (the model shifts them); strided windows and chats bring their own.
+            batch = pad([{"input_ids": f["input_ids"], "attention_mask": [1] * len(f["input_ids"]),
+                          "labels": f.get("labels", f["input_ids"])} for f in features])
+            if "prompt_ids" in features[0]:  # left-padded: generation continues every row at its end
+                width = max(len(f["prompt_ids"]) for f in features)
+                batch["prompt_ids"] = torch.full((len(features), width), pad_id, dtype=torch.long)
+                batch["prompt_mask"] = torch.zeros((len(features), width), dtype=torch.long)
+                for row, f in enumerate(features):
+                    batch["prompt_ids"][row, width - len(f["prompt_ids"]):] = torch.as_tensor(f["prompt_ids"])
+                    batch["prompt_mask"][row, width - len(f["prompt_ids"]):] = 1
+                batch["index"] = torch.tensor([f["index"] for f in features], dtype=torch.long)
+            return batch
 
         return collate
 
+    def train_loss(self, parts, model, batch):
+        # No KV cache in training: it would only take memory, and with one transformers ignores
+        # the restarting position ids of packed conversations.
+        return model(**batch, use_cache=False).loss
+
     # -------------------------------------------------------------------------- evaluation
     def metric(self, parts, rows):
-        from hftool.metrics import Perplexity
+        from hftool.metrics import GeneratedExactMatch, Perplexity, combine
 
-        return Perplexity()
+        if "messages" not in rows.column_names:
+            return Perplexity()
+        return combine([Perplexity(), GeneratedExactMatch(parts.processor, [_answer(m) for m in rows["messages"]])])
+
+    def eval_forward(self, parts, model, batch):
+        return model(**self.model_inputs(batch), use_cache=False)
 
     def eval_outputs(self, parts, outputs, batch):
         """Per example: summed loss of its scored tokens and their count (pooled by the metric)."""
@@ -179,6 +267,40 @@ class CausalLM(Task):
         # eval_loss itself is the metric's token-weighted mean; "loss" is each block's own mean
         # for its record (the model's loss would be the batch's).
         return {"loss_sum": loss_sum, "tokens": tokens, "loss": loss_sum / tokens.clamp(min=1)}
+
+    def eval_generate(self, parts, model, batch):
+        """Chat evaluation: each conversation's last answer, greedy (the exact match of a sample
+        would be noise), padded to max_new_tokens so every process gathers one width."""
+        if "prompt_ids" not in batch:
+            return {}
+        import torch
+
+        from hftool.generation import GenerationOptions
+
+        kwargs = GenerationOptions(do_sample=False).generate_kwargs(model.generation_config)
+        kwargs["num_return_sequences"] = 1
+        prompt = batch["prompt_ids"]
+        ids = model.generate(input_ids=prompt, attention_mask=batch["prompt_mask"], **kwargs)[:, prompt.shape[1]:]
+        width = kwargs.get("max_new_tokens") or model.generation_config.max_new_tokens
+        padded = torch.full((ids.shape[0], width), -100, dtype=torch.long, device=ids.device)
+        padded[:, : min(width, ids.shape[1])] = ids[:, :width]
+        return {"generated": padded, "index": batch["index"]}
+
+    def prediction_records(self, parts, batches, order, rows):
+        """Chat runs: per conversation the question, the answer generated and the reference."""
+        if not batches or "generated" not in batches[0]:
+            return super().prediction_records(parts, batches, order, rows)
+        from hftool.metrics.captioning import caption_text
+
+        records = []
+        for b in batches:
+            for index, ids, loss in zip(b["index"], b["generated"], b["loss"]):
+                messages = rows[int(index)]["messages"]
+                answer, reference = caption_text(parts.processor, ids), _answer(messages)
+                question = next(m["content"] for m in reversed(messages[: _last_answer(messages)]) if m["role"] == "user")
+                records.append({"index": int(index), "question": question, "prediction": answer, "reference": reference,
+                                "exact_match": answer == reference.strip(), "loss": round(float(loss), 6)})
+        return sorted(records, key=lambda r: r["index"])
 
     def resampler(self, parts, rows):
         from hftool.metrics.resampling import PerplexityStats
@@ -199,11 +321,47 @@ class CausalLM(Task):
     def format_prediction(self, prediction):
         return prediction["prompt"] + prediction["generated_text"]
 
-    def generate(self, parts, cfg, prompts, on_text=None, options=None, **flags):
-        """Continue prompts; `options` (GenerationOptions) or the command's flags say how."""
+    def generate(self, parts, cfg, prompts, on_text=None, options=None, chat=None, **flags):
+        """Continue prompts, then answer `chat` messages (each a one-turn conversation rendered
+        with the chat template, on_text's indices after the prompts'); `options`
+        (GenerationOptions) or the command's flags say how."""
         from hftool.generation import GenerationOptions, generate
 
-        return generate(parts.model, parts.processor, prompts, options or GenerationOptions.from_flags(**flags), on_text)
+        options = options or GenerationOptions.from_flags(**flags)
+        results = generate(parts.model, parts.processor, prompts, options, on_text) if prompts else []
+        if chat:
+            tokenizer = _templated(parts.processor, "the model")
+            texts = [chat_data.render(tokenizer, [{"role": "user", "content": question}], generation_prompt=True)
+                     for question in chat]
+            shifted = None if on_text is None else (lambda i, piece: on_text(len(prompts) + i, piece))
+            answers = generate(parts.model, tokenizer, texts, options, shifted, add_special_tokens=False)
+            per_question = len(answers) // len(chat)
+            results += [{**r, "prompt": chat[n // per_question]} for n, r in enumerate(answers)]
+        return results
+
+
+def _last_answer(messages: list[dict]) -> int:
+    return max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+
+
+def _answer(messages: list[dict]) -> str:
+    """The reference answer of a chat evaluation: the last assistant turn."""
+    return messages[_last_answer(messages)]["content"].strip()
+
+
+def _read_template(path: str) -> str:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise HftoolError(f"data.chat_template={path}: no such file; pass a Jinja chat-template file")
+    return file.read_text(encoding="utf-8")
+
+
+def _templated(tokenizer, name: str):
+    """`tokenizer`, which must have a chat template for chat data."""
+    if not tokenizer.chat_template:
+        raise HftoolError(f"{name}'s tokenizer has no chat template, which chat data and --chat need; set "
+                          "data.chat_template=FILE (a Jinja template) when fine-tuning")
+    return tokenizer
 
     # -------------------------------------------------------------------------------- export
     def onnx_graphs(self, parts, cfg, batch):

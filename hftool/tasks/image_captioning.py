@@ -17,6 +17,7 @@ from hftool.config import Option
 from hftool.data import images
 from hftool.errors import HftoolError
 from hftool.generation import GenerativeModel, update_generation_config
+from hftool.outputs import atomic_path, check_output
 from hftool.tasks.base import Options, Parts, Task, find_column
 
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
@@ -63,6 +64,7 @@ class ImageCaptioning(Task):
     predict_options = (
         Option("attention_map", Path, "Captioning: draw where the decoder looks for each word into this PNG."),
     )
+    peft_unsupported = ""
 
     def model_specs(self, cfg):
         m = cfg.model
@@ -181,6 +183,15 @@ class ImageCaptioning(Task):
         update_generation_config(generation, m.generation_config)  # a run's saved ones, or predict's overrides
         return Parts(model, tokenizer, state=CaptioningState(image_processor))
 
+    def peft_heads(self, parts):
+        """The decoder's cross-attention (and its layer norm), and the projection between encoder
+        and decoder widths: what joining the two adds."""
+        return ["crossattention", "ln_cross_attn", "enc_to_dec_proj"]
+
+    def peft_base(self, cfg):
+        """A captioner built from model.encoder and model.decoder has new cross-attention: kept in base/."""
+        return None if cfg.model.encoder or cfg.model.decoder else super().peft_base(cfg)
+
     def save(self, parts, run_dir, model=None, state_dict=None):
         """Weights + config, and the tokenizer with the image processor as one processor."""
         if model is not None:
@@ -282,6 +293,7 @@ class ImageCaptioning(Task):
                     n = len(results) - 1
                     target = Path(attention_map) if len(entries) == 1 else Path(attention_map).with_name(
                         f"{Path(attention_map).stem}-{n}{Path(attention_map).suffix or '.png'}")
+                    check_output(target, what="--attention-map")
                     draw_attention(model, parts.processor, pixels[row // per_image], ids, chunk[row // per_image], target)
                     results[-1]["attention_map"] = str(target)
         return results
@@ -450,6 +462,6 @@ def draw_attention(model, tokenizer, pixels, ids: list[int], entry: dict, path: 
         ax.imshow(grid, cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="bilinear")
         ax.set_title(word, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)

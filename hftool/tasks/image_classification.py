@@ -18,9 +18,9 @@ from pathlib import Path
 from hftool import models, vision
 from hftool.config import TrainConfig
 from hftool.data import images
-from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, has_labels, label_ids, label_names, ranked, with_top_k
+from hftool.data.labels import TOP_K_OPTION, ranked, with_top_k
 from hftool.errors import HftoolError
-from hftool.tasks.base import Options, Parts, Task, find_column
+from hftool.tasks.base import Options, Parts, Task
 
 TIMM_PREFIX = "timm:"
 TOP_K = 5  # eval_top5_accuracy, reported when there are more classes than this
@@ -78,20 +78,13 @@ class ImageClassification(Task):
     pipeline_task = "image-classification"
     predict_options = (TOP_K_OPTION,)
     quantizable = True
+    peft_unsupported = ""
 
     # ------------------------------------------------------------------------------ data
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns image (datasets Image, not decoded) and label (class id); see
         images.image_rows for how paths are read and checked."""
-        ids = None
-        if require_labels or has_labels(ds, cfg.data.label_column):
-            column = find_column(ds, source, cfg.data.label_column, LABEL_COLUMNS, "label", "label_column")
-            labels = label_names(ds, column, source) if labels is None else labels
-            ids = label_ids(ds, column, labels, source)
-        rows, kept = images.image_rows(ds, source, cfg.data.image_column, cfg.data.skip_bad_images)
-        if ids is not None:
-            rows = rows.add_column("label", ids if kept is None else [ids[i] for i in kept])
-        return rows, labels
+        return images.labelled_rows(ds, source, cfg.data, labels, require_labels)
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
         """Missing, empty, unreadable and unusual images; missing/unseen/mixed labels; repeated
@@ -137,6 +130,21 @@ class ImageClassification(Task):
         else:
             state.mixup = _mixup(cfg.train, len(labels))
         return Parts(model, processor, labels, state=state)
+
+    # --------------------------------------------------------------------------- adapters
+    def peft_heads(self, parts):
+        """An HF model's `classifier`; a timm model's classifier as its pretrained_cfg names it
+        (resnet `fc`, ViT `head`, ConvNeXt `head.fc`)."""
+        if not parts.state.timm:
+            return ["classifier"]
+        names = parts.model.timm_model.pretrained_cfg.get("classifier") or ()
+        return [f"timm_model.{name}" for name in ([names] if isinstance(names, str) else names)]
+
+    def peft_base(self, cfg):
+        """timm:<name> is built here (its weights from timm's hub, not a model dir): kept in base/."""
+        if cfg.model.name.startswith(TIMM_PREFIX) and not models.is_local(cfg.model.name):
+            return None
+        return super().peft_base(cfg)
 
     # --------------------------------------------------------------------------- training
     def train_loss(self, parts, model, batch):

@@ -22,6 +22,7 @@ from hftool.config import Option, TrainConfig
 from hftool.data import images
 from hftool.data.detection import BoxCheck, category_ids, read_by_hftool, to_xyxy
 from hftool.errors import HftoolError
+from hftool.outputs import atomic_path, check_output
 from hftool.tasks.base import Options, Parts, Task, find_column
 
 OBJECT_COLUMNS = ("objects", "annotations", "objects_list")
@@ -60,6 +61,10 @@ class DetectionTrain(TrainConfig):
     # Learning rate of the vision backbone; None trains it at `lr`. DETR fine-tunes its
     # pretrained ResNet ten times slower than the transformer (1e-5 vs 1e-4).
     backbone_lr: float | None = None
+
+    def check(self) -> None:
+        super().check()
+        self.require("backbone_lr", self.backbone_lr is None or self.backbone_lr >= 0, ">= 0")
 
 
 @dataclass
@@ -226,6 +231,7 @@ class ObjectDetection(Task):
     # DETR's loss is normalised by the boxes of the whole batch (and of every process): eval_loss is
     # the mean of batch losses, so it moves with the batch size; mAP does not.
     exact_eval_loss = False
+    peft_unsupported = ""
     predict_options = (
         Option("threshold", float, "Object detection: lowest score of a box shown (default 0.5)."),
         Option("draw", Path, "Object detection: write PNGs with the boxes drawn into this folder."),
@@ -420,6 +426,9 @@ class ObjectDetection(Task):
             labels = [config.id2label[i] for i in range(config.num_labels)]
         return Parts(model, processor, labels, state=DetectionState(getattr(config, "category_ids", None)))
 
+    def peft_heads(self, parts):
+        return ["class_labels_classifier", "bbox_predictor"]  # DETR, conditional DETR, YOLOS
+
     def param_groups(self, parts, cfg, model):
         """The default groups, each split in two when train.backbone_lr gives the backbone its own rate."""
         groups = super().param_groups(parts, cfg, model)
@@ -525,10 +534,11 @@ class ObjectDetection(Task):
                                     "box": box, **({"category_id": ids[label]} if ids else {})})
                 results.append({"image": paths[start + offset], "objects": objects})
         if draw:
-            out = Path(draw)
-            out.mkdir(parents=True, exist_ok=True)
-            for n, result in enumerate(results):
-                draw_boxes(result, out / f"{n:04d}-{Path(result['image']).stem}.png")
+            targets = [Path(draw) / f"{n:04d}-{Path(result['image']).stem}.png" for n, result in enumerate(results)]
+            for target in targets:  # all of them before the first is written
+                check_output(target, what="--draw")
+            for result, target in zip(results, targets):
+                draw_boxes(result, target)
         return results
 
     def card_usage(self, parts, cfg):
@@ -593,7 +603,8 @@ def draw_boxes(prediction: dict, path: Path) -> None:
         colour = palette[hash(obj["label"]) % len(palette)]
         pen.rectangle(obj["box"], outline=colour, width=width)
         pen.text((obj["box"][0] + 2, obj["box"][1] + 1), f"{obj['label']} {obj['score']:.2f}", fill=colour)
-    image.save(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp)
 
 
 def _tiny_detr(cfg, fields: dict, side: int):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from hftool import models
 from hftool.config import DataConfig
+from hftool.data.checks import check_texts
 from hftool.data.columns import column_values, first_not_text
 from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, has_labels, label_ids, label_names, ranked, with_top_k
 from hftool.errors import HftoolError
@@ -42,6 +43,10 @@ class TextClassification(Task):
     pipeline_task = "text-classification"
     predict_options = (TOP_K_OPTION,)
     quantizable = True
+    peft_unsupported = ""
+
+    def peft_heads(self, parts):
+        return ["pre_classifier", "classifier", "score"]  # BERT-likes, DistilBERT, decoder-only classifiers
 
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns text, [text_pair], label (class id); label names come from `ds` when None."""
@@ -62,6 +67,8 @@ class TextClassification(Task):
             if bad is not None:
                 raise HftoolError(f"{source} row {bad + 1}: {name} column '{column}' "
                                   f"holds {ds[bad][column]!r}, not text; fix or remove the row")
+            if labels is None and require_labels:  # training data, its first pass: warned once
+                check_texts(column_values(ds, column).to_pylist(), source, column)
         extra = {}
         if require_labels or has_labels(ds, data.label_column):
             label = find_column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")

@@ -21,6 +21,7 @@ from pathlib import Path
 from hftool import models
 from hftool.config import DataConfig, Option
 from hftool.errors import HftoolError
+from hftool.outputs import atomic_path, check_output
 from hftool.tasks.base import Options, Parts, Reading, Task
 
 DEFAULT_HORIZON = 30  # steps `predict` forecasts unless told: the textbook's 30 days
@@ -68,6 +69,8 @@ class TimeSeriesForecasting(Task):
     # `hftool predict RUN_DIR` forecasts from the end of the run's own series.
     inputs_optional = True
     writes_output = True
+    peft_unsupported = ("its forecaster is hftool's own small recurrent model (tens of thousands of parameters), "
+                        "whose LSTM/GRU cells peft has no adapters for")
 
     def __init__(self):
         # Sources whose gaps were reported: training reads a file's rows whole, then its
@@ -336,8 +339,10 @@ def write_forecast(path: Path, predictions: list[dict], columns: list[str], date
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    png = path.with_suffix(".png")
+    for target in (path, png):  # both before either is written
+        check_output(target, what="--output")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["date", *columns])
         writer.writeheader()
         writer.writerows({k: p[k] for k in ("date", *columns)} for p in predictions)
@@ -353,7 +358,7 @@ def write_forecast(path: Path, predictions: list[dict], columns: list[str], date
         ax.legend(loc="upper left")
     fig.autofmt_xdate()
     fig.tight_layout()
-    png = path.with_suffix(".png")
-    fig.savefig(png, dpi=80)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
     return png

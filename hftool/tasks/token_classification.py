@@ -128,6 +128,10 @@ class TokenClassification(Task):
     default_metric = "f1"
     pipeline_task = "token-classification"
     meta_keys = ("word_ids", "example_id")
+    peft_unsupported = ""
+
+    def peft_heads(self, parts):
+        return ["classifier", "score"]
 
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns tokens, [tags] (IOB2 tag ids); tag names come from `ds` when None."""

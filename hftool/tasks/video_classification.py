@@ -109,6 +109,7 @@ class VideoClassification(Task):
     default_metric = "accuracy"
     pipeline_task = "video-classification"
     predict_options = (TOP_K_OPTION,)
+    peft_unsupported = ""
 
     # ------------------------------------------------------------------------------ data
     def reading(self, cfg) -> Reading:
@@ -186,6 +187,19 @@ class VideoClassification(Task):
         if labels is None:  # evaluate/predict: the model's own label map
             labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return Parts(model, processor, labels, state=VideoClassificationState(model.config.num_frames))
+
+    # --------------------------------------------------------------------------- adapters
+    def peft_heads(self, parts):
+        """The classifier (VideoMAE, TimeSformer and the frame model name it so), and the frame
+        model's transformer over time, new like the classifier (its time positions, a bare
+        parameter that peft cannot save apart, stay as initialised in base/)."""
+        return ["classifier", "time"]
+
+    def peft_base(self, cfg):
+        """timm:<name> is built here (its weights from timm's hub, not a model dir): kept in base/."""
+        if cfg.model.name.startswith(TIMM_PREFIX) and not models.is_local(cfg.model.name):
+            return None
+        return super().peft_base(cfg)
 
     # --------------------------------------------------------------------------- metrics
     def metric(self, parts, rows):
