@@ -35,7 +35,7 @@ CHUNK_ROWS = 20_000
 # Bytes the encoding and the .txt/.json flavour are decided on.
 SAMPLE_BYTES = 1 << 20
 # Part of every cache key: bump it when what a reader produces changes.
-VERSION = "1"
+VERSION = "2"
 
 
 class _Restart(Exception):
@@ -63,7 +63,7 @@ def read_streamed(path: Path, kind: str, encoding: str | None = None, txt_unit: 
     key = "|".join((VERSION, str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns), kind, encoding or "",
                     txt_unit))
     target = cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.arrow"
-    if not target.is_file():
+    if not target.with_suffix(".json").is_file():  # its notes are written last: without them, write it (again)
         _write(path, kind, encoding, txt_unit, target)
         return datasets.Dataset.from_file(str(target))
     ds = datasets.Dataset.from_file(str(target))
@@ -146,10 +146,12 @@ def _write(path: Path, kind: str, encoding: str | None, txt_unit: str, target: P
                 chosen = "latin-1"
             except _Restart:
                 continue
-        # The notes first: a cache file without them is never seen.
-        target.with_suffix(".json").write_text(json.dumps({"warnings": said, "spans_lines": settings.get("spans_lines", False)}),
-                                               encoding="utf-8")
         os.replace(temporary, target)
+        # The notes last, atomically: a table without them is written again (see read_streamed).
+        notes_file = target.with_suffix(".json")
+        partial = notes_file.with_name(f"{notes_file.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps({"warnings": said, "spans_lines": settings.get("spans_lines", False)}), encoding="utf-8")
+        os.replace(partial, notes_file)
     finally:
         temporary.unlink(missing_ok=True)
     for message in said:
