@@ -68,7 +68,7 @@ class TextClassification(Task):
                 raise HftoolError(f"{source} row {bad + 1}: {name} column '{column}' "
                                   f"holds {ds[bad][column]!r}, not text; fix or remove the row")
             if labels is None and require_labels:  # training data, its first pass: warned once
-                check_texts(column_values(ds, column).to_pylist(), source, column)
+                check_texts(column_values(ds, column), source, column)
         extra = {}
         if require_labels or has_labels(ds, data.label_column):
             label = find_column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")
