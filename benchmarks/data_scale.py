@@ -98,7 +98,8 @@ def run_child(command: list[str], cache: Path, code_dir: Path = REPO) -> dict:
                "'peak_rss_mb': usage.ru_maxrss / 1024}), file=sys.stderr)\n")
     env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": str(code_dir)}
-    done = subprocess.run([sys.executable, "-c", wrapper, *command], env=env, capture_output=True, text=True)
+    # From code_dir: `python -c` puts the working directory first on sys.path.
+    done = subprocess.run([sys.executable, "-c", wrapper, *command], env=env, capture_output=True, text=True, cwd=code_dir)
     report = json.loads(done.stderr.strip().splitlines()[-1])
     if report["code"]:
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
