@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hftool import logs
+from hftool.data.batching import lengths_of
 from hftool.errors import HftoolError
 
 CLEAR_REFS = Path("/proc/self/clear_refs")  # writing 5 resets the peak resident size (VmHWM)
@@ -76,13 +78,12 @@ def plan(trainer) -> int:
                           "several: set train.batch_size and train.gradient_accumulation_steps instead")
     per_process = t.batch_size * t.gradient_accumulation_steps
     features = trainer.train_features
-    lengths = features["length"] if "length" in features.column_names else [1] * len(features)
-    longest = sorted(range(len(features)), key=lambda i: -lengths[i])
+    longest = np.argsort(-lengths_of(features), kind="stable")
     collate = task.collate(parts)
     model = parts.model.to(acc.device).train()
 
     def step(size: int) -> None:
-        rows = [features[i] for i in (longest * (size // len(longest) + 1))[:size]]
+        rows = [features[int(i)] for i in longest[np.arange(size) % len(longest)]]  # the longest rows, repeated if few
         batch = {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in collate(rows).items()}
         with acc.autocast():
             loss = task.train_loss(parts, model, task.model_inputs(batch))

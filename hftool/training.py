@@ -251,9 +251,9 @@ class Trainer:
 
         cfg, t = self.cfg, self.cfg.train
         collate = self.task.collate(self.parts)
-        lengths = (self.train_features["length"] if "length" in self.train_features.column_names
-                   else [1] * len(self.train_features))
-        from hftool.data.batching import EpochKeys, LengthGroupedBatches, SeededLoading
+        from hftool.data.batching import EpochKeys, LengthGroupedBatches, SeededLoading, lengths_of
+
+        lengths = lengths_of(self.train_features)
 
         processes = self.accelerator.num_processes
         self.sampler = EpochKeys(LengthGroupedBatches(lengths, t.batch_size * processes, t.seed, t.group_by_length))

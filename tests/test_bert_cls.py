@@ -343,3 +343,25 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data,
     assert checkpoints == ["step-0000002"]
     weights = load_file(tmp_path / "run" / "checkpoints" / "step-0000002" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_tokenized_features_are_cached_beside_the_data_and_made_again_when_it_changes(data, tmp_path, monkeypatch):
+    import shutil
+
+    from hftool.data import tables
+
+    monkeypatch.setattr(tables, "cache_dir", lambda: tmp_path / "cache")
+    files = {"train": shutil.copy(data["train"], tmp_path / "train.csv"), "val": data["val"]}
+
+    def features_file():
+        features = trainer_for(files, tmp_path).train_features
+        path = features.cache_files[0]["filename"]
+        return path, os.stat(path).st_mtime_ns, features["input_ids"][:5]
+
+    first, made, ids = features_file()
+    assert first.startswith(str(tmp_path / "cache"))
+    assert features_file() == (first, made, ids)  # the second run maps the same file, not a new one
+    rows = sentiment_rows(160, 10)
+    rows[0]["text"] = "a different first row"
+    write_csv(files["train"], rows)
+    assert features_file()[0] != first

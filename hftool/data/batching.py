@@ -5,8 +5,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+
+def lengths_of(features) -> np.ndarray:
+    """The `length` column of a features Dataset as one integer array (ones where it has none)."""
+    if "length" not in features.column_names:
+        return np.ones(len(features), dtype=np.int64)
+    from hftool.data.columns import column_values
+
+    return column_values(features, "length").to_numpy()
 
 
 class LengthGroupedBatches(Sampler[list[int]]):
@@ -31,7 +41,9 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
                  mega: int = 50):
-        self.lengths = list(lengths)
+        # One integer array, whatever the number of rows: a Python list of a million ints costs
+        # ~40 MB and sorting it by a key function costs seconds at the first step.
+        self.lengths = np.asarray(lengths, dtype=np.int64)
         self.batch_size = batch_size
         self.seed = seed
         self.group_by_length = group_by_length
@@ -43,29 +55,33 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        if not self.group_by_length:
-            yield from self._top_up([order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)], order)
-            return
-        mega = max(1, min(self.mega, len(order) // (self.batch_size * 4)))
-        size = self.batch_size * mega
-        grouped = []
-        for start in range(0, len(order), size):
-            grouped += sorted(order[start:start + size], key=lambda i: -self.lengths[i])
+        order = torch.randperm(len(self.lengths), generator=generator).numpy()
+        if self.group_by_length:
+            mega = max(1, min(self.mega, len(order) // (self.batch_size * 4)))
+            # Each mega-batch sorted longest first, stably (ties keep the shuffled order): one
+            # lexsort on (mega-batch number, -length) does all of them at once.
+            order_in_mega = np.arange(len(order)) // (self.batch_size * mega)
+            grouped = order[np.lexsort((-self.lengths[order], order_in_mega))]
+        else:
+            grouped = order
         batches = self._top_up([grouped[i:i + self.batch_size] for i in range(0, len(grouped), self.batch_size)], order)
-        longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
-        yield batches[longest]
-        yield from (batch for b, batch in enumerate(batches) if b != longest)
+        if self.group_by_length:
+            longest = int(np.argmax([self.lengths[batch].max() for batch in batches]))  # the first of the longest
+            yield batches[longest].tolist()
+            yield from (batch.tolist() for b, batch in enumerate(batches) if b != longest)
+        else:
+            yield from (batch.tolist() for batch in batches)
 
-    def _top_up(self, batches: list[list[int]], order: list[int]) -> list[list[int]]:
+    def _top_up(self, batches: list[np.ndarray], order: np.ndarray) -> list[np.ndarray]:
         """Fill the last (short) batch with the first examples of `order` it does not hold."""
         missing = self.batch_size - len(batches[-1]) if batches else 0
         if missing:
-            held = set(batches[-1])
-            extra = [i for i in order if i not in held][:missing]
+            held = batches[-1]
+            head = order[: len(held) + missing]  # holds at least `missing` rows the batch does not
+            extra = head[~np.isin(head, held)][:missing]
             while len(extra) < missing:  # fewer examples than one batch: repeat them
-                extra += batches[-1][: missing - len(extra)]
-            batches[-1] = batches[-1] + extra
+                extra = np.concatenate([extra, held[: missing - len(extra)]])
+            batches[-1] = np.concatenate([held, extra])
         return batches
 
 

@@ -128,9 +128,21 @@ class Findings:
             logs.warn(finding.message)
 
 
-def check_texts(values: list, source: str, column: str, findings: Findings | None = None) -> None:
-    """Count texts that are empty or a spreadsheet's 'NaN' (an empty cell exported as text)."""
-    blank = [i for i, v in enumerate(values) if isinstance(v, str) and v.strip().lower() in ("", "nan")]
-    if blank:
-        (findings or Findings()).add("empty_texts", source=source, count=len(blank), total=len(values),
-                                     column=column, row=blank[0] + 1)
+def check_texts(values, source: str, column: str, findings: Findings | None = None) -> None:
+    """Count texts that are empty or a spreadsheet's 'NaN' (an empty cell exported as text).
+
+    `values` is a list, or a pyarrow string array, counted by Arrow without a Python object per row.
+    """
+    if hasattr(values, "type"):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        mask = pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(values)), value_set=pa.array(["", "nan"]))
+        count = pc.sum(mask).as_py() or 0
+        first = pc.index(mask, True).as_py() if count else None
+    else:
+        blank = [i for i, v in enumerate(values) if isinstance(v, str) and v.strip().lower() in ("", "nan")]
+        count, first = len(blank), blank[0] if blank else None
+    if count:
+        (findings or Findings()).add("empty_texts", source=source, count=count, total=len(values),
+                                     column=column, row=first + 1)

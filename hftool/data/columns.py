@@ -28,3 +28,27 @@ def source_dir(ds) -> Path | None:
 
     uri = ds.info.homepage or ""
     return Path(unquote(urlparse(uri).path)) if uri.startswith("file:") else None
+
+
+def column_values(ds, column: str):
+    """Column `column` of a datasets Dataset as one pyarrow ChunkedArray, in the Dataset's row order.
+
+    Read by Arrow in one call: iterating `ds[column]` formats row by row (about 26 s per million
+    rows here), and even `ds.with_format("numpy")[column]` gathers a split's rows through Python
+    lists (28 s for 900k). `_indices` is the row mapping select/shuffle/train_test_split leave:
+    datasets has no public way to read it.
+    """
+    values = ds.data.column(column)
+    indices = ds._indices
+    return values if indices is None else values.take(indices.column(0))
+
+
+def first_not_text(ds, column: str) -> int | None:
+    """The first row of `column` whose value is not a string (None where every one is)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = column_values(ds, column)
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return 0 if len(values) else None
+    return pc.index(pc.is_null(values), True).as_py() if values.null_count else None

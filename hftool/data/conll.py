@@ -9,6 +9,7 @@ classification task checks and normalises their scheme.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hftool.errors import HftoolError
@@ -29,17 +30,17 @@ def looks_like_conll(text: str, lines: int = 20) -> bool:
     return all(len(fields) >= 2 and TAG.match(fields[-1]) for fields in sample)
 
 
-def read_conll(path: Path, text: str):
-    """CoNLL text -> a Dataset with columns tokens, tags (strings) and line (the 1-based line
-    of each sentence's first token, so later checks can name the exact line of a bad tag)."""
-    import datasets
-
+def conll_sentences(path: Path, lines: Iterable[str], chunk: int) -> Iterator[dict[str, list]]:
+    """CoNLL lines -> columns tokens, tags (strings) and line (the 1-based line of each
+    sentence's first token, so later checks can name the exact line of a bad tag), `chunk`
+    sentences at a time, so a large file is written out as it is read (hftool/data/tables.py)."""
     tokens: list[list[str]] = []
     tags: list[list[str]] = []
     starts: list[int] = []
     columns = first_line = None
     sentence: list[str] = []
     sentence_tags: list[str] = []
+    found = False
 
     def flush() -> None:
         if sentence:
@@ -48,10 +49,13 @@ def read_conll(path: Path, text: str):
             sentence.clear()
             sentence_tags.clear()
 
-    for number, line in enumerate(text.split("\n"), 1):
+    for number, line in enumerate(lines, 1):
         fields = line.split()
         if not fields or fields[0] == "-DOCSTART-":
             flush()
+            if len(tokens) >= chunk:
+                yield {"tokens": tokens, "tags": tags, "line": starts}
+                tokens, tags, starts, found = [], [], [], True
             continue
         if len(fields) == 1:
             raise HftoolError(f"{path}:{number}: token {fields[0]!r} has no tag; {FORMAT} "
@@ -66,6 +70,7 @@ def read_conll(path: Path, text: str):
         sentence.append(fields[0])
         sentence_tags.append(fields[-1])
     flush()
-    if not tokens:
+    if not tokens and not found:
         raise HftoolError(f"{path} has no sentences; {FORMAT}")
-    return datasets.Dataset.from_dict({"tokens": tokens, "tags": tags, "line": starts})
+    if tokens:
+        yield {"tokens": tokens, "tags": tags, "line": starts}

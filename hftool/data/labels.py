@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from hftool.config import Option
+from hftool.data.columns import column_values
 from hftool.data.checks import Findings
 from hftool.errors import HftoolError
 
@@ -57,7 +58,7 @@ def label_names(ds, column: str, source: str, findings: Findings | None = None) 
     """
     findings = findings or Findings()
     feature = ds.features[column]
-    values = ds[column]
+    values = column_values(ds, column).to_pylist()  # one Arrow read: a datasets column formats row by row
     if hasattr(feature, "names"):  # datasets.ClassLabel
         names = list(feature.names)
         present = sorted({names[v] for v in values if v is not None and 0 <= v < len(names)})
@@ -74,10 +75,24 @@ def label_names(ds, column: str, source: str, findings: Findings | None = None) 
 
 def label_ids(ds, column: str, names: list[str], source: str) -> list[int]:
     """Class ids of `column` against `names`; a missing or unknown label is an error naming the row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     feature = ds.features[column]
+    values = column_values(ds, column)
+    if not hasattr(feature, "names") and (pa.types.is_string(values.type) or pa.types.is_integer(values.type)):
+        # Looked up by Arrow (text and ints read as str() writes them): no Python object per row.
+        found = pc.index_in(values.cast(pa.string()), value_set=pa.array(names, pa.string()))
+        if not found.null_count:
+            return found.to_pylist()
+        first = pc.index(pc.is_null(found), True).as_py()  # the message below names it
+        values = values.slice(first, 1)
+        offset = first
+    else:
+        offset = 0
     ids = {name: i for i, name in enumerate(names)}
     out = []
-    for row, value in enumerate(ds[column], 1):
+    for row, value in enumerate(values.to_pylist(), offset + 1):
         if hasattr(feature, "names") and value is not None and value >= 0:  # datasets.ClassLabel
             value = feature.names[value]
         key = "" if value is None else str(value)

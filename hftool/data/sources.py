@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import warnings
 from pathlib import Path
 
 from hftool.data import idx
@@ -25,8 +24,9 @@ from hftool.errors import HftoolError
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
 # Extensions a folder of split files may also hold (train.conll, dev.conll, test.conll).
 FOLDER_EXTENSIONS = (*TABLE_EXTENSIONS, ".conll")
+# A shard's number after its split name: train-00001, train-00001-of-00004, train_3.
+SHARD_NUMBER = re.compile(r"[-_]\d+(?:-of-\d+)?$")
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
-BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
 
 
 def read_inputs(path: Path, fields: tuple[str, ...] = ("text",)) -> list[str]:
@@ -93,7 +93,9 @@ def read_file(path: Path, encoding: str | None = None, txt_unit: str = "line"):
 
 def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line"):
     import datasets
-    import pandas as pd
+
+    from hftool.data.conll import looks_like_conll
+    from hftool.data.tables import looks_like_json_lines, notes, read_streamed, sample_text
 
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -101,73 +103,46 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
             return datasets.Dataset.from_parquet(str(path))
         except Exception as err:
             raise HftoolError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None
-    text = read_text(path, encoding)
+    # Tables are read in chunks into a memory-mapped file (hftool/data/tables.py).
     if suffix in (".csv", ".tsv"):
         sep = "\t" if suffix == ".tsv" else ","
-        check_table_text(text, path, sep)
-        try:
-            with warnings.catch_warnings():
-                # Extra fields in the first row would silently become an index or be dropped.
-                warnings.simplefilter("error", pd.errors.ParserWarning)
-                frame = pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", keep_default_na=False,
-                                    index_col=False, quoting=3 if suffix == ".tsv" else 0)  # tsv: quotes are text
-        except pd.errors.ParserWarning:
-            raise HftoolError(f"{path}: a row has more fields than the header; quote fields that contain the "
-                              "separator, or fix the header") from None
-        except pd.errors.EmptyDataError:
-            raise HftoolError(f"{path} is empty; it needs a header row and at least one data row") from None
-        except pd.errors.ParserError as err:
-            reason = str(err).strip().splitlines()[-1]
-            if "EOF inside string" in reason:  # pandas counts rows from 0, the header included
-                row = re.search(r"row (\d+)", reason)
-                where = f" on line {int(row.group(1)) + 1}" if row else ""
-                raise HftoolError(f"{path}: a quote opened{where} is never closed; close it or remove it") from None
-            raise HftoolError(f"{path}: {reason}; every row needs the header's number of fields") from None
-        if len(frame) + 1 < sum(1 for line in text.split("\n") if line.strip()):  # fields span lines
-            check_merged_rows(text, path, sep, len(frame.columns))
-        return datasets.Dataset.from_pandas(frame, preserve_index=False)
-    if suffix in (".json", ".jsonl"):
-        records = None
-        if suffix == ".json":
-            try:
-                loaded = json.loads(text)
-                from hftool.data.captions import is_coco_captions, read_coco_captions
-                from hftool.data.detection import is_coco, read_coco
+        check_table_text(sample_text(path, encoding), path, sep)  # the header and the first 1000 lines
+        ds = read_streamed(path, suffix[1:], encoding)
+        # A quoted field runs over lines: did a stray quote merge rows? (This check reads the file
+        # whole; files whose fields hold no line breaks are never read that way.)
+        if sep == "," and notes(ds)["spans_lines"]:
+            check_merged_rows(read_text(path, encoding), path, sep, len(ds.column_names))
+        return ds
+    if suffix == ".jsonl" or (suffix == ".json" and looks_like_json_lines(path, encoding)):
+        return read_streamed(path, "jsonl", encoding)
+    if suffix == ".txt" and not looks_like_conll(sample_text(path, encoding)):
+        return read_streamed(path, "txt", encoding, txt_unit)
+    if suffix != ".json":  # a .txt of token/tag columns, or another extension: CoNLL
+        return read_streamed(path, "conll", encoding)
+    text = read_text(path, encoding)
+    # One JSON document: records, columns, or COCO (read whole: json cannot stream it).
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as err:
+        if text.lstrip().startswith("{") and '"images"' in text[:100000] and '"annotations"' in text:
+            raise HftoolError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the file") from None
+        return read_streamed(path, "jsonl", encoding)  # JSON lines with a bad line: its error names the line
+    from hftool.data.captions import is_coco_captions, read_coco_captions
+    from hftool.data.detection import is_coco, read_coco
 
-                if is_coco_captions(loaded):  # COCO captions: one row per image, its captions listed
-                    return read_coco_captions(loaded, path)
-                if is_coco(loaded):  # a COCO instances file: one row per image, its objects nested
-                    return read_coco(path, loaded)
-                if isinstance(loaded, dict) and "images" in loaded and ("categories" in loaded or "info" in loaded):
-                    raise HftoolError(f"{path}: a COCO file needs an \"annotations\" list beside \"images\" (use an "
-                                      "empty list for images without objects)")
-                records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
-                if isinstance(records, dict):  # {"column": [values...]}
-                    return _columns_to_dataset(records, path)
-            except json.JSONDecodeError as err:
-                if text.lstrip().startswith("{") and '"images"' in text[:100000] and '"annotations"' in text:
-                    raise HftoolError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the file") from None
-                records = None  # many .json files are really JSON lines
-        if records is None:
-            records = []
-            for number, line in enumerate(text.split("\n"), 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise HftoolError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove the line") from None
-        if not all(isinstance(r, dict) for r in records):
-            raise HftoolError(f"{path}: expected JSON objects (one per row), e.g. {{\"text\": ..., \"label\": ...}}")
-        return _records_to_dataset(records, path)
-    from hftool.data.conll import looks_like_conll, read_conll
-
-    if suffix == ".txt" and not looks_like_conll(text):
-        if txt_unit == "paragraph":
-            rows = [block.rstrip() for block in BLANK_LINES.split(text) if block.strip()]
-        else:
-            rows = [line for line in text.split("\n") if line.strip()]
-        return datasets.Dataset.from_dict({"text": rows})
-    return read_conll(path, text)
+    if is_coco_captions(loaded):  # COCO captions: one row per image, its captions listed
+        return read_coco_captions(loaded, path)
+    if is_coco(loaded):  # a COCO instances file: one row per image, its objects nested
+        return read_coco(path, loaded)
+    if isinstance(loaded, dict) and "images" in loaded and ("categories" in loaded or "info" in loaded):
+        raise HftoolError(f"{path}: a COCO file needs an \"annotations\" list beside \"images\" (use an "
+                          "empty list for images without objects)")
+    records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
+    if isinstance(records, dict):  # {"column": [values...]}
+        return _columns_to_dataset(records, path)
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise HftoolError(f"{path}: expected JSON objects (one per row), e.g. {{\"text\": ..., \"label\": ...}}")
+    return _records_to_dataset(records, path)
 
 
 def check_table_text(text: str, path: Path, sep: str, findings: Findings | None = None) -> None:
@@ -219,11 +194,12 @@ def check_merged_rows(text: str, path: Path, sep: str, columns: int, findings: F
 
 
 def _split_name(stem: str) -> str | None:
-    return SPLIT_ALIASES.get(stem.lower().split(".")[0])
+    return SPLIT_ALIASES.get(SHARD_NUMBER.sub("", stem.lower().split(".")[0]))
 
 
 def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line", videos: bool = False):
-    """A save_to_disk folder, a folder of split files (train.csv, validation.jsonl, test.tsv), a
+    """A save_to_disk folder, a folder of split files (train.csv, validation.jsonl, test.tsv; a
+    split may be numbered shards, train-00000.jsonl, train-00001.jsonl, ..., read as one), a
     folder of text files (no split names), each file one `text` row: a document, or an image
     folder (class subfolders, optionally inside train/val/test folders); with `videos`, a video
     folder (class subfolders of clips or of frame folders) instead of an image folder."""
@@ -247,24 +223,43 @@ def read_folder(path: Path, encoding: str | None = None, txt_unit: str = "line",
         return read_video_folder(path)
     if not files and is_image_folder(path):
         return read_image_folder(path)
-    splits = {}
+    splits: dict[str, list[Path]] = {}
     for file in files:
         name = _split_name(file.stem)
         if name is None:
             continue
-        if name in splits:
-            raise HftoolError(f"{path} has two {name} files ({splits[name].name}, {file.name}); keep one")
-        splits[name] = file
+        splits.setdefault(name, []).append(file)
+    for name, shards in splits.items():
+        if len(shards) > 1 and not all(SHARD_NUMBER.search(p.stem.split(".")[0]) for p in shards):
+            raise HftoolError(f"{path} has two {name} files ({shards[0].name}, {shards[1].name}); keep one, or number "
+                              f"them as shards ({name}-00000.jsonl, {name}-00001.jsonl, ...)")
     if not splits and len(files) > 1 and all(p.suffix.lower() == ".txt" for p in files):
         documents = [text.strip("\n") for text in (read_text(p, encoding) for p in files) if text.strip()]
         return datasets.DatasetDict(train=datasets.Dataset.from_dict({"text": documents}))
     if not splits and len(files) == 1:
-        splits = {"train": files[0]}
+        splits = {"train": files}
     if "train" not in splits:
         found = ", ".join(p.name for p in files) or "no data files"
         raise HftoolError(f"{path} has no train file ({found}); name the files train/validation/test.<csv|jsonl|conll|...> "
                           "(or, for images, one subfolder per class)")
-    return datasets.DatasetDict({name: read_file(file, encoding, txt_unit) for name, file in splits.items()})
+    return datasets.DatasetDict({name: _read_shards(shards, encoding, txt_unit) for name, shards in splits.items()})
+
+
+def _read_shards(shards: list[Path], encoding: str | None, txt_unit: str):
+    """One split from its files, in name order: each read on its own (memory-mapped), then
+    concatenated without copying."""
+    import datasets
+
+    parts = [read_file(shard, encoding, txt_unit) for shard in shards]
+    for shard, part in zip(shards[1:], parts[1:]):
+        if part.features != parts[0].features:
+            raise HftoolError(f"{shard} has other columns or types than {shards[0].name} "
+                              f"({dict(part.features)} vs {dict(parts[0].features)}); shards of a split need the same")
+    if len(parts) == 1:
+        return parts[0]
+    ds = datasets.concatenate_datasets(parts)
+    ds.info.homepage = parts[0].info.homepage
+    return ds
 
 
 def _normalise_splits(dd):

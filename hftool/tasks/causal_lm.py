@@ -22,6 +22,7 @@ from pathlib import Path
 from hftool import models
 from hftool.config import DataConfig, EvalConfig, Option
 from hftool.data import chat as chat_data
+from hftool.data.columns import column_values
 from hftool.errors import HftoolError
 from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
 from hftool.tasks.base import Options, Parts, Reading, Task, find_column
@@ -102,7 +103,7 @@ class CausalLM(Task):
         if conversations is not None:
             return datasets.Dataset.from_dict({"messages": conversations}), None
         column = find_column(ds, source, cfg.data.text_column, TEXT_COLUMNS, "text", "text_column")
-        texts = ds[column]
+        texts = column_values(ds, column).to_pylist()  # one Arrow read, not a formatted row at a time
         bad = next((i for i, v in enumerate(texts) if not isinstance(v, str)), None)
         if bad is not None:
             raise HftoolError(f"{source} row {bad + 1}: column '{column}' holds {texts[bad]!r}, not text; "
@@ -119,7 +120,7 @@ class CausalLM(Task):
             from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
             texts = ([m["content"] for messages in train_ds["messages"] for m in messages]
-                     if "messages" in train_ds.column_names else train_ds["text"])
+                     if "messages" in train_ds.column_names else column_values(train_ds, "text").to_pylist())
             train = models.train_chat_tokenizer if arch == "llama" else models.train_byte_bpe
             tokenizer = models.tiny_tokenizer(run_dir, lambda: train(texts, cfg.model.tiny_vocab_size))
             if arch == "llama":

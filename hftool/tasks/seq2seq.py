@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from hftool import models
 from hftool.config import DataConfig, EvalConfig
+from hftool.data.columns import column_values
 from hftool.errors import HftoolError
 from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
 from hftool.tasks.base import Options, Parts, Reading, Task, find_column
@@ -101,11 +102,11 @@ class Seq2Seq(Task):
                        for k, lang in (("source", data.source_lang), ("target", data.target_lang))}
             text = find_column(ds, source, data.source_column or by_lang["source"], SOURCE_COLUMNS, "source",
                                "source_column")
-            columns = {"source": _texts(ds[text], source, text, "source")}
+            columns = {"source": _texts(column_values(ds, text).to_pylist(), source, text, "source")}
             candidates = tuple(c for c in TARGET_COLUMNS if c != text)
             target = find_column(ds, source, data.target_column or by_lang["target"], candidates, "target",
                                  "target_column")
-            columns["target"] = _texts(ds[target], source, target, "target")
+            columns["target"] = _texts(column_values(ds, target).to_pylist(), source, target, "target")
         return datasets.Dataset.from_dict(columns), None
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
@@ -153,7 +154,8 @@ class Seq2Seq(Task):
             from transformers import MBartForConditionalGeneration, T5ForConditionalGeneration
 
             tokenizer = models.tiny_tokenizer(run_dir, lambda: train_tokenizer(
-                [*train_ds["source"], *train_ds["target"]], cfg.model.tiny_vocab_size))
+                [*column_values(train_ds, "source").to_pylist(), *column_values(train_ds, "target").to_pylist()],
+                cfg.model.tiny_vocab_size))
             if arch == "mbart":
                 model = MBartForConditionalGeneration(tiny_mbart_config(tokenizer, overrides))
             else:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from hftool import models
 from hftool.config import DataConfig
 from hftool.data.checks import check_texts
+from hftool.data.columns import column_values, first_not_text
 from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, has_labels, label_ids, label_names, ranked, with_top_k
 from hftool.errors import HftoolError
 from hftool.tasks.base import Options, Parts, Task, find_column
@@ -49,6 +50,10 @@ class TextClassification(Task):
 
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns text, [text_pair], label (class id); label names come from `ds` when None."""
+        import numpy as np
+
+        from hftool.data.tables import select_rows
+
         data = cfg.data
         text = find_column(ds, source, data.text_column, TEXT_COLUMNS, "text", "text_column")
         pair = data.text_pair_column
@@ -56,23 +61,22 @@ class TextClassification(Task):
             pair = PAIR_COLUMNS[text]
         elif pair is not None:
             find_column(ds, source, pair, (), "text pair", "text_pair_column")
-        columns = {"text": ds[text]}
-        if pair:
-            columns["text_pair"] = ds[pair]
-        for name, values in columns.items():
-            bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+        columns = {text: "text", **({pair: "text_pair"} if pair else {})}
+        for column, name in columns.items():
+            bad = first_not_text(ds, column)
             if bad is not None:
-                raise HftoolError(f"{source} row {bad + 1}: {name} column '{text if name == 'text' else pair}' "
-                                  f"holds {values[bad]!r}, not text; fix or remove the row")
+                raise HftoolError(f"{source} row {bad + 1}: {name} column '{column}' "
+                                  f"holds {ds[bad][column]!r}, not text; fix or remove the row")
             if labels is None and require_labels:  # training data, its first pass: warned once
-                check_texts(values, source, text if name == "text" else pair)
+                check_texts(column_values(ds, column), source, column)
+        extra = {}
         if require_labels or has_labels(ds, data.label_column):
             label = find_column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")
             labels = label_names(ds, label, source) if labels is None else labels
-            columns["label"] = label_ids(ds, label, labels, source)
-        import datasets
-
-        return datasets.Dataset.from_dict(columns), labels
+            extra["label"] = np.asarray(label_ids(ds, label, labels, source), dtype=np.int64)
+        # Rows read from a file stay memory-mapped, and the tokenized features are then written
+        # beside them on disk (and found there by the next run on the same data).
+        return select_rows(ds, columns, extra), labels
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
         """Empty texts, missing/unseen/mixed labels, repeated texts and texts with two labels."""
@@ -96,9 +100,9 @@ class TextClassification(Task):
         overrides = dict(cfg.model.config_overrides)
         if models.tiny_arch(spec) is not None:
             models.check_tiny(spec, ("bert",), self.name)
-            pairs = train_ds["text_pair"] if "text_pair" in train_ds.column_names else []
+            texts = [column_values(train_ds, c).to_pylist() for c in ("text", "text_pair") if c in train_ds.column_names]
             tokenizer = models.tiny_tokenizer(run_dir, lambda: models.train_wordpiece(
-                [*train_ds["text"], *pairs], cfg.model.tiny_vocab_size))
+                [t for column in texts for t in column], cfg.model.tiny_vocab_size))
             from transformers import BertForSequenceClassification
 
             config = models.tiny_bert_config(tokenizer, overrides, **models.label_maps(labels))

@@ -1,0 +1,379 @@
+"""csv, tsv, JSON lines, txt and CoNLL files read in chunks into a memory-mapped Arrow file.
+
+Reading takes memory flat in the number of rows: each chunk of rows is parsed (pandas for
+csv/tsv, json for JSON lines), written to an Arrow file in the datasets cache and dropped; the
+Dataset maps that file. The file is keyed on the source's path, size and modification time and
+the reading settings, so a second run (or `evaluate`, or `--resume`) maps it without parsing.
+
+Written here rather than through `datasets.load_dataset("csv"/"json")`: its builders raise
+mid-file decoding errors instead of falling back to Latin-1, and name neither the file nor the
+line of a bad JSON row.
+
+The guarantees of the whole-file reader hold: UTF-8 (BOM stripped), else Latin-1 with a warning
+naming the first bad line, decided on a sample and re-read from the start when a bad byte shows
+up past it; CRLF read as LF; quotes are text in a tsv; errors name the file and line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from hftool import logs
+from hftool.data.encoding import check_no_nul, latin1_warning, marked_encoding, not_what_it_is_marked
+from hftool.errors import HftoolError
+
+# Rows parsed at once: a few MB of Python objects, whatever the file's size. Tests lower it to
+# cross chunk boundaries on small files.
+CHUNK_ROWS = 20_000
+# Bytes the encoding and the .txt/.json flavour are decided on.
+SAMPLE_BYTES = 1 << 20
+# Part of every cache key: bump it when what a reader produces changes.
+VERSION = "2"
+
+
+class _Restart(Exception):
+    """A later chunk needs other column types or another encoding: read the file again from the start."""
+
+
+def cache_dir() -> Path:
+    import datasets
+
+    return Path(datasets.config.HF_DATASETS_CACHE) / "hftool-tables"
+
+
+def read_streamed(path: Path, kind: str, encoding: str | None = None, txt_unit: str = "line"):
+    """The rows of `path` as a memory-mapped Dataset.
+
+    Args:
+        kind: "csv", "tsv", "jsonl", "txt" or "conll".
+        encoding: data.encoding; None decides between UTF-8 and Latin-1.
+        txt_unit: for txt, "line" (a row per non-empty line) or "paragraph" (a row per block
+            between blank lines).
+    """
+    import datasets
+
+    stat = path.stat()
+    key = "|".join((VERSION, str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns), kind, encoding or "",
+                    txt_unit))
+    target = cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.arrow"
+    if not target.with_suffix(".json").is_file():  # its notes are written last: without them, write it (again)
+        _write(path, kind, encoding, txt_unit, target)
+        return datasets.Dataset.from_file(str(target))
+    ds = datasets.Dataset.from_file(str(target))
+    for message in notes(ds)["warnings"]:
+        logs.warn(message)  # read before: its warnings are said again, the data is still what it was
+    return ds
+
+
+def notes(ds) -> dict:
+    """What reading the file behind `ds` (a read_streamed Dataset) found: "warnings" given, and
+    "spans_lines", whether a text value holds a line break (csv: a quoted field over lines)."""
+    return json.loads(Path(ds.cache_files[0]["filename"]).with_suffix(".json").read_text(encoding="utf-8"))
+
+
+def sample_text(path: Path, encoding: str | None = None) -> str:
+    """The start of a text file, decoded as the reader will decode it (for format sniffing)."""
+    with path.open("rb") as handle:
+        raw = handle.read(SAMPLE_BYTES)
+    decoder = codecs.getincrementaldecoder(_sample_encoding(raw, path, encoding)[0])(errors="replace")
+    return decoder.decode(raw).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _sample_encoding(raw: bytes, path: Path, encoding: str | None) -> tuple[str, str | None]:
+    """data.encoding, else the byte-order mark's, else UTF-8 unless the sample already holds a
+    byte UTF-8 cannot read (then Latin-1); and the warning to give for Latin-1."""
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+        except LookupError as err:
+            raise HftoolError(f"{path}: cannot be read as {encoding} ({err}); set data.encoding to the file's encoding") from None
+        return encoding, None
+    if (bom := marked_encoding(raw)) is not None:
+        return bom, None
+    chosen, warning = "utf-8-sig", None
+    try:
+        text = codecs.getincrementaldecoder(chosen)().decode(raw)  # not final: a character cut at the end is fine
+    except UnicodeDecodeError as err:
+        chosen, warning = "latin-1", latin1_warning(path, raw[: err.start].count(b"\n") + 1)
+        text = raw.decode(chosen)
+    check_no_nul(text, path)
+    return chosen, warning
+
+
+def _first_bad_line(path: Path) -> int:
+    """The line of the first byte UTF-8 cannot read (one pass over the bytes, in blocks)."""
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 24):
+            carried = decoder.getstate()[0]  # an incomplete character from the previous block: no newline in it
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as err:
+                return line + (carried + block)[: err.start].count(b"\n")
+            line += block.count(b"\n")
+    return line
+
+
+def _write(path: Path, kind: str, encoding: str | None, txt_unit: str, target: Path) -> None:
+    """Parse `path` chunk by chunk into the Arrow file `target` (written whole, then renamed)."""
+    with path.open("rb") as handle:
+        chosen, warning = _sample_encoding(handle.read(SAMPLE_BYTES), path, encoding)
+    said = [warning] if warning else []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    settings: dict = {}
+    try:
+        while True:
+            try:
+                with path.open(encoding=chosen, newline=None) as text:  # newline=None: CRLF and CR read as LF
+                    _write_chunks(_CHUNKERS[kind](text, path, settings, txt_unit), temporary, f"Reading {path.name}")
+                break
+            except UnicodeDecodeError as err:
+                if chosen in ("utf-16", "utf-32"):
+                    raise not_what_it_is_marked(path, chosen, err) from None
+                if encoding:
+                    raise HftoolError(f"{path}: cannot be read as {encoding} ({err}); set data.encoding to the file's "
+                                      "encoding") from None
+                # A bad byte past the sample: everything is read again as Latin-1, as the whole-file reader did.
+                said.append(latin1_warning(path, _first_bad_line(path)))
+                chosen = "latin-1"
+            except _Restart:
+                continue
+        os.replace(temporary, target)
+        # The notes last, atomically: a table without them is written again (see read_streamed).
+        notes_file = target.with_suffix(".json")
+        partial = notes_file.with_name(f"{notes_file.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps({"warnings": said, "spans_lines": settings.get("spans_lines", False)}), encoding="utf-8")
+        os.replace(partial, notes_file)
+    finally:
+        temporary.unlink(missing_ok=True)
+    for message in said:
+        logs.warn(message)
+
+
+def _write_chunks(chunks: Iterator, temporary: Path, desc: str = "") -> None:
+    """Write the Arrow tables of `chunks` (at least one) to one stream file; with `desc`, a
+    progress bar counts rows per second."""
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    writer = None
+    with tqdm(desc=desc, unit=" rows", disable=not desc, leave=False) as progress:
+        try:
+            for table in chunks:
+                if writer is None:
+                    writer = pa.ipc.new_stream(str(temporary), table.schema)
+                writer.write_table(table)
+                progress.update(len(table))
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+def _csv_chunks(text, path: Path, settings: dict, txt_unit: str, sep: str = ","):
+    """pandas tables of CHUNK_ROWS rows. Types are inferred per chunk: where a later chunk disagrees
+    (numbers, then text), `settings["dtype"]` pins the column as the whole file would read and the
+    read restarts."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    first = None  # the first chunk's schema
+    try:
+        with warnings.catch_warnings():
+            # Extra fields in the first row would silently become an index or be dropped.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            reader = pd.read_csv(text, sep=sep, keep_default_na=False, index_col=False, chunksize=CHUNK_ROWS,
+                                 quoting=3 if sep == "\t" else 0,  # tsv: quotes are text
+                                 dtype=settings.get("dtype"))
+            with reader:
+                for frame in reader:
+                    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+                    if first is None:
+                        first = table.schema
+                    elif table.schema != first:
+                        settings["dtype"] = {**settings.get("dtype", {}), **_pinned(first, table.schema)}
+                        raise _Restart
+                    settings["spans_lines"] = settings.get("spans_lines") or any(
+                        pc.any(pc.match_substring(column, "\n")).as_py() for column in table.columns
+                        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type))
+                    yield table
+    except pd.errors.ParserWarning:
+        raise HftoolError(f"{path}: a row has more fields than the header; quote fields that contain the "
+                          "separator, or fix the header") from None
+    except pd.errors.EmptyDataError:
+        raise HftoolError(f"{path} is empty; it needs a header row and at least one data row") from None
+    except pd.errors.ParserError as err:
+        reason = str(err).strip().splitlines()[-1]
+        if "EOF inside string" in reason:  # pandas counts rows from 0, the header included (across chunks too)
+            row = re.search(r"row (\d+)", reason)
+            where = f" on line {int(row.group(1)) + 1}" if row else ""
+            raise HftoolError(f"{path}: a quote opened{where} is never closed; close it or remove it") from None
+        raise HftoolError(f"{path}: {reason}; every row needs the header's number of fields") from None
+    except ValueError:  # a column pinned to float meets text further on: it is text, as the whole file reads
+        floats = [column for column, kind in settings.get("dtype", {}).items() if kind == "float64"]
+        if not floats:
+            raise
+        settings["dtype"].update(dict.fromkeys(floats, "str"))
+        raise _Restart from None
+
+
+def _pinned(first, later) -> dict[str, str]:
+    """Column types the whole file has where two chunks disagree: float for ints and floats, else text."""
+    import pyarrow as pa
+
+    pinned = {}
+    for a, b in zip(first, later):
+        if a.type != b.type:
+            numbers = all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in (a.type, b.type))
+            pinned[a.name] = "float64" if numbers else "str"
+    return pinned
+
+
+def _tsv_chunks(text, path: Path, settings: dict, txt_unit: str):
+    return _csv_chunks(text, path, settings, txt_unit, sep="\t")
+
+
+def _jsonl_chunks(text, path: Path, settings: dict, txt_unit: str):
+    """Tables of CHUNK_ROWS JSON objects, one per non-empty line. A later chunk that brings a new
+    key or a wider type (ints, then floats) restarts the read with the schema that covers both."""
+    import pyarrow as pa
+
+    schema = settings.get("schema")
+    records: list[dict] = []
+
+    def table():
+        try:
+            inferred = pa.Table.from_struct_array(pa.array(records))
+            if schema is None or inferred.schema == schema:
+                return inferred
+            unified = pa.unify_schemas([schema, inferred.schema], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+            raise HftoolError(f"{path}: rows do not share one type per column ({str(err).splitlines()[0]}); "
+                              "fix the values") from None
+        if unified != schema:
+            settings["schema"] = unified
+            raise _Restart
+        return pa.Table.from_pylist(records, schema=schema)  # keys a chunk lacks are null
+
+    for number, line in enumerate(text, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise HftoolError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove the line") from None
+        if not isinstance(record, dict):
+            raise HftoolError(f"{path}: expected JSON objects (one per row), e.g. {{\"text\": ..., \"label\": ...}}")
+        records.append(record)
+        if len(records) == CHUNK_ROWS:
+            chunk = table()
+            schema = schema or chunk.schema
+            yield chunk
+            records = []
+    if records:
+        yield table()
+    elif schema is None:  # no rows at all
+        yield pa.table({})
+
+
+def _txt_chunks(text, path: Path, settings: dict, txt_unit: str):
+    """Tables of one `text` column: a row per non-empty line, or per paragraph (lines between
+    lines of only spaces and tabs, as the whole-file reader split them)."""
+    import pyarrow as pa
+
+    rows: list[str] = []
+    block: list[str] = []
+    for number, line in enumerate(text):
+        if txt_unit != "paragraph":
+            if line.strip():
+                rows.append(line.removesuffix("\n"))
+        elif number and line.endswith("\n") and not line.strip(" \t\n"):  # a blank line between two others
+            rows.append("".join(block).rstrip())
+            block = []
+        else:
+            block.append(line)
+        if len(rows) >= CHUNK_ROWS:
+            yield pa.table({"text": [row for row in rows if row.strip()]})
+            rows = []
+    rows.append("".join(block).rstrip())
+    yield pa.table({"text": pa.array([row for row in rows if row.strip()], pa.string())})
+
+
+def _conll_chunks(text, path: Path, settings: dict, txt_unit: str):
+    """Tables of CHUNK_ROWS CoNLL sentences: tokens, tags and the line each starts on."""
+    import pyarrow as pa
+
+    from hftool.data.conll import conll_sentences
+
+    for columns in conll_sentences(path, text, CHUNK_ROWS):
+        yield pa.table(columns)
+
+
+_CHUNKERS = {"csv": _csv_chunks, "tsv": _tsv_chunks, "jsonl": _jsonl_chunks, "txt": _txt_chunks, "conll": _conll_chunks}
+
+
+def looks_like_json_lines(path: Path, encoding: str | None = None) -> bool:
+    """Whether a .json file is JSON lines: two or more non-empty lines, the first an object on its own."""
+    lines = [line for line in sample_text(path, encoding).split("\n") if line.strip()][:2]
+    if len(lines) < 2:
+        return False
+    try:
+        return isinstance(json.loads(lines[0]), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
+    """Columns of `ds` (renamed old -> new), in its row order, plus `extra` columns (name -> numpy
+    array, a value per row): memory-mapped from an Arrow file in the cache when `ds` is, in
+    memory otherwise.
+
+    Written here because datasets' own route (select_columns + add_column) flattens a split's row
+    mapping through Python objects and hashes the new column with dill: 17 s of a 200k-row run's
+    setup here. Arrow's `take`, a chunk at a time, writes the same rows in a fraction of that and in
+    flat memory. The file is keyed on `ds`'s fingerprint, the columns and the extra values.
+    """
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    extra = extra or {}
+    table, indices = ds.data.table, ds._indices  # the rows as stored, and the split's mapping onto them (None: as stored)
+
+    def chunks():
+        for start in range(0, len(ds), CHUNK_ROWS):
+            rows = (indices.column(0).slice(start, CHUNK_ROWS) if indices is not None
+                    else pa.array(np.arange(start, min(start + CHUNK_ROWS, len(ds)))))
+            chunk = table.select(list(columns)).take(rows).rename_columns(list(columns.values()))
+            for name, values in extra.items():
+                chunk = chunk.append_column(name, pa.array(values[start:start + CHUNK_ROWS]))
+            yield chunk
+
+    if not ds.cache_files or not len(ds):  # in memory already (samples, predict inputs): stays there
+        empty = table.select(list(columns)).slice(0, 0).rename_columns(list(columns.values()))
+        for name, values in extra.items():
+            empty = empty.append_column(name, pa.array(np.asarray(values)[:0]))
+        return datasets.Dataset(InMemoryTable(pa.concat_tables([empty, *chunks()])))
+    digest = hashlib.sha256(f"{VERSION}|{ds._fingerprint}|{sorted(columns.items())}".encode())
+    for name, values in sorted(extra.items()):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(values).tobytes())
+    target = cache_dir() / f"rows-{digest.hexdigest()[:24]}.arrow"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        try:
+            _write_chunks(chunks(), temporary)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return datasets.Dataset.from_file(str(target))

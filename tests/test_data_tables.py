@@ -1,0 +1,169 @@
+"""Tables read in chunks (hftool/data/tables.py): the rows datasets' own readers give, errors
+that name the line deep in a file, Latin-1 past the sample, and the cache of parsed files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hftool.data import load_source, tables
+from hftool.errors import HftoolError
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch, tmp_path):
+    """Chunks of 7 rows and a 64-byte sample, so small files cross every boundary; a cache of
+    this test's own."""
+    monkeypatch.setattr(tables, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(tables, "SAMPLE_BYTES", 64)
+    monkeypatch.setattr(tables, "cache_dir", lambda: tmp_path / "cache")
+
+
+def peer(builder: str, path, **options):
+    import datasets
+
+    return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=str(path.parent / "peer"),
+                                 **options)
+
+
+def test_csv_rows_match_datasets_across_chunks_and_a_type_that_widens(tmp_path):
+    path = tmp_path / "t.csv"
+    # n: ints for 30 rows, then a float (the whole column is float); code: ints, then text (all
+    # text); mixed: ints, a float in the third chunk, text in the fifth (all text).
+    path.write_text("text,n,code,mixed\n" + "".join(f'"row {i}, with a comma",{i},{i},{2.5 if i == 17 else i}\n'
+                                                  for i in range(30))
+                    + '"multi\nline ""quoted""",2.5,x7,word\n,3,4,5\n')
+    ds = load_source(str(path))["train"]
+    expected = peer("csv", path, keep_default_na=False)
+    assert ds.to_list() == expected.to_list()
+    assert ds["n"][-2:] == [2.5, 3.0] and ds["code"][:2] == ["0", "1"] and ds["mixed"][17] == "2.5"
+
+
+def test_tsv_quotes_are_text(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text('text\tlabel\n"quoted" start\tpos\nan "open quote\tneg\n' + "plain\tpos\n" * 10)
+    ds = load_source(str(path))["train"]
+    assert ds["text"][:2] == ['"quoted" start', 'an "open quote'] and len(ds) == 12
+
+
+def test_json_lines_match_datasets_with_a_key_that_appears_late(tmp_path):
+    path = tmp_path / "t.jsonl"
+    rows = [{"text": f"t{i}", "n": i} for i in range(20)] + [{"text": "late", "n": 1.5, "extra": {"k": [1, 2]}}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    ds = load_source(str(path))["train"]
+    assert ds.to_list() == peer("json", path).to_list()
+    assert ds[0]["extra"] is None and ds[-1]["extra"] == {"k": [1, 2]}
+
+
+def test_txt_lines_and_paragraphs_match_datasets(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("".join(f"line {i}\n" + ("\n \t\n" if i % 3 == 0 else "") for i in range(20)))
+    assert load_source(str(path))["train"]["text"] == [t for t in peer("text", path)["text"] if t.strip()]
+    paragraphs = load_source(str(path), txt_unit="paragraph")["train"]["text"]
+    assert paragraphs[:2] == ["line 0", "line 1\nline 2\nline 3"] and len(paragraphs) == 8
+
+
+def test_a_malformed_row_deep_in_the_file_is_named_by_its_line(tmp_path):
+    path = tmp_path / "big.csv"
+    lines = ["text,label"] + [f"row {i},a" for i in range(1, 500)]
+    lines[400] = "row 400,a,extra"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(HftoolError, match=r"big.csv: .*Expected 2 fields in line 401, saw 3"):
+        load_source(str(path))
+    jsonl = tmp_path / "big.jsonl"
+    rows = [json.dumps({"text": f"row {i}"}) for i in range(500)]
+    rows[300] = '{"text": oops}'
+    jsonl.write_text("\n".join(rows) + "\n")
+    with pytest.raises(HftoolError, match=r"big.jsonl:301: not valid JSON"):
+        load_source(str(jsonl))
+
+
+def test_mixed_types_in_json_lines_are_one_line_errors(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"text": "a", "label": i}) + "\n" for i in range(10)) + '{"text": "b", "label": "x"}\n')
+    with pytest.raises(HftoolError, match="rows do not share one type per column"):
+        load_source(str(path))
+
+
+def test_latin1_past_the_sample_rereads_the_file_and_names_the_line(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"text,label\n" + b"".join(b"plain %d,a\n" % i for i in range(40))
+                     + "caf\u00e9,b\n".encode("utf-8") + "cr\u00e8me,b\n".encode("latin-1"))
+    ds = load_source(str(path))["train"]
+    # As the whole-file reader did: every byte Latin-1, the valid UTF-8 row included.
+    assert ds["text"][-2:] == ["caf\u00c3\u00a9", "cr\u00e8me"]
+    assert "is not valid UTF-8 (line 43); reading it as Latin-1" in capsys.readouterr().err
+
+
+def test_encoding_override_that_cannot_read_the_file(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"text,label\n" + b"x,a\n" * 40 + b"\xff\xfe,b\n")
+    with pytest.raises(HftoolError, match="cannot be read as utf-8.*set data.encoding"):
+        load_source(str(path), encoding="utf-8")
+
+
+def test_second_read_maps_the_cached_file_and_a_changed_file_is_read_again(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "t.csv"
+    path.write_bytes("text,label\ncaf\u00e9,a\nb,b\n".encode("latin-1"))
+    first = load_source(str(path))["train"]
+    assert "not valid UTF-8" in capsys.readouterr().err
+    assert first.cache_files and first.cache_files[0]["filename"].startswith(str(tmp_path / "cache"))
+
+    def no_parsing(*args):
+        raise AssertionError("parsed again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tables, "_write", no_parsing)
+        again = load_source(str(path))["train"]
+    assert again.to_list() == first.to_list()
+    assert "not valid UTF-8" in capsys.readouterr().err  # the warning is given again
+    path.write_text("text,label\nchanged,a\nrows,b\nmore,a\n")
+    assert load_source(str(path))["train"]["text"] == ["changed", "rows", "more"]
+
+
+def test_a_folder_of_shards_is_one_split_in_name_order(tmp_path):
+    rows = [{"text": f"row {i}", "label": i % 2} for i in range(25)]
+    for shard in range(3):
+        (tmp_path / f"train-{shard:05d}-of-00003.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows[shard * 10:(shard + 1) * 10]))
+    (tmp_path / "validation_0.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    dd = load_source(str(tmp_path))
+    assert dd["train"].to_list() == rows and len(dd["validation"]) == 1
+    assert dd["train"].cache_files  # memory-mapped, not copied
+
+
+def test_shards_that_disagree_and_two_unnumbered_files_are_errors(tmp_path):
+    (tmp_path / "train-0.jsonl").write_text('{"text": "a", "label": 1}\n')
+    (tmp_path / "train-1.jsonl").write_text('{"text": "b", "tag": 1}\n')
+    with pytest.raises(HftoolError, match="train-1.jsonl has other columns or types than train-0.jsonl"):
+        load_source(str(tmp_path))
+    other = tmp_path / "two"
+    other.mkdir()
+    (other / "train.csv").write_text("text,label\na,1\n")
+    (other / "train.jsonl").write_text('{"text": "b", "label": 1}\n')
+    with pytest.raises(HftoolError, match="has two train files .* number them as shards"):
+        load_source(str(other))
+
+
+def test_prepared_rows_of_a_split_are_its_rows_in_order_memory_mapped(tmp_path):
+    from hftool.config import load_config
+    from hftool.tasks import get_task
+
+    path = tmp_path / "t.csv"
+    path.write_text("sentence,label\n" + "".join(f"row {i},{'ab'[i % 3 == 0]}\n" for i in range(40)))
+    split = load_source(str(path))["train"].train_test_split(test_size=0.25, seed=3)["train"]
+    rows, labels = get_task("text-classification").prepare(load_config("bert-cls"), split, "t.csv")
+    assert labels == ["a", "b"] and rows.cache_files
+    assert rows.to_list() == [{"text": r["sentence"], "label": labels.index(r["label"])} for r in split]
+
+
+def test_conll_sentences_across_chunks_keep_their_lines_and_errors_name_the_line(tmp_path):
+    path = tmp_path / "train.conll"
+    sentences = [[f"w{i}", "B-X"] for i in range(20)]
+    path.write_text("-DOCSTART- O\n\n" + "".join(f"{w} {t}\nend O\n\n" for w, t in sentences))
+    ds = load_source(str(path))["train"]
+    assert len(ds) == 20 and ds[9] == {"tokens": ["w9", "end"], "tags": ["B-X", "O"], "line": 3 + 9 * 3}
+    path.write_text("".join(f"{w} {t}\n\n" for w, t in sentences) + "lonely\n")
+    with pytest.raises(HftoolError, match=r"train.conll:41: token 'lonely' has no tag"):
+        load_source(str(path))
