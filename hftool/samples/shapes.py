@@ -60,22 +60,26 @@ def draw(kind: str, rng: random.Random):
     return image
 
 
-def generate(n: int, seed: int) -> dict[str, list]:
-    """`n` images as PNG bytes (classes balanced, order shuffled) and their class names."""
+def generate(n: int, seed: int, painter=None, names: list[str] | None = None) -> dict[str, list]:
+    """`n` images as PNG bytes (classes balanced, order shuffled) and their class names; another
+    sample (sprites) passes its own `painter` (draw) and class `names`."""
+    painter, names = painter or draw, names or SHAPES
     rng = random.Random(seed)
-    kinds = [SHAPES[i % len(SHAPES)] for i in range(n)]
+    kinds = [names[i % len(names)] for i in range(n)]
     rng.shuffle(kinds)
     images = []
     for kind in kinds:
         buffer = io.BytesIO()
-        draw(kind, rng).save(buffer, format="PNG")
+        painter(kind, rng).save(buffer, format="PNG")
         images.append({"bytes": buffer.getvalue(), "path": None})
     return {"image": images, "label": kinds}
 
 
-def load():
+def load(painter=None, names: list[str] | None = None, sizes: dict | None = None):
+    """The sample's splits; another sample passes its own `painter`, class `names` and `sizes`."""
     import datasets
 
-    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=SHAPES)})
-    return datasets.DatasetDict({split: datasets.Dataset.from_dict(generate(n, seed), features=features)
-                                 for split, (n, seed) in SIZES.items()})
+    names = names or SHAPES
+    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=names)})
+    return datasets.DatasetDict({split: datasets.Dataset.from_dict(generate(n, seed, painter, names), features=features)
+                                 for split, (n, seed) in (sizes or SIZES).items()})

@@ -9,10 +9,10 @@ stairs. Small and grey keep Image GPT's sequences short (256 tokens) and a GAN q
 
 from __future__ import annotations
 
-import io
 import math
 import random
 
+from hftool.samples import shapes
 from hftool.samples.shapes import _polygon
 
 SHAPES = ["circle", "square", "triangle", "cross"]
@@ -45,20 +45,8 @@ def draw(kind: str, rng: random.Random):
 
 def generate(n: int, seed: int) -> dict[str, list]:
     """`n` images as PNG bytes (classes balanced, order shuffled) and their class names."""
-    rng = random.Random(seed)
-    kinds = [SHAPES[i % len(SHAPES)] for i in range(n)]
-    rng.shuffle(kinds)
-    images = []
-    for kind in kinds:
-        buffer = io.BytesIO()
-        draw(kind, rng).save(buffer, format="PNG")
-        images.append({"bytes": buffer.getvalue(), "path": None})
-    return {"image": images, "label": kinds}
+    return shapes.generate(n, seed, draw, SHAPES)
 
 
 def load():
-    import datasets
-
-    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=SHAPES)})
-    return datasets.DatasetDict({split: datasets.Dataset.from_dict(generate(n, seed), features=features)
-                                 for split, (n, seed) in SIZES.items()})
+    return shapes.load(draw, SHAPES, SIZES)
