@@ -393,19 +393,20 @@ def eval_suite(
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run dirs to show side by side, or one eval-suite output dir.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write (one offline file).")],
+    overwrite: OverwriteOutputs = False,
 ) -> None:
     """Write one offline HTML page for a run, runs side by side (metrics, curves, config diff), or a suite's results."""
     from hftool import report_html
+    from hftool.outputs import atomic_path, check_output
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".tmp-{output.name}")
-    if len(runs) == 1 and (runs[0] / "results.jsonl").is_file():
-        from hftool.suite import saved_rows
+    check_output(output, overwrite, runs, what="--output")
+    with atomic_path(output) as tmp:
+        if len(runs) == 1 and (runs[0] / "results.jsonl").is_file():
+            from hftool.suite import saved_rows
 
-        report_html.suite_report(runs[0], saved_rows(runs[0]), tmp)
-    else:
-        report_html.runs_report(runs, tmp)
-    os.replace(tmp, output)
+            report_html.suite_report(runs[0], saved_rows(runs[0]), tmp)
+        else:
+            report_html.runs_report(runs, tmp)
     typer.echo(f"wrote {output}")
 
 

@@ -167,13 +167,11 @@ def write_grid(images_, path: Path, labels: list[str] | None) -> None:
 def write_evaluation_grid(images_, run_dir: Path, step: int, labels: list[str] | None) -> None:
     """A training evaluation's samples: samples/step-N.png, and samples.png (the latest, which the
     model card shows)."""
-    import shutil
+    from hftool.outputs import atomic_write_bytes
 
     path = Path(run_dir) / "samples" / f"step-{step:07d}.png"
     write_grid(images_, path, labels)
-    tmp = Path(run_dir) / ".samples.png.tmp"
-    shutil.copyfile(path, tmp)
-    tmp.replace(Path(run_dir) / "samples.png")
+    atomic_write_bytes(Path(run_dir) / "samples.png", path.read_bytes())
 
 
 def write_samples(images_, output: str | Path | None, labels: list[str] | None, classes: list[int] | None) -> list[dict]:

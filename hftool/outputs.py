@@ -151,9 +151,8 @@ def write_png(path: Path, image) -> None:
 
     array = image.permute(1, 2, 0).cpu().numpy()
     picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)  # uint8: L or RGB
-    tmp = path.with_name(f".{path.name}.tmp")
-    picture.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")
 
 
 def honour_umask(folder: Path, pattern: str = "*.safetensors") -> None:

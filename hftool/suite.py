@@ -630,16 +630,16 @@ def finish(plan_: Plan, evaluated: int) -> Outcome:
                 row["vs_baseline"][name] = {"diff": c.diff, "low": c.low, "high": c.high, "p": c.p,
                                             "significant": bool(c.significant(suite.alpha))}
     failures, checked = check_gates(suite, plan_.pairs, rows)
-    from hftool.outputs import write_jsonl
+    from hftool.outputs import atomic_path, atomic_write_text, write_jsonl
 
-    _atomic(out / "results.jsonl", lambda path: write_jsonl(path, [_public(r) for r in rows]))
+    write_jsonl(out / "results.jsonl", [_public(r) for r in rows])
     board = leaderboard(rows, suite)
-    _atomic(out / "leaderboard.md", lambda path: path.write_text(board, encoding="utf-8"))
+    atomic_write_text(out / "leaderboard.md", board)
     from hftool.report_html import suite_report
 
     report = out / "report.html"
-    _atomic(report, lambda path: suite_report(out, rows, path, f"hftool eval-suite: {suite.path.name}",
-                                              _stored_images(plan_)))
+    with atomic_path(report) as path:
+        suite_report(out, rows, path, f"hftool eval-suite: {suite.path.name}", _stored_images(plan_))
     skipped = [f"{m.name} ({task}) x {d.name} (task: {d.task})" for m, d, task in plan_.skipped]
     return Outcome(rows, failures, checked, evaluated, len(plan_.pairs) - evaluated, skipped, board, report)
 
@@ -686,12 +686,6 @@ def saved_rows(out: Path) -> list[dict]:
             saved = json.loads(cached.read_text(encoding="utf-8"))
             row.update({k: saved[k] for k in ("tables", "ids") if k in saved})
     return rows
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def lower_is_better(metric: str) -> bool:

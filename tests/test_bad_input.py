@@ -370,6 +370,12 @@ def forecast_png_exists(runs, tmp):
     return ["predict", runs("forecast"), "--output", tmp / "forecast.csv", "--horizon", "3"], [tmp]
 
 
+@case(r"--output .*page\.html already exists; pass --overwrite")
+def report_output_exists(runs, tmp):
+    out = existing(tmp, "page.html")
+    return ["report", runs("text"), "-o", out], [tmp]
+
+
 @case(r"--output .*forecast\.csv already exists; pass --overwrite")
 def forecast_csv_exists(runs, tmp):
     out = existing(tmp, "forecast.csv")
