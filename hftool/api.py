@@ -93,7 +93,7 @@ def finetune(cfg: RunConfig, recipe: str = "", resume: bool = False, overwrite: 
         trainer.train()
         metrics = trainer.finish()
     except BaseException:
-        trainer.restore_replaced()
+        trainer.abandon()
         raise
     return run_dir, metrics
 

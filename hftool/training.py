@@ -209,9 +209,11 @@ class Trainer:
                 self._truncate_log(self.state.global_step)
         self.accelerator.wait_for_everyone()
 
-    def restore_replaced(self) -> None:
-        """Put back a run that --overwrite moved aside, when the new run stopped before its first
-        checkpoint (the new run's partial files go): the user keeps a whole run either way."""
+    def abandon(self) -> None:
+        """Undo what a run that stopped early left outside its own files: a LoRA base staged beside
+        the run dir, and a run that --overwrite moved aside, which is put back when the new run
+        stopped before its first checkpoint (the new run's partial files go): the user keeps a
+        whole run either way."""
         if self.staged_base is not None:  # the run stopped before its dir could change
             shutil.rmtree(self.staged_base, ignore_errors=True)
             self.staged_base = None
