@@ -81,7 +81,9 @@ def _class_folders(root: Path, name: str, train: bool = False) -> tuple[list[str
     folder that holds its images directly, with no class folders. In training data an empty
     class folder is an error: its class would silently not exist."""
     stray = next((p for p in sorted(root.iterdir()) if p.is_file() and is_image(p)), None)
-    found = {p: image_files(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    # Each folder's paths become strings before the next is listed: a Path object costs ~10x its string.
+    found = {p: [str(f.resolve()) for f in image_files(p)] for p in sorted(root.iterdir())
+             if p.is_dir() and not p.name.startswith(".")}
     folders = {folder: files for folder, files in found.items() if files}
     if stray is not None and not folders:
         return [str(f.resolve()) for f in image_files(root)], None
@@ -95,7 +97,7 @@ def _class_folders(root: Path, name: str, train: bool = False) -> tuple[list[str
 
             Findings().add("empty_class_folder", folder=folder, label=folder.name, items="images")
     for folder, files in folders.items():
-        paths += [str(f.resolve()) for f in files]
+        paths += files
         labels += [folder.name] * len(files)
     return paths, labels
 
