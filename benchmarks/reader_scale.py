@@ -5,7 +5,8 @@
     python benchmarks/reader_scale.py --scale 0.1                             # sizes 10x smaller
     python benchmarks/reader_scale.py --code /tmp/before                      # another checkout's hftool
 
-What is measured is what a training run does before its first step, minus the model: the task's
+What is measured is what a training run does before its first step, minus the model: with
+hftool.training (torch, accelerate) imported, as a run has it before reading, the task's
 recipe with `data.train` pointing at generated data, then `hftool.data.load_splits` (reading and
 the validation hold-out), the task's `prepare` of the full, train and validation rows, and its
 `train_features` / `eval_features` (tokenized text, packed blocks, windows, quantised images...),
@@ -42,6 +43,7 @@ from common import REPO, RESULTS, run_child  # noqa: E402
 
 CHILD = """
 import json, resource, sys
+import hftool.training  # a run has torch and the loop imported before it reads: the reader's memory comes on top
 from hftool.config import load_config
 from hftool.data import load_splits
 from hftool.tasks import get_task

@@ -218,7 +218,7 @@ def image_rows(ds, source: str, configured: str | None, skip_bad: bool):
     """
     import datasets
 
-    from hftool.data.columns import find_column, source_dir
+    from hftool.data.columns import column_values, find_column, source_dir
 
     column = find_column(ds, source, configured, IMAGE_COLUMNS, "image", "image_column")
     feature = ds.features[column]
@@ -229,7 +229,7 @@ def image_rows(ds, source: str, configured: str | None, skip_bad: bool):
     if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
         raise HftoolError(f"{source}: column '{column}' holds {feature}, not image paths or images; "
                           "set data.image_column to the column with the images")
-    given = ds[column]
+    given = column_values(ds, column).to_pylist()  # one Arrow read: a datasets column formats row by row
     paths = resolve_paths(("" if v is None else v for v in given), source_dir(ds))
     kept = check_images(paths, given, source, column, skip_bad)
     return datasets.Dataset.from_dict({"image": [paths[i] for i in kept]}).cast_column("image", image_type), kept
