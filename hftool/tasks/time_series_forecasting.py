@@ -190,8 +190,6 @@ class TimeSeriesForecasting(Task):
 
     # ----------------------------------------------------------------------------- model
     def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None) -> Parts:
-        import numpy as np
-
         from hftool.data import timeseries
         from hftool.forecaster import CELLS, ForecasterConfig, TimeSeriesForecaster
 
