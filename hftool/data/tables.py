@@ -419,9 +419,9 @@ def write_rows(ds, chunks: Iterator, key: str):
     import pyarrow as pa
     from datasets.table import InMemoryTable
 
-    if not ds.cache_files:
-        return datasets.Dataset(InMemoryTable(pa.concat_tables(list(chunks))))
     digest = hashlib.sha256(f"{VERSION}|{ds._fingerprint}|{key}".encode()).hexdigest()[:24]
+    if not ds.cache_files:  # the fingerprint given: datasets' own pickles the table to hash it (~5x its size)
+        return datasets.Dataset(InMemoryTable(pa.concat_tables(list(chunks))), fingerprint=digest[:16])
     target = cache_dir() / f"rows-{digest}.arrow"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
