@@ -217,8 +217,10 @@ def image_rows(ds, source: str, configured: str | None, skip_bad: bool):
     column holds images (nothing is dropped then; a damaged one is caught when decoded).
     """
     import datasets
+    import pyarrow as pa
 
     from hftool.data.columns import column_values, find_column, source_dir
+    from hftool.data.tables import in_memory
 
     column = find_column(ds, source, configured, IMAGE_COLUMNS, "image", "image_column")
     feature = ds.features[column]
@@ -232,7 +234,8 @@ def image_rows(ds, source: str, configured: str | None, skip_bad: bool):
     given = column_values(ds, column).to_pylist()  # one Arrow read: a datasets column formats row by row
     paths = resolve_paths(("" if v is None else v for v in given), source_dir(ds))
     kept = check_images(paths, given, source, column, skip_bad)
-    return datasets.Dataset.from_dict({"image": [paths[i] for i in kept]}).cast_column("image", image_type), kept
+    rows = in_memory(pa.table({"image": pa.array([paths[i] for i in kept], pa.string())}))
+    return rows.cast_column("image", image_type), kept
 
 
 def labelled_rows(ds, source: str, data: ImageData, labels: list[str] | None = None, require_labels: bool = True):

@@ -417,11 +417,10 @@ def write_rows(ds, chunks: Iterator, key: str):
     file was written (a failed write leaves no file)."""
     import datasets
     import pyarrow as pa
-    from datasets.table import InMemoryTable
 
+    if not ds.cache_files:
+        return in_memory(pa.concat_tables(list(chunks)))
     digest = hashlib.sha256(f"{VERSION}|{ds._fingerprint}|{key}".encode()).hexdigest()[:24]
-    if not ds.cache_files:  # the fingerprint given: datasets' own pickles the table to hash it (~5x its size)
-        return datasets.Dataset(InMemoryTable(pa.concat_tables(list(chunks))), fingerprint=digest[:16])
     target = cache_dir() / f"rows-{digest}.arrow"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -432,3 +431,18 @@ def write_rows(ds, chunks: Iterator, key: str):
         finally:
             temporary.unlink(missing_ok=True)
     return datasets.Dataset.from_file(str(target))
+
+
+def in_memory(table):
+    """A pyarrow table as an in-memory Dataset, fingerprinted by a hash of its schema and buffers:
+    datasets' own fingerprint pickles the table to hash it, ~5x the table's size in memory."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    digest = hashlib.sha256(f"{VERSION}|{table.schema}".encode())
+    for column in table.columns:
+        for chunk in column.chunks:
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    digest.update(buffer)
+    return datasets.Dataset(InMemoryTable(table), fingerprint=digest.hexdigest()[:16])

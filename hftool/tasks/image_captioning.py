@@ -79,12 +79,16 @@ class ImageCaptioning(Task):
         of its captions. Image paths are read relative to the data file and checked up front.
         """
         import datasets
+        import pyarrow as pa
+
+        from hftool.data.tables import in_memory
 
         captions = None
         if require_labels:
             caption_column = find_column(ds, source, cfg.data.caption_column, CAPTION_COLUMNS, "caption",
                                          "caption_column")
-            captions = [_captions(value, source, row, caption_column) for row, value in enumerate(ds[caption_column], 1)]
+            values = column_values(ds, caption_column).to_pylist()  # one Arrow read, not a formatted row at a time
+            captions = [_captions(value, source, row, caption_column) for row, value in enumerate(values, 1)]
         rows, kept = images.image_rows(ds, source, cfg.data.image_column, cfg.data.skip_bad_images)
         if kept is None:  # images stored in the data: one row each
             return (rows if captions is None else rows.add_column("captions", captions)), None
@@ -92,10 +96,10 @@ class ImageCaptioning(Task):
         # Paths by Arrow, not a dict per row from `rows["image"]`.
         for path, i in zip(column_values(rows, "image").combine_chunks().field("path").to_pylist(), kept):
             merged.setdefault(path, []).extend(captions[i] if captions is not None else [])
-        table = {"image": list(merged)}
+        table = {"image": pa.array(list(merged), pa.string())}
         if captions is not None:
-            table["captions"] = list(merged.values())
-        return datasets.Dataset.from_dict(table).cast_column("image", datasets.Image(decode=False)), None
+            table["captions"] = pa.array(list(merged.values()), pa.list_(pa.string()))
+        return in_memory(pa.table(table)).cast_column("image", datasets.Image(decode=False)), None
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
         """Missing, empty, unreadable and unusual images; empty captions (each, with its row)."""

@@ -383,18 +383,9 @@ def _float_lists(array):
 
 
 def _table(columns: dict):
-    """An in-memory Dataset of Arrow arrays, its fingerprint a hash of their buffers (datasets' own
-    pickles the table to hash it: ~5x the table's size in memory)."""
-    import hashlib
-
-    import datasets
+    """An in-memory Dataset of Arrow arrays (see tables.in_memory)."""
     import pyarrow as pa
-    from datasets.table import InMemoryTable
 
-    digest = hashlib.sha256()
-    for name, array in columns.items():
-        digest.update(name.encode())
-        for buffer in array.buffers():
-            if buffer is not None:
-                digest.update(buffer)
-    return datasets.Dataset(InMemoryTable(pa.table(columns)), fingerprint=digest.hexdigest()[:16])
+    from hftool.data.tables import in_memory
+
+    return in_memory(pa.table(columns))
