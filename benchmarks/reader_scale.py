@@ -282,7 +282,7 @@ def main() -> None:
         size = max(10, math.ceil(small * args.scale))
         for rows in (size, 10 * size):
             made = _written(Path(args.data_dir) / name.replace("/", "-") / str(rows) / file_name,
-                            lambda partial, rows=rows: generate(rows, partial))
+                            lambda partial, rows=rows, generate=generate: generate(rows, partial))
             with tempfile.TemporaryDirectory() as work:
                 notes = Path(work) / "notes.json"
                 figures = run_child([sys.executable, "-c", CHILD, recipe,
@@ -300,8 +300,8 @@ def table(results: list[dict]) -> str:
 
     The reader's peak RSS is the child's own (getrusage(RUSAGE_SELF) when it is done); wait4's
     figure, beside it, also counts any process the child forked (its pages as they were then)."""
-    lines = ["| task / format | rows or files | wall s | CPU s | peak RSS MB | wait4 peak MB | "
-             "after read / prepare / features MB | growth MB (10x) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [("| task / format | rows or files | wall s | CPU s | peak RSS MB | wait4 peak MB | "
+              "after read / prepare / features MB | growth MB (10x) |"), "|---|---|---|---|---|---|---|---|"]
     first: dict[str, float] = {}
     for r in results:
         peak = r["peak"]

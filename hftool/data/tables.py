@@ -1,4 +1,5 @@
-"""csv, tsv, JSON lines, txt and CoNLL files read in chunks into a memory-mapped Arrow file.
+"""csv, tsv, JSON lines, txt, CoNLL and parallel text files (gzip too) read in chunks into a
+memory-mapped Arrow file; and the rows tasks make from them, written the same way.
 
 Reading takes memory flat in the number of rows: each chunk of rows is parsed (pandas for
 csv/tsv, json for JSON lines), written to an Arrow file in the datasets cache and dropped; the
