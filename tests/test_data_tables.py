@@ -167,3 +167,38 @@ def test_conll_sentences_across_chunks_keep_their_lines_and_errors_name_the_line
     path.write_text("".join(f"{w} {t}\n\n" for w, t in sentences) + "lonely\n")
     with pytest.raises(HftoolError, match=r"train.conll:41: token 'lonely' has no tag"):
         load_source(str(path))
+
+
+def test_tokenized_features_are_reused_by_resume_and_evaluate_and_missed_after_a_change(tmp_path, cli, monkeypatch):
+    from hftool.tasks import text_classification
+
+    for name, rows in (("train", 40), ("valid", 12)):
+        lines = [f"{'good fine' if i % 2 else 'bad poor'} word{i % 5},{'pos' if i % 2 else 'neg'}" for i in range(rows)]
+        (tmp_path / f"{name}.csv").write_text("text,label\n" + "\n".join(lines) + "\n")
+    hits: list[bool] = []  # per tokenized split: was its cached file there already?
+    real = tables.features_fingerprint
+
+    def recording(ds, tokenizer, *settings):
+        fingerprint = real(ds, tokenizer, *settings)
+        hits.append((tmp_path / "cache" / f"cache-{fingerprint}.arrow").is_file())
+        return fingerprint
+
+    monkeypatch.setattr(text_classification, "features_fingerprint", recording)
+    run = tmp_path / "run"
+    common = ("--model", "tiny:bert", "--data", tmp_path / "train.csv", "--eval-data", tmp_path / "valid.csv",
+              "--output-dir", run, "--batch-size", "8")
+    assert cli("finetune", "bert-cls", *common, "--max-steps", "2").code == 0
+    assert hits == [False, False]  # train and validation, tokenized
+    hits.clear()
+    assert cli("finetune", "bert-cls", *common, "--max-steps", "4", "--resume").code == 0
+    assert hits == [True, True]  # the saved tokenizer is the one trained: the same key
+    hits.clear()
+    scored = cli("evaluate", run, "--data", tmp_path / "valid.csv")
+    assert scored.code == 0 and hits == [True]
+    hits.clear()
+    assert cli("evaluate", run, "--data", tmp_path / "valid.csv", "data.max_length=8").code == 0
+    assert hits == [False]  # another setting: tokenized again
+    hits.clear()
+    (tmp_path / "valid.csv").write_text("text,label\ngood fine word9,pos\nbad poor word8,neg\n")
+    assert cli("evaluate", run, "--data", tmp_path / "valid.csv").code == 0
+    assert hits == [False]  # other rows: tokenized again

@@ -377,3 +377,29 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
         finally:
             temporary.unlink(missing_ok=True)
     return datasets.Dataset.from_file(str(target))
+
+
+def features_fingerprint(ds, tokenizer, *settings) -> str:
+    """The cache key of `ds` tokenized by `tokenizer` under `settings` (for `Dataset.map`'s
+    new_fingerprint): the rows' fingerprint and what the tokenizer does, hashed from its
+    serialised form rather than its path, so a run, its `--resume` and `evaluate` of the run
+    dir (which load the tokenizer from elsewhere) find the same cached features, and a change to
+    the data, the tokenizer or a setting misses.
+
+    Ours because datasets would hash `encode` by pickling the tokenizer inside it: slow, it fails
+    on some dill/pyarrow combinations, and it differs between a tokenizer and its saved copy.
+    """
+    digest = hashlib.sha256(f"{VERSION}|{ds._fingerprint}|{type(tokenizer).__name__}|{settings!r}".encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # a fast tokenizer: vocabulary, normaliser, special tokens, templates
+        state = json.loads(backend.to_str())
+        # Not what a call last set: transformers sets these on the backend per call (the
+        # settings above say what this one asks for).
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        digest.update(json.dumps(state, sort_keys=True).encode())
+    else:
+        digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(repr((tokenizer.padding_side, tokenizer.truncation_side, sorted(tokenizer.special_tokens_map.items()),
+                        getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None))).encode())
+    return digest.hexdigest()[:16]

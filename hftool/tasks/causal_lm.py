@@ -23,6 +23,7 @@ from hftool import models
 from hftool.config import DataConfig, EvalConfig, Option
 from hftool.data import chat as chat_data
 from hftool.data.columns import column_values
+from hftool.data.tables import features_fingerprint
 from hftool.errors import HftoolError
 from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
 from hftool.tasks.base import Options, Parts, Reading, Task, find_column
@@ -209,7 +210,8 @@ class CausalLM(Task):
             encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
             return {"input_ids": [ids + eos if ids else [] for ids in encoded]}
 
-        tokenized = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing")
+        tokenized = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
+                           new_fingerprint=features_fingerprint(ds, tokenizer, "documents+eos"))
         return tokenized.data.column("input_ids").combine_chunks().flatten()
 
     def collate(self, parts):
