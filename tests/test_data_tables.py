@@ -202,3 +202,43 @@ def test_tokenized_features_are_reused_by_resume_and_evaluate_and_missed_after_a
     (tmp_path / "valid.csv").write_text("text,label\ngood fine word9,pos\nbad poor word8,neg\n")
     assert cli("evaluate", run, "--data", tmp_path / "valid.csv").code == 0
     assert hits == [False]  # other rows: tokenized again
+
+
+def _write_sample(name: str, folder):
+    """The embedded sample `name` as files a user would bring: csv, CoNLL, txt paragraphs, JSON lines."""
+    from hftool.samples import load_sample
+
+    folder.mkdir()
+    for split, ds in load_sample(name).items():
+        if split == "test":
+            continue
+        if name == "sentiment":
+            ds.to_pandas().to_csv(folder / f"{split}.csv", index=False)
+        elif name == "ner":
+            sentences = ("\n".join(f"{t} {g}" for t, g in zip(row["tokens"], row["tags"])) for row in ds)
+            (folder / f"{split}.conll").write_text("\n\n".join(sentences) + "\n")
+        elif name == "tales":
+            (folder / f"{split}.txt").write_text("\n\n".join(ds["text"]) + "\n")
+        else:
+            ds.to_json(folder / f"{split}.jsonl", force_ascii=False)
+
+
+@pytest.mark.parametrize("recipe, sample, options", [
+    ("bert-cls", "sentiment", ("data.max_length=64",)), ("bert-ner", "ner", ()),
+    ("gpt2", "tales", ("data.txt_unit=paragraph", "data.block_size=64")), ("seq2seq", "translation", ())])
+def test_an_embedded_sample_written_to_files_trains_the_same_steps_and_metrics(recipe, sample, options, tmp_path, cli):
+    """The chunked reader is invisible: the same rows in files (read a chunk at a time, memory-mapped)
+    train step for step as the in-memory sample does, with the same seed."""
+    import json
+
+    _write_sample(sample, tmp_path / "files")
+    logs = {}
+    for side, data in (("sample", ()), ("files", ("--data", tmp_path / "files"))):
+        run = tmp_path / f"run-{side}"
+        done = cli("finetune", recipe, *data, "--max-steps", "3", "--output-dir", run, "train.logging_steps=1",
+                   "data.max_eval_samples=16", *options)
+        assert done.code == 0, done.err
+        logs[side] = [{k: v for k, v in json.loads(line).items() if not k.endswith(("per_second", "runtime"))}
+                      for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logs["files"] == logs["sample"]
+    assert [entry["step"] for entry in logs["sample"] if entry["type"] == "train"] == [1, 2, 3]
