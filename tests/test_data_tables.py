@@ -170,8 +170,6 @@ def test_conll_sentences_across_chunks_keep_their_lines_and_errors_name_the_line
 
 
 def test_tokenized_features_are_reused_by_resume_and_evaluate_and_missed_after_a_change(tmp_path, cli, monkeypatch):
-    from hftool.tasks import text_classification
-
     for name, rows in (("train", 40), ("valid", 12)):
         lines = [f"{'good fine' if i % 2 else 'bad poor'} word{i % 5},{'pos' if i % 2 else 'neg'}" for i in range(rows)]
         (tmp_path / f"{name}.csv").write_text("text,label\n" + "\n".join(lines) + "\n")
@@ -183,7 +181,7 @@ def test_tokenized_features_are_reused_by_resume_and_evaluate_and_missed_after_a
         hits.append((tmp_path / "cache" / f"cache-{fingerprint}.arrow").is_file())
         return fingerprint
 
-    monkeypatch.setattr(text_classification, "features_fingerprint", recording)
+    monkeypatch.setattr(tables, "features_fingerprint", recording)
     run = tmp_path / "run"
     common = ("--model", "tiny:bert", "--data", tmp_path / "train.csv", "--eval-data", tmp_path / "valid.csv",
               "--output-dir", run, "--batch-size", "8")
@@ -227,13 +225,13 @@ def _write_sample(name: str, folder):
     ("bert-cls", "sentiment", ("data.max_length=64",)), ("bert-ner", "ner", ()),
     ("gpt2", "tales", ("data.txt_unit=paragraph", "data.block_size=64")), ("seq2seq", "translation", ())])
 def test_an_embedded_sample_written_to_files_trains_the_same_steps_and_metrics(recipe, sample, options, tmp_path, cli):
-    """The chunked reader is invisible: the same rows in files (read a chunk at a time, memory-mapped)
-    train step for step as the in-memory sample does, with the same seed."""
+    """The chunked reader is invisible: the same rows in files (read a chunk at a time, memory-mapped,
+    tokenized in two processes) train step for step as the in-memory sample does, with the same seed."""
     import json
 
     _write_sample(sample, tmp_path / "files")
     logs = {}
-    for side, data in (("sample", ()), ("files", ("--data", tmp_path / "files"))):
+    for side, data in (("sample", ()), ("files", ("--data", tmp_path / "files", "data.num_proc=2"))):
         run = tmp_path / f"run-{side}"
         done = cli("finetune", recipe, *data, "--max-steps", "3", "--output-dir", run, "train.logging_steps=1",
                    "data.max_eval_samples=16", *options)

@@ -36,6 +36,9 @@ CHUNK_ROWS = 20_000
 SAMPLE_BYTES = 1 << 20
 # Part of every cache key: bump it when what a reader produces changes.
 VERSION = "2"
+# Rows each tokenizing process gets at least, where data.num_proc is not set: below this a second
+# process gained nothing measurable (benchmarks/tokenize_parallel.py).
+ROWS_PER_PROCESS = 50_000
 
 
 class _Restart(Exception):
@@ -403,3 +406,23 @@ def features_fingerprint(ds, tokenizer, *settings) -> str:
     digest.update(repr((tokenizer.padding_side, tokenizer.truncation_side, sorted(tokenizer.special_tokens_map.items()),
                         getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None))).encode())
     return digest.hexdigest()[:16]
+
+
+def tokenize(ds, encode, tokenizer, settings: tuple, num_proc: int | None, **options):
+    """`ds.map(encode, batched=True)` dropping ds's columns, cached under the key
+    features_fingerprint gives (a later run, --resume or `evaluate` maps the cached file), in
+    `num_proc` processes (None: one per ROWS_PER_PROCESS rows, at most one per usable core)."""
+    if num_proc is None:
+        num_proc = max(1, min(len(os.sched_getaffinity(0)), len(ds) // ROWS_PER_PROCESS))
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    if num_proc > 1:  # the workers are forked: each tokenizes on one thread, without the fork warning
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
+                      num_proc=num_proc if num_proc > 1 else None,
+                      new_fingerprint=features_fingerprint(ds, tokenizer, *settings), **options)
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before

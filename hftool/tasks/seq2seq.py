@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from hftool import models
 from hftool.config import DataConfig, EvalConfig
 from hftool.data.columns import column_values
-from hftool.data.tables import features_fingerprint
+from hftool.data.tables import tokenize
 from hftool.errors import HftoolError
 from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
 from hftool.tasks.base import Options, Parts, Reading, Task, find_column
@@ -206,8 +206,7 @@ class Seq2Seq(Task):
                               zip(rows["input_ids"], rows.get("labels", [[]] * len(rows["input_ids"])))]
             return rows
 
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
-                      new_fingerprint=features_fingerprint(ds, tokenizer, prefix, max_source, max_target))
+        return tokenize(ds, encode, tokenizer, (prefix, max_source, max_target), cfg.data.num_proc)
 
     def collate(self, parts):
         from hftool.data.batching import pad_collate

@@ -9,7 +9,7 @@ from hftool.config import DataConfig
 from hftool.data.checks import check_texts
 from hftool.data.columns import column_values, first_not_text
 from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, has_labels, label_ids, label_names, ranked, with_top_k
-from hftool.data.tables import features_fingerprint
+from hftool.data.tables import tokenize
 from hftool.errors import HftoolError
 from hftool.tasks.base import Options, Parts, Task, find_column
 
@@ -128,8 +128,7 @@ class TextClassification(Task):
                 encoded["labels"] = batch["label"]
             return encoded
 
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
-                      new_fingerprint=features_fingerprint(ds, tokenizer, max_length))
+        return tokenize(ds, encode, tokenizer, (max_length,), cfg.data.num_proc)
 
     def collate(self, parts):
         from hftool.data.batching import pad_collate
