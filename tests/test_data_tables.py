@@ -240,3 +240,31 @@ def test_an_embedded_sample_written_to_files_trains_the_same_steps_and_metrics(r
                       for line in (run / "log.jsonl").read_text().splitlines()]
     assert logs["files"] == logs["sample"]
     assert [entry["step"] for entry in logs["sample"] if entry["type"] == "train"] == [1, 2, 3]
+
+
+def test_cache_lists_and_clears_what_no_run_used_lately(tmp_path, cli, monkeypatch):
+    import os
+    import time
+
+    paths = []
+    for name in ("old", "used", "new"):
+        path = tmp_path / f"{name}.csv"
+        path.write_text(f"text,label\n{name} row,a\nanother,b\n")
+        load_source(str(path))
+        paths.append(path)
+    written = tables.cache_files()
+    assert len(written) == 6 and cli("cache").out.startswith(f"{tables.cache_dir()}: 6 files")
+    month_ago = time.time() - 30 * 86400
+    for file in written:
+        os.utime(file, (month_ago, month_ago))
+    load_source(str(paths[1]))  # runs read "used" and "new" again: their files are fresh
+    load_source(str(paths[2]))
+    parsed = []
+    monkeypatch.setattr(tables, "_write", lambda path, *rest, write=tables._write: (parsed.append(path.name), write(path, *rest)))
+    cleared = cli("cache", "--clear", "--older-than", "7")
+    assert cleared.code == 0 and cleared.out.startswith("removed 2 files")
+    for path in paths:
+        load_source(str(path))
+    assert parsed == ["old.csv"]  # only the table no run used for a month is read again
+    assert cli("cache", "--clear").out.startswith("removed 6 files")
+    assert tables.cache_files() == []

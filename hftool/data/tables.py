@@ -69,6 +69,7 @@ def read_streamed(path: Path, kind: str, encoding: str | None = None, txt_unit: 
     if not target.with_suffix(".json").is_file():  # its notes are written last: without them, write it (again)
         _write(path, kind, encoding, txt_unit, target)
         return datasets.Dataset.from_file(str(target))
+    _used(target, target.with_suffix(".json"))
     ds = datasets.Dataset.from_file(str(target))
     for message in notes(ds)["warnings"]:
         logs.warn(message)  # read before: its warnings are said again, the data is still what it was
@@ -379,6 +380,7 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
+    _used(target)
     return datasets.Dataset.from_file(str(target))
 
 
@@ -418,11 +420,50 @@ def tokenize(ds, encode, tokenizer, settings: tuple, num_proc: int | None, **opt
     if num_proc > 1:  # the workers are forked: each tokenizes on one thread, without the fork warning
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
-                      num_proc=num_proc if num_proc > 1 else None,
-                      new_fingerprint=features_fingerprint(ds, tokenizer, *settings), **options)
+        features = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
+                          num_proc=num_proc if num_proc > 1 else None,
+                          new_fingerprint=features_fingerprint(ds, tokenizer, *settings), **options)
+        _used(*(Path(f["filename"]) for f in features.cache_files))
+        return features
     finally:
         if before is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
+def _used(*files: Path) -> None:
+    """Mark cached files as just used (their modification time): `hftool cache --clear
+    --older-than` removes what no run has used for a while, not what was written long ago."""
+    for file in files:
+        if file.parent == cache_dir():
+            try:
+                os.utime(file)
+            except OSError:  # a read-only or shared cache: the mark is a convenience
+                pass
+
+
+def cache_files() -> list[Path]:
+    """Every file in hftool's table cache: parsed tables, their notes, rows, tokenized features."""
+    folder = cache_dir()
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+def clear_cache(older_than_days: float = 0) -> tuple[int, int]:
+    """Remove the cache's files that no run used in `older_than_days` days; (files, bytes) removed.
+
+    A run that has a file mapped keeps reading it (Linux frees it when the run ends); the next run
+    reads and tokenizes its data again.
+    """
+    import time
+
+    cutoff, removed, freed = time.time() - older_than_days * 86400, 0, 0
+    for file in cache_files():
+        try:
+            stat = file.stat()
+            if stat.st_mtime <= cutoff:
+                file.unlink()
+                removed, freed = removed + 1, freed + stat.st_size
+        except FileNotFoundError:  # another process cleared it first
+            continue
+    return removed, freed
