@@ -143,7 +143,7 @@ class Trainer:
         with acc.main_process_first():
             raw, self.sources = load_splits(cfg.data, task.reading(cfg), t.seed, cfg.model.token)
             with validate.hint(self.recipe, cfg):  # a bad row's error names the command that lists them all
-                _, labels = task.prepare(cfg, raw["full"], self.sources["train"]) if "full" in raw else (None, None)
+                labels = task.label_set(cfg, raw["full"], self.sources["train"]) if "full" in raw else None
                 train_rows, labels = task.prepare(cfg, raw["train"], self.sources["train"], labels)
                 self.eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
             with adapters.loading(cfg):  # a 4-bit base under model.peft=qlora

@@ -433,12 +433,16 @@ def tokenize(ds, encode, tokenizer, settings: tuple, num_proc: int | None, **opt
 
 
 def _used(*files: Path) -> None:
-    """Mark cached files as just used (their modification time): `hftool cache --clear
-    --older-than` removes what no run has used for a while, not what was written long ago."""
+    """Mark cached files as just used, in their access time: `hftool cache --clear --older-than`
+    removes what no run has used for a while, not what was written long ago. (Not the
+    modification time: datasets fingerprints a mapped file by it, so the features made from it
+    would be made again.)"""
+    import time
+
     for file in files:
         if file.parent == cache_dir():
             try:
-                os.utime(file)
+                os.utime(file, ns=(time.time_ns(), file.stat().st_mtime_ns))
             except OSError:  # a read-only or shared cache: the mark is a convenience
                 pass
 
@@ -461,7 +465,7 @@ def clear_cache(older_than_days: float = 0) -> tuple[int, int]:
     for file in cache_files():
         try:
             stat = file.stat()
-            if stat.st_mtime <= cutoff:
+            if max(stat.st_atime, stat.st_mtime) <= cutoff:
                 file.unlink()
                 removed, freed = removed + 1, freed + stat.st_size
         except FileNotFoundError:  # another process cleared it first

@@ -237,6 +237,12 @@ class Task:
     def prepare(self, cfg, ds, source: str, labels: list[str] | None = None, require_labels: bool = True):
         raise NotImplementedError
 
+    def label_set(self, cfg, ds, source: str) -> list[str] | None:
+        """The labels of all the training rows, before a validation hold-out (the run's label map
+        comes from them): prepare's second value. A task whose prepare writes its rows out
+        overrides it, so the whole data is not copied only to read its labels."""
+        return self.prepare(cfg, ds, source)[1]
+
     def build(self, cfg, labels: list[str] | None, train_ds=None, model_path: str | None = None,
               run_dir: Path | None = None) -> Parts:
         raise NotImplementedError

@@ -54,6 +54,18 @@ class TextClassification(Task):
 
         from hftool.data.tables import select_rows
 
+        columns, label, labels = self._columns(cfg, ds, source, labels, require_labels)
+        extra = {} if label is None else {"label": np.asarray(label_ids(ds, label, labels, source), dtype=np.int64)}
+        # Rows read from a file stay memory-mapped, and the tokenized features are then written
+        # beside them on disk (and found there by the next run on the same data).
+        return select_rows(ds, columns, extra), labels
+
+    def label_set(self, cfg, ds, source):
+        return self._columns(cfg, ds, source)[2]  # checked and named, without writing the rows out
+
+    def _columns(self, cfg, ds, source, labels=None, require_labels=True):
+        """The checked text columns (old name -> new), the label column (None without labels) and
+        the label names (from `ds` when None)."""
         data = cfg.data
         text = find_column(ds, source, data.text_column, TEXT_COLUMNS, "text", "text_column")
         pair = data.text_pair_column
@@ -69,14 +81,11 @@ class TextClassification(Task):
                                   f"holds {ds[bad][column]!r}, not text; fix or remove the row")
             if labels is None and require_labels:  # training data, its first pass: warned once
                 check_texts(column_values(ds, column), source, column)
-        extra = {}
+        label = None
         if require_labels or has_labels(ds, data.label_column):
             label = find_column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")
             labels = label_names(ds, label, source) if labels is None else labels
-            extra["label"] = np.asarray(label_ids(ds, label, labels, source), dtype=np.int64)
-        # Rows read from a file stay memory-mapped, and the tokenized features are then written
-        # beside them on disk (and found there by the next run on the same data).
-        return select_rows(ds, columns, extra), labels
+        return columns, label, labels
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
         """Empty texts, missing/unseen/mixed labels, repeated texts and texts with two labels."""
