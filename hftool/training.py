@@ -628,8 +628,8 @@ class Trainer:
         lines = [
             "Running training",
             f"  examples: {'a stream of' if self.streaming else len(self.train_features)} train, {len(self.eval_features)} eval",
-            "  epochs: not counted (data.streaming=true)" if self.streaming else
-            f"  epochs: {self.num_epochs} ({self.steps_per_epoch} optimizer steps each)",
+            ("  epochs: not counted (data.streaming=true)" if self.streaming else
+             f"  epochs: {self.num_epochs} ({self.steps_per_epoch} optimizer steps each)"),
             f"  batch: {t.batch_size} per device x {t.gradient_accumulation_steps} accumulation x "
             f"{acc.num_processes} processes = {effective} effective"
             + (" (train.micro_batch_size=auto)" if t.micro_batch_size == "auto" else ""),

@@ -55,11 +55,32 @@ def trained_batches(monkeypatch):
     return seen
 
 
+def as_format(path: Path, rows: list[dict], kind: str) -> Path:
+    """The rows of csv `path` as another source: jsonl, parquet, or a folder of two jsonl shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if kind == "csv":
+        return path
+    if kind == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path.with_suffix(".parquet"))
+        return path.with_suffix(".parquet")
+    folder = path.parent / kind
+    folder.mkdir()
+    shards = {"jsonl": [("train.jsonl", rows)],
+              "shards": [("train-00000.jsonl", rows[:25]), ("train-00001.jsonl", rows[25:])]}[kind]
+    for name, part in shards:
+        (folder / name).write_text("".join(json.dumps(row) + "\n" for row in part), encoding="utf-8")
+    return folder / "train.jsonl" if kind == "jsonl" else folder
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet", "shards"])
 def test_with_a_buffer_of_one_the_stream_trains_on_the_file_rows_in_order_after_the_holdout(data, tmp_path, cli,
-                                                                                         trained_batches):
+                                                                                         trained_batches, kind):
     from transformers import AutoTokenizer
 
     path, rows = data
+    path = as_format(path, rows, kind)
     run = tmp_path / "run"
     # 15 steps of 4 = 60 examples: the 50 rows after the hold-out, then the stream starts again.
     result = cli(*streamed(path, run, "--max-steps", "15", "data.shuffle_buffer=1", "eval.save_predictions=true"))
@@ -198,3 +219,59 @@ def test_causal_lm_streams_packed_blocks_and_generates(tmp_path, cli, monkeypatc
     generated = cli("generate", run, "-p", "Once upon a time", "--greedy", "--max-new-tokens", "8")
     assert generated.code == 0, generated.err
     assert generated.out.startswith("Once upon a time")
+
+
+def test_two_processes_train_on_the_batches_one_process_does(data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    path, _ = data
+
+    def run(name: str, batch_size: int, *extra: str) -> list[float]:
+        command = [sys.executable, "-m", "hftool", *streamed(path, tmp_path / name, "--max-steps", "6",
+                   "data.shuffle_buffer=16", "--mixed-precision", "no", *TINY), "--batch-size", str(batch_size), *extra]
+        done = subprocess.run(command, check=False, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        records = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in records if r["type"] == "train"]
+
+    one = run("one", 8)
+    two = run("two", 4, "--num-processes", "2")  # the same global batch: 2 x 4
+    assert len(one) == 6 and two == pytest.approx(one, abs=1e-5)
+
+
+def test_a_streamed_run_writes_no_table_and_evaluate_scores_its_holdout(data, tmp_path, cli, monkeypatch):
+    import datasets
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    path, _ = data
+    run = tmp_path / "run"
+    result = cli(*streamed(path, run, "--max-steps", "3"))
+    assert result.code == 0, result.err
+    assert not (cache / "hftool-tables").exists()  # the training file was never copied
+    again = cli("evaluate", run, "-o", tmp_path / "again.json")
+    assert again.code == 0, again.err
+    metrics = json.loads((run / "metrics.json").read_text())
+    scored = json.loads((tmp_path / "again.json").read_text())
+    assert scored == pytest.approx({k: v for k, v in metrics.items() if k.startswith("eval_")})
+
+
+def test_a_class_first_seen_deep_in_the_stream_is_a_class(tmp_path, cli, monkeypatch):
+    from hftool.data import tables
+
+    monkeypatch.setattr(tables, "CHUNK_ROWS", 8)  # the label pass crosses chunks; the sample is the first one
+    path = tmp_path / "train.csv"
+    write_rows(path, 60)
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerow(["row 60 is neither here nor there", "mixed"])
+    run = tmp_path / "run"
+    result = cli(*streamed(path, run, "--max-steps", "2"))
+    assert result.code == 0, result.err
+    assert "reading the label column 'label'" in result.err
+    labels = json.loads((run / "config.json").read_text())["id2label"]
+    assert sorted(labels.values()) == ["mixed", "neg", "pos"]

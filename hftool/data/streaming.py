@@ -89,13 +89,13 @@ class Stream:
                 return
 
     def prepared(self, name: str, start: int, table, labels: list[str] | None = None):
-        """One chunk through the task's prepare: its errors name the chunk's rows."""
-        return self.task.prepare(self.cfg, _dataset(table, self.features_of), f"{name} [rows {start + 1}-{start + len(table)}]",
-                                 labels)[0]
+        """One chunk through the task's prepare, (rows, labels): its errors name the chunk's rows."""
+        where = f"{name} [rows {start + 1}-{start + len(table)}]"
+        return self.task.prepare(self.cfg, _dataset(table, self.features_of), where, labels)
 
     def rows(self) -> Iterator[dict]:
         for name, start, table in self.tables():
-            yield from self.prepared(name, start, table, self.labels).to_list()
+            yield from self.prepared(name, start, table, self.labels)[0].to_list()
 
     def features(self, parts) -> StreamFeatures:
         """The model inputs of the training stream, shuffled (data.shuffle_buffer, train.seed)."""
@@ -103,7 +103,7 @@ class Stream:
 
         data, seed = self.cfg.data, self.cfg.train.seed
         rows = datasets.IterableDataset.from_generator(self.rows).shuffle(seed=seed, buffer_size=data.shuffle_buffer)
-        featurize = lambda groups: self.task.stream_features(parts, self.cfg, groups)  # noqa: E731
+        featurize = lambda groups: self.task.stream_features(parts, self.cfg, groups)
         with _quiet():
             first = next(iter(featurize(iter([self.sample]))), None)  # what a batch holds (the kernel caches ask)
         return StreamFeatures(rows, featurize, list(first or ()), self.names["train"])
@@ -139,6 +139,30 @@ class StreamFeatures(torch.utils.data.IterableDataset):
 
 def open_stream(cfg, task, token: str | None = None) -> Stream:
     """The stream of `cfg.data.train`, its validation rows, its labels and a prepared sample."""
+    stream, validation, loaded = _source(cfg, task, token)
+    name, validation_name = stream.names["train"], stream.names["validation"]
+    first = next(stream.tables(), None)
+    if first is None:
+        raise HftoolError(f"{name} has no training rows{' after the validation hold-out' if stream.skip else ''}; "
+                          "training data needs at least one example")
+    _, labels = stream.prepared(*first)  # labels=None: the training data's first pass (its checks warn)
+    if labels is not None:  # one pass over the label column, holding a value per class
+        labels = _labels(stream, first, loaded)
+    stream.labels = labels
+    stream.sample = stream.prepared(*first, labels)[0]
+    stream.validation, _ = task.prepare(cfg, validation, validation_name, labels)
+    return stream
+
+
+def load_validation(cfg, task, token: str | None = None):
+    """A streamed run's validation rows as it read them (raw), and their name: `hftool evaluate`."""
+    stream, validation, _ = _source(cfg, task, token)
+    return validation, stream.names["validation"]
+
+
+def _source(cfg, task, token: str | None):
+    """(stream without labels or sample, raw validation rows, the loaded training split where the
+    source was loaded rather than streamed)."""
     from hftool.data import _one_file
     from hftool.data.sources import describe, load_source
 
@@ -149,21 +173,22 @@ def open_stream(cfg, task, token: str | None = None) -> Stream:
     validation, validation_name, loaded = None, None, None
     if files is not None:
         train_files, validation_files = files
-        kinds = [_open(path, data.encoding) for path in train_files]
-        chunks = lambda: _file_chunks(train_files, kinds, data.encoding, reading.txt_unit)  # noqa: E731
+        kinds = [_parser(path, data.encoding) for path in train_files]
+        chunks = lambda: _file_chunks(train_files, kinds, data.encoding, reading.txt_unit)
         features_of = None
         name = str(train_files[0]) if Path(data.train).is_file() else f"{data.train} [train]"
         if validation_files:
             from hftool.data.sources import _read_shards
 
-            validation, validation_name = _read_shards(validation_files, data.encoding, reading.txt_unit), f"{data.train} [validation]"
+            validation = _read_shards(validation_files, data.encoding, reading.txt_unit)
+            validation_name = f"{data.train} [validation]"
     else:  # loaded as usual, then streamed from its (memory-mapped or in-memory) table
         source = load_source(data.train, data.encoding, token, reading.txt_unit, reading.langs, reading.videos)
         if "train" not in source:
             raise HftoolError(f"{data.train} has no train split (splits: {', '.join(source)}); pass the training data with --data")
         loaded, features_of = source["train"], source["train"].features
         name = describe(data.train, "train", _one_file(data.train))
-        chunks = lambda: _loaded_chunks(loaded, name)  # noqa: E731
+        chunks = lambda: _loaded_chunks(loaded, name)
         if "validation" in source:
             validation, validation_name = source["validation"], describe(data.train, "validation", False)
     if data.eval:
@@ -188,17 +213,7 @@ def open_stream(cfg, task, token: str | None = None) -> Stream:
     if len(validation) == 0:
         raise HftoolError(f"{validation_name} has no rows; validation data needs at least one example")
     stream.names = {"train": name, "validation": validation_name}
-    first = next(stream.tables(), None)
-    if first is None:
-        raise HftoolError(f"{name} has no training rows{' after the validation hold-out' if stream.skip else ''}; "
-                          "training data needs at least one example")
-    _, labels = task.prepare(cfg, _dataset(first[2], features_of), f"{name} [rows {first[1] + 1}-{first[1] + len(first[2])}]")
-    if labels is not None:  # one pass over the label column, holding a value per class
-        labels = _labels(stream, first, loaded)
-    stream.labels = labels
-    stream.sample = stream.prepared(*first, labels)
-    stream.validation, _ = task.prepare(cfg, validation, validation_name, labels)
-    return stream
+    return stream, validation, loaded
 
 
 def _files(spec: str) -> tuple[list[Path], list[Path]] | None:
@@ -220,13 +235,18 @@ def _files(spec: str) -> tuple[list[Path], list[Path]] | None:
     return splits["train"], splits.get("validation", [])
 
 
-def _open(path: Path, encoding: str | None) -> str | None:
+def _parser(path: Path, encoding: str | None) -> str:
     """A file's parser (tables._CHUNKERS' key, or "parquet"), after the checks on its start: its
-    encoding (a Latin-1 fallback is said here, once) and, for csv/tsv, the header. None: a JSON
-    document, which cannot stream."""
+    encoding (a Latin-1 fallback is said here, once) and, for csv/tsv, the header. A JSON
+    document cannot stream: it is parsed whole."""
     from hftool.data.conll import looks_like_conll
     from hftool.data.sources import check_table_text
-    from hftool.data.tables import SAMPLE_BYTES, _sample_encoding, looks_like_json_lines, sample_text
+    from hftool.data.tables import (
+        SAMPLE_BYTES,
+        _sample_encoding,
+        looks_like_json_lines,
+        sample_text,
+    )
 
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -250,7 +270,14 @@ def _file_chunks(files: list[Path], kinds: list[str], encoding: str | None, txt_
     """(file, first row, Arrow table) of CHUNK_ROWS rows at a time, the files one after another."""
     import pyarrow as pa
 
-    from hftool.data.tables import CHUNK_ROWS, SAMPLE_BYTES, _CHUNKERS, _first_bad_line, _Restart, _sample_encoding
+    from hftool.data.tables import (
+        _CHUNKERS,
+        CHUNK_ROWS,
+        SAMPLE_BYTES,
+        _first_bad_line,
+        _Restart,
+        _sample_encoding,
+    )
 
     for path, kind in zip(files, kinds):
         row = 0
