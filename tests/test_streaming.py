@@ -275,3 +275,24 @@ def test_a_class_first_seen_deep_in_the_stream_is_a_class(tmp_path, cli, monkeyp
     assert "reading the label column 'label'" in result.err
     labels = json.loads((run / "config.json").read_text())["id2label"]
     assert sorted(labels.values()) == ["mixed", "neg", "pos"]
+
+
+def test_seq2seq_streams_pairs_in_file_order(tmp_path, cli, monkeypatch):
+    from hftool.samples.translation import generate
+    from hftool.tasks.seq2seq import Seq2Seq
+
+    pairs = generate(40, 3)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in zip(pairs["source"], pairs["target"])),
+                    encoding="utf-8")
+    targets = []
+    original = Seq2Seq.train_loss
+    monkeypatch.setattr(Seq2Seq, "train_loss", lambda self, parts, model, batch: (
+        targets.extend(parts.processor.batch_decode(batch["labels"].clamp(min=0), skip_special_tokens=True)),
+        original(self, parts, model, batch))[1])
+    run = tmp_path / "run"
+    result = cli("finetune", "seq2seq", "--data", path, "-o", run, "--max-steps", "3", "--batch-size", "4",
+                 "data.streaming=true", "data.shuffle_buffer=1", "data.max_eval_samples=8")
+    assert result.code == 0, result.err
+    assert [t.strip() for t in targets] == pairs["target"][8:20]
+    assert "eval_bleu" in json.loads(result.out)
