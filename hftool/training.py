@@ -536,6 +536,16 @@ class Trainer:
                 if not same_spec(saved.get(key), wanted):
                     raise HftoolError(f"--resume: {self.run_dir} was trained with data.{key}={saved.get(key)}, this "
                                       f"command passes {wanted}; resume with the run's data or start a new run")
+            if saved.get("streaming") or self.cfg.data.streaming:  # these decide which rows a stream's batches hold
+                from hftool.config import DataConfig
+
+                for key in ("streaming", "shuffle_buffer", "max_eval_samples", "max_train_samples"):
+                    was, wanted = saved.get(key, getattr(DataConfig, key)), getattr(self.cfg.data, key)
+                    if was != wanted:
+                        was, wanted = json.dumps(was), json.dumps(wanted)  # as YAML and overrides write them
+                        raise HftoolError(f"--resume: {self.run_dir} was trained with data.{key}={was}, this command "
+                                          f"passes {wanted}; a stream resumes only with the same settings: pass "
+                                          f"data.{key}={was} or start a new run")
         checkpoints = list_checkpoints(self.run_dir)
         if not checkpoints:
             logs.warn(f"--resume: no complete checkpoint in {self.run_dir / 'checkpoints'}; starting from scratch")

@@ -176,6 +176,18 @@ def test_resume_of_a_streamed_run_sees_the_batches_an_unbroken_run_sees(data, tm
         {k: v for k, v in unbroken.items() if k.startswith("eval_")}
 
 
+def test_resume_refuses_other_stream_settings(data, tmp_path, cli):
+    path, _ = data
+    run = tmp_path / "run"
+    assert cli(*streamed(path, run, "--max-steps", "2")).code == 0
+    result = cli(*streamed(path, run, "--max-steps", "4", "data.shuffle_buffer=8", "--resume"))
+    assert result.code == 2
+    assert "was trained with data.shuffle_buffer=10000, this command passes 8" in result.err
+    result = cli("finetune", "bert-cls", "--data", path, "-o", run, "--batch-size", "4", "--max-steps", "4", "--resume",
+                 "data.max_eval_samples=10")
+    assert result.code == 2 and "data.streaming=true, this command passes false" in result.err
+
+
 def test_eval_data_is_read_whole_and_capped(data, tmp_path, cli):
     path, _ = data
     validation = tmp_path / "val.csv"
