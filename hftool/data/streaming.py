@@ -203,7 +203,7 @@ def _source(cfg, task, token: str | None):
             raise HftoolError(f"{name} has {len(validation)} rows: too few to hold out {held_out} for validation and "
                               "train on the rest; pass --eval-data, or lower data.max_eval_samples")
         stream.skip = held_out
-        validation_name = f"{name} (first {held_out} rows, held out)"
+        validation_name = f"{name} (held-out {held_out} rows, the first)"  # reports._split reads "held-out N rows"
         logs.info(f"no validation data given: holding out the first {held_out} rows of the stream "
                   f"(data.max_eval_samples{'' if data.max_eval_samples else f' unset: {HOLD_OUT}'}); training skips "
                   "them; pass --eval-data to use your own")
