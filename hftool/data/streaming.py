@@ -21,6 +21,7 @@ hub) are loaded as usual and their training split then goes through the same str
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -103,7 +104,9 @@ class Stream:
 
         data, seed = self.cfg.data, self.cfg.train.seed
         rows = datasets.IterableDataset.from_generator(self.rows).shuffle(seed=seed, buffer_size=data.shuffle_buffer)
-        featurize = lambda groups: self.task.stream_features(parts, self.cfg, groups)
+        # One process per group: forking tokenizer workers for GROUP_ROWS rows costs more than it saves.
+        cfg = dataclasses.replace(self.cfg, data=dataclasses.replace(data, num_proc=1))
+        featurize = lambda groups: self.task.stream_features(parts, cfg, groups)
         with _quiet():
             first = next(iter(featurize(iter([self.sample]))), None)  # what a batch holds (the kernel caches ask)
         return StreamFeatures(rows, featurize, list(first or ()), self.names["train"])

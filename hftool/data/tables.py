@@ -36,6 +36,9 @@ CHUNK_ROWS = 20_000
 SAMPLE_BYTES = 1 << 20
 # Part of every cache key: bump it when what a reader produces changes.
 VERSION = "2"
+# Rows each tokenizing process gets at least, where data.num_proc is not set: below this a second
+# process gained nothing measurable (benchmarks/tokenize_parallel.py).
+ROWS_PER_PROCESS = 50_000
 
 
 class _Restart(Exception):
@@ -66,6 +69,7 @@ def read_streamed(path: Path, kind: str, encoding: str | None = None, txt_unit: 
     if not target.with_suffix(".json").is_file():  # its notes are written last: without them, write it (again)
         _write(path, kind, encoding, txt_unit, target)
         return datasets.Dataset.from_file(str(target))
+    _used(target, target.with_suffix(".json"))
     ds = datasets.Dataset.from_file(str(target))
     for message in notes(ds)["warnings"]:
         logs.warn(message)  # read before: its warnings are said again, the data is still what it was
@@ -376,4 +380,90 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
+    _used(target)
     return datasets.Dataset.from_file(str(target))
+
+
+def features_fingerprint(ds, tokenizer, *settings) -> str:
+    """The cache key of `ds` tokenized by `tokenizer` under `settings` (for `Dataset.map`'s
+    new_fingerprint): the rows' fingerprint and what the tokenizer does, hashed from its
+    serialised form rather than its path, so a run, its `--resume` and `evaluate` of the run
+    dir (which load the tokenizer from elsewhere) find the same cached features, and a change to
+    the data, the tokenizer or a setting misses.
+
+    Ours because datasets would hash `encode` by pickling the tokenizer inside it: slow, it fails
+    on some dill/pyarrow combinations, and it differs between a tokenizer and its saved copy.
+    """
+    digest = hashlib.sha256(f"{VERSION}|{ds._fingerprint}|{type(tokenizer).__name__}|{settings!r}".encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # a fast tokenizer: vocabulary, normaliser, special tokens, templates
+        state = json.loads(backend.to_str())
+        # Not what a call last set: transformers sets these on the backend per call (the
+        # settings above say what this one asks for).
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        digest.update(json.dumps(state, sort_keys=True).encode())
+    else:
+        digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(repr((tokenizer.padding_side, tokenizer.truncation_side, sorted(tokenizer.special_tokens_map.items()),
+                        getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None))).encode())
+    return digest.hexdigest()[:16]
+
+
+def tokenize(ds, encode, tokenizer, settings: tuple, num_proc: int | None, **options):
+    """`ds.map(encode, batched=True)` dropping ds's columns, cached under the key
+    features_fingerprint gives (a later run, --resume or `evaluate` maps the cached file), in
+    `num_proc` processes (None: one per ROWS_PER_PROCESS rows, at most one per usable core)."""
+    if num_proc is None:
+        num_proc = max(1, min(len(os.sched_getaffinity(0)), len(ds) // ROWS_PER_PROCESS))
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    if num_proc > 1:  # the workers are forked: each tokenizes on one thread, without the fork warning
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        features = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
+                          num_proc=num_proc if num_proc > 1 else None,
+                          new_fingerprint=features_fingerprint(ds, tokenizer, *settings), **options)
+        _used(*(Path(f["filename"]) for f in features.cache_files))
+        return features
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
+def _used(*files: Path) -> None:
+    """Mark cached files as just used (their modification time): `hftool cache --clear
+    --older-than` removes what no run has used for a while, not what was written long ago."""
+    for file in files:
+        if file.parent == cache_dir():
+            try:
+                os.utime(file)
+            except OSError:  # a read-only or shared cache: the mark is a convenience
+                pass
+
+
+def cache_files() -> list[Path]:
+    """Every file in hftool's table cache: parsed tables, their notes, rows, tokenized features."""
+    folder = cache_dir()
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+def clear_cache(older_than_days: float = 0) -> tuple[int, int]:
+    """Remove the cache's files that no run used in `older_than_days` days; (files, bytes) removed.
+
+    A run that has a file mapped keeps reading it (Linux frees it when the run ends); the next run
+    reads and tokenizes its data again.
+    """
+    import time
+
+    cutoff, removed, freed = time.time() - older_than_days * 86400, 0, 0
+    for file in cache_files():
+        try:
+            stat = file.stat()
+            if stat.st_mtime <= cutoff:
+                file.unlink()
+                removed, freed = removed + 1, freed + stat.st_size
+        except FileNotFoundError:  # another process cleared it first
+            continue
+    return removed, freed

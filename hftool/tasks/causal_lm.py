@@ -23,6 +23,7 @@ from hftool import models
 from hftool.config import DataConfig, EvalConfig, Option
 from hftool.data import chat as chat_data
 from hftool.data.columns import column_values
+from hftool.data.tables import tokenize
 from hftool.errors import HftoolError
 from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
 from hftool.tasks.base import Options, Parts, Reading, Task, find_column
@@ -159,7 +160,7 @@ class CausalLM(Task):
     def features(self, parts, cfg, ds):
         if "messages" in ds.column_names:
             return self._conversations(parts, cfg, ds, pack=cfg.data.packing)
-        ids = self._token_stream(parts, ds)
+        ids = self._token_stream(parts, cfg, ds)
         return _pack(ids, self._block_size(parts, cfg))
 
     def eval_features(self, parts, cfg, ds):
@@ -171,7 +172,7 @@ class CausalLM(Task):
         if stride > block:
             raise HftoolError(f"eval.stride={stride} is longer than the block ({block} tokens), so tokens between "
                               f"windows would go unscored; set eval.stride to at most {block}")
-        return _windows(self._token_stream(parts, ds).to_numpy(), block, stride)
+        return _windows(self._token_stream(parts, cfg, ds).to_numpy(), block, stride)
 
     def _block_size(self, parts, cfg) -> int:
         context = getattr(parts.model.config, "max_position_embeddings", None) or MAX_BLOCK
@@ -194,7 +195,7 @@ class CausalLM(Task):
             if "messages" in rows.column_names:
                 yield from self.train_features(parts, cfg, rows)
                 continue
-            ids = np.concatenate([carried, self._token_stream(parts, rows).to_numpy()])
+            ids = np.concatenate([carried, self._token_stream(parts, cfg, rows).to_numpy()])
             full = len(ids) - len(ids) % block
             for start in range(0, full, block):
                 yield {"input_ids": ids[start:start + block].tolist()}
@@ -220,7 +221,7 @@ class CausalLM(Task):
             rows["index"] = list(range(len(ds)))
         return datasets.Dataset.from_dict(rows)
 
-    def _token_stream(self, parts, ds):
+    def _token_stream(self, parts, cfg, ds):
         """Every document's tokens followed by EOS, as one flat Arrow array (no Python ints)."""
         tokenizer = parts.processor
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -230,7 +231,7 @@ class CausalLM(Task):
             encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
             return {"input_ids": [ids + eos if ids else [] for ids in encoded]}
 
-        tokenized = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing")
+        tokenized = tokenize(ds, encode, tokenizer, ("documents+eos",), cfg.data.num_proc)
         return tokenized.data.column("input_ids").combine_chunks().flatten()
 
     def collate(self, parts):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from hftool import models
@@ -10,6 +9,7 @@ from hftool.config import DataConfig
 from hftool.data.checks import check_texts
 from hftool.data.columns import column_values, first_not_text
 from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, has_labels, label_ids, label_names, ranked, with_top_k
+from hftool.data.tables import tokenize
 from hftool.errors import HftoolError
 from hftool.tasks.base import Options, Parts, Task, find_column
 
@@ -129,11 +129,7 @@ class TextClassification(Task):
                 encoded["labels"] = batch["label"]
             return encoded
 
-        # Our own cache key: datasets would otherwise pickle the tokenizer inside `encode` to
-        # hash it, which is slow and fails on some dill/pyarrow combinations.
-        key = f"{ds._fingerprint}|{type(tokenizer).__name__}|{len(tokenizer)}|{tokenizer.name_or_path}|{max_length}"
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
-                      new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16])
+        return tokenize(ds, encode, tokenizer, (max_length,), cfg.data.num_proc)
 
     def collate(self, parts):
         from hftool.data.batching import pad_collate
