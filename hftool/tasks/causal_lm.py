@@ -91,6 +91,7 @@ class CausalLM(Task):
     generate_options = (*TEXT_GENERATION_OPTIONS, CHAT_OPTION)
     meta_keys = ("prompt_ids", "prompt_mask", "index")  # chat evaluation: what eval_generate answers from
     peft_unsupported = ""  # no new head: the LM head is the pretrained one (tied to the embeddings)
+    streams = True
 
     def reading(self, cfg):
         return Reading(txt_unit=cfg.data.txt_unit)
@@ -181,6 +182,26 @@ class CausalLM(Task):
             raise HftoolError(f"data.block_size={cfg.data.block_size} is longer than the model's context "
                               f"({context} tokens); set data.block_size to at most {context}")
         return cfg.data.block_size
+
+    def stream_features(self, parts, cfg, groups):
+        """Plain text packs as `features` does, but a group of rows at a time: each group's tokens
+        follow what the last group left over, and only full blocks go out (the stream's last
+        block may be shorter), so packing holds one group, never the split. Chats: packed a
+        group at a time."""
+        import numpy as np
+
+        block, carried = self._block_size(parts, cfg), np.zeros(0, dtype=np.int64)
+        for rows in groups:
+            if "messages" in rows.column_names:
+                yield from self.train_features(parts, cfg, rows)
+                continue
+            ids = np.concatenate([carried, self._token_stream(parts, cfg, rows).to_numpy()])
+            full = len(ids) - len(ids) % block
+            for start in range(0, full, block):
+                yield {"input_ids": ids[start:start + block].tolist()}
+            carried = ids[full:]
+        if len(carried):
+            yield {"input_ids": carried.tolist()}
 
     def _conversations(self, parts, cfg, ds, pack: bool, prompts: bool = False):
         """Rendered conversations with labels on the assistant's tokens (data.train_on): packed into

@@ -84,6 +84,7 @@ class Seq2Seq(Task):
     generate_options = TEXT_GENERATION_OPTIONS
     generation_separator = "\n"  # the output is a new text, not a continuation: it goes below its input
     peft_unsupported = ""  # no new head: the LM head is the pretrained one
+    streams = True
 
     def reading(self, cfg):
         return Reading(langs=(cfg.data.source_lang, cfg.data.target_lang))

@@ -44,6 +44,7 @@ class TextClassification(Task):
     predict_options = (TOP_K_OPTION,)
     quantizable = True
     peft_unsupported = ""
+    streams = True
 
     def peft_heads(self, parts):
         return ["pre_classifier", "classifier", "score"]  # BERT-likes, DistilBERT, decoder-only classifiers
