@@ -342,8 +342,9 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
 
     Written here because datasets' own route (select_columns + add_column) flattens a split's row
     mapping through Python objects and hashes the new column with dill: 17 s of a 200k-row run's
-    setup here. Arrow's `take`, a chunk at a time, writes the same rows in a fraction of that and in
-    flat memory. The file is keyed on `ds`'s fingerprint, the columns and the extra values.
+    setup here. Gathering the rows a chunk at a time (`_gather`) writes the same rows in a fraction
+    of that and in flat memory. The file is keyed on `ds`'s fingerprint, the columns and the extra
+    values.
     """
     import datasets
     import numpy as np
@@ -352,12 +353,17 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
 
     extra = extra or {}
     table, indices = ds.data.table, ds._indices  # the rows as stored, and the split's mapping onto them (None: as stored)
+    selected = table.select(list(columns))
+    batches = selected.to_batches()  # zero-copy views of the file's record batches
+    starts = np.cumsum([0] + [len(batch) for batch in batches])
 
     def chunks():
         for start in range(0, len(ds), CHUNK_ROWS):
-            rows = (indices.column(0).slice(start, CHUNK_ROWS) if indices is not None
-                    else pa.array(np.arange(start, min(start + CHUNK_ROWS, len(ds)))))
-            chunk = table.select(list(columns)).take(rows).rename_columns(list(columns.values()))
+            if indices is None:
+                chunk = selected.slice(start, CHUNK_ROWS)
+            else:
+                chunk = _gather(batches, starts, indices.column(0).slice(start, CHUNK_ROWS).to_numpy(), selected.schema)
+            chunk = chunk.rename_columns(list(columns.values()))
             for name, values in extra.items():
                 chunk = chunk.append_column(name, pa.array(values[start:start + CHUNK_ROWS]))
             yield chunk
@@ -370,7 +376,7 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
     digest = hashlib.sha256(f"{VERSION}|{ds._fingerprint}|{sorted(columns.items())}".encode())
     for name, values in sorted(extra.items()):
         digest.update(name.encode())
-        digest.update(np.ascontiguousarray(values).tobytes())
+        digest.update(memoryview(np.ascontiguousarray(values)).cast("B"))  # no copy of a 10M-row column
     target = cache_dir() / f"rows-{digest.hexdigest()[:24]}.arrow"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -430,6 +436,28 @@ def tokenize(ds, encode, tokenizer, settings: tuple, num_proc: int | None, **opt
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
+def _gather(batches: list, starts, rows, schema):
+    """Rows `rows` (positions in the table of `batches`, whose first rows are at `starts`) as a
+    table, in that order.
+
+    Not `Table.take`: on a table of many record batches, Arrow (26) first concatenates each column
+    whole, so every chunk of a shuffled split would copy the entire column (1 GB of text at 10M
+    rows) and a 10M-row split would take minutes. Here each batch gives only its own rows.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    rows = np.asarray(rows, dtype=np.int64)  # datasets stores a split's indices as uint64
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    which = np.searchsorted(starts, ordered, side="right") - 1
+    bounds = np.flatnonzero(np.diff(which)) + 1
+    pieces = [batches[which[group[0]]].take(pa.array(ordered[group] - starts[which[group[0]]]))
+              for group in np.split(np.arange(len(ordered)), bounds) if len(group)]
+    gathered = pa.Table.from_batches(pieces, schema=schema).combine_chunks()  # one chunk's rows: small
+    return gathered.take(pa.array(np.argsort(order)))  # back in the split's order
 
 
 def _used(*files: Path) -> None:

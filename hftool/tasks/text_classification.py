@@ -8,7 +8,7 @@ from hftool import models
 from hftool.config import DataConfig
 from hftool.data.checks import check_texts
 from hftool.data.columns import column_values, first_not_text
-from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, has_labels, label_ids, label_names, ranked, with_top_k
+from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, check_labelled, has_labels, label_ids, label_names, ranked, with_top_k
 from hftool.data.tables import tokenize
 from hftool.errors import HftoolError
 from hftool.tasks.base import Options, Parts, Task, find_column
@@ -62,7 +62,9 @@ class TextClassification(Task):
         return select_rows(ds, columns, extra), labels
 
     def label_set(self, cfg, ds, source):
-        return self._columns(cfg, ds, source)[2]  # checked and named, without writing the rows out
+        _, label, labels = self._columns(cfg, ds, source)  # checked and named, without writing the rows out
+        check_labelled(ds, label, source)  # a row without a label is named by its line in the file
+        return labels
 
     def _columns(self, cfg, ds, source, labels=None, require_labels=True):
         """The checked text columns (old name -> new), the label column (None without labels) and
