@@ -193,8 +193,13 @@ def evaluate(model: str, data: str | None = None, split: str | None = None, batc
         if not (Path(model) / "config.yaml").is_file():
             raise HftoolError(f"{model} is not an hftool run dir, so it has no data of its own; pass --data")
         check_run_data(Path(model), cfg)
-        splits, names = load_splits(cfg.data, task.reading(cfg), cfg.train.seed, cfg.model.token)
-        rows, source = splits["validation"], names["validation"]
+        if cfg.data.streaming:  # the run's bounded validation rows, without reading its stream
+            from hftool.data.streaming import load_validation
+
+            rows, source = load_validation(cfg, task, cfg.model.token)
+        else:
+            splits, names = load_splits(cfg.data, task.reading(cfg), cfg.train.seed, cfg.model.token)
+            rows, source = splits["validation"], names["validation"]
     parts = _build(task, cfg, model)
     rows, _ = task.prepare(cfg, rows, source, parts.labels)
     features = task.eval_features(parts, cfg, rows)

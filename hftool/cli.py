@@ -431,6 +431,25 @@ def export(
 
 
 @app.command()
+def cache(
+    clear: Annotated[bool, typer.Option("--clear", help="Remove cached tables and features (all, or those --older-than).")] = False,
+    older_than: Annotated[float, typer.Option("--older-than", min=0, help="With --clear: only files no run used for this many days.")] = 0,
+) -> None:
+    """Show (or --clear) hftool's cache of parsed data files and tokenized features."""
+    from hftool.data.tables import cache_dir, cache_files, clear_cache
+    from hftool.doctor import human_size
+
+    if clear:
+        removed, freed = clear_cache(older_than)
+        typer.echo(f"removed {removed} files ({human_size(freed)}) from {cache_dir()}")
+        return
+    files = cache_files()
+    tables = sum(1 for f in files if f.suffix == ".json")
+    typer.echo(f"{cache_dir()}: {len(files)} files, {human_size(sum(f.stat().st_size for f in files))} "
+               f"({tables} data files read); `hftool cache --clear [--older-than DAYS]` removes them")
+
+
+@app.command()
 def recipes(name: Annotated[Optional[str], typer.Argument(help="Print this recipe's YAML.")] = None) -> None:
     """List the built-in recipes, or print one."""
     from hftool.config import builtin_recipes, find_recipe, read_yaml

@@ -94,12 +94,26 @@ class DataConfig(Section):
     # DataLoader worker processes. Text is tokenized up front, so 0 (no fork cost) is fastest;
     # images are decoded in the workers, and image recipes set their own.
     num_workers: int = 0
+    # Processes that tokenize text up front (Dataset.map's num_proc). None: one per 50,000 rows,
+    # at most one per usable core; fewer rows gain nothing from a second process (benchmarks/README.md).
+    num_proc: int | None = None
+    # Read the training data as a stream (hftool/data/streaming.py) instead of into the Arrow
+    # cache: for data that does not fit on disk twice. Needs train.max_steps (a stream has no
+    # length) and gives up length grouping; off by default because a cached table is faster to
+    # shuffle exactly and to read again.
+    streaming: bool = False
+    # With streaming: rows held in the seeded shuffle buffer. 10,000 short texts are a few MB and
+    # mix rows from ten thousand lines apart; a file sorted by label needs a buffer larger than
+    # its longest run of one label.
+    shuffle_buffer: int = 10_000
 
     def check(self) -> None:
         self.require("validation_split", 0 <= self.validation_split < 1, "in [0, 1)")
+        self.require("num_proc", self.num_proc is None or self.num_proc >= 1, "1 or more (or null: by rows and cores)")
         for name in ("max_train_samples", "max_eval_samples"):
             self.require(name, getattr(self, name) is None or getattr(self, name) > 0, "positive")
         self.require("num_workers", self.num_workers >= 0, "0 or more")
+        self.require("shuffle_buffer", self.shuffle_buffer > 0, "positive")
 
 
 @dataclass

@@ -160,7 +160,7 @@ def _local_model(spec: str, path: Path) -> tuple[list[Check], int]:
     weights = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()]
     size = sum(p.stat().st_size for p in weights)
     checks = [Check(f"model {spec}", "ok" if weights else "fail",
-                    f"local, {_size(size)} of weights" if weights else "no weights (*.safetensors, *.bin)",
+                    f"local, {human_size(size)} of weights" if weights else "no weights (*.safetensors, *.bin)",
                     "" if weights else "copy the model's weights into the folder")]
     tokenizer = [n for n in ("tokenizer.json", "vocab.txt", "spiece.model", "vocab.json", "tokenizer_config.json")
                  if (path / n).is_file()]
@@ -195,7 +195,7 @@ def _hub_model(spec: str) -> tuple[list[Check], int]:
         pass
     has_tokenizer = any(isinstance(try_to_load_from_cache(spec, n), str)
                         for n in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"))
-    return [Check(f"model {spec}", "ok", f"in the HF cache ({_size(size)}); set HF_HUB_OFFLINE=1 "
+    return [Check(f"model {spec}", "ok", f"in the HF cache ({human_size(size)}); set HF_HUB_OFFLINE=1 "
                   "to use it without network"),
             Check(f"tokenizer/processor {spec}", "ok" if has_tokenizer else "fail",
                   "in the HF cache" if has_tokenizer else "no tokenizer or processor files in the HF cache",
@@ -259,14 +259,14 @@ def _disk(cfg: RunConfig, weights: int) -> Check:
     kept = cfg.train.save_total_limit + 2  # the best and the final model besides the kept checkpoints
     need = weights * CHECKPOINT_FACTOR * kept
     if not weights:
-        return Check("disk", "ok", f"{_size(free)} free at {existing} (model size unknown before it is built)")
+        return Check("disk", "ok", f"{human_size(free)} free at {existing} (model size unknown before it is built)")
     status = "ok" if free > need else "fail"
-    return Check("disk", status, f"{_size(free)} free at {existing}; the run's checkpoints need about "
-                 f"{_size(need)} ({kept} x weights and AdamW state)",
+    return Check("disk", status, f"{human_size(free)} free at {existing}; the run's checkpoints need about "
+                 f"{human_size(need)} ({kept} x weights and AdamW state)",
                  "" if status == "ok" else "free some space, choose another --output-dir, or lower train.save_total_limit")
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 

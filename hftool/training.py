@@ -140,18 +140,28 @@ class Trainer:
         check_reachable(cfg.model.name, cfg.model.token)
         if self.resume:  # before the data loads: a refused resume costs nothing and writes nothing
             self.resume_from = self._check_resume()
+        self.streaming = cfg.data.streaming
+        if self.streaming:
+            from hftool.data import streaming
+            from hftool.tasks import TASKS
+
+            streaming.check(cfg, task, [name for name, kind in TASKS.items() if kind.streams])
         with acc.main_process_first():
-            raw, self.sources = load_splits(cfg.data, task.reading(cfg), t.seed, cfg.model.token)
-            with validate.hint(self.recipe, cfg):  # a bad row's error names the command that lists them all
-                _, labels = task.prepare(cfg, raw["full"], self.sources["train"]) if "full" in raw else (None, None)
-                train_rows, labels = task.prepare(cfg, raw["train"], self.sources["train"], labels)
-                self.eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
+            if self.streaming:  # the training rows stay a stream; a sample and the validation rows are read
+                stream = streaming.open_stream(cfg, task, cfg.model.token)
+                self.sources, train_rows, labels, self.eval_rows = stream.names, stream.sample, stream.labels, stream.validation
+            else:
+                raw, self.sources = load_splits(cfg.data, task.reading(cfg), t.seed, cfg.model.token)
+                with validate.hint(self.recipe, cfg):  # a bad row's error names the command that lists them all
+                    labels = task.label_set(cfg, raw["full"], self.sources["train"]) if "full" in raw else None
+                    train_rows, labels = task.prepare(cfg, raw["train"], self.sources["train"], labels)
+                    self.eval_rows, _ = task.prepare(cfg, raw["validation"], self.sources["validation"], labels)
             with adapters.loading(cfg):  # a 4-bit base under model.peft=qlora
                 self.parts = parts = task.build(cfg, labels, train_rows, run_dir=self.run_dir if self.resume else None)
             # Adapters go on after the task built its model and before any optimizer exists.
             self.staged_base = adapters.wrap(cfg, task, parts, self.run_dir, main_process=acc.is_main_process,
                                             resume=self.resume)
-            self.train_features = task.train_features(parts, cfg, train_rows)
+            self.train_features = stream.features(parts) if self.streaming else task.train_features(parts, cfg, train_rows)
             self.eval_features = task.eval_features(parts, cfg, self.eval_rows)
         if self.resume:
             from hftool.runs import shown, trained_labels
@@ -255,15 +265,21 @@ class Trainer:
         collate = self.task.collate(self.parts)
         from hftool.data.batching import EpochKeys, LengthGroupedBatches, SeededLoading, lengths_of
 
-        lengths = lengths_of(self.train_features)
-
         processes = self.accelerator.num_processes
-        self.sampler = EpochKeys(LengthGroupedBatches(lengths, t.batch_size * processes, t.seed, t.group_by_length))
-        # Own generators: a DataLoader without one draws its base seed from the global RNG at
-        # every iter(), which would shift dropout masks between a resumed and an unbroken run.
-        train_loader = DataLoader(SeededLoading(self.train_features, t.seed), batch_sampler=self.sampler, collate_fn=collate,
-                                  num_workers=cfg.data.num_workers, generator=torch.Generator(),
-                                  pin_memory=torch.cuda.is_available())
+        if self.streaming:
+            # Global batches, as the sampler's: Accelerate reads them in the main process and
+            # sends each process its slice, so N processes train on what one would. No workers:
+            # each would read the whole stream again.
+            self.sampler = None
+            train_loader = DataLoader(self.train_features, batch_size=t.batch_size * processes, collate_fn=collate)
+        else:
+            lengths = lengths_of(self.train_features)
+            self.sampler = EpochKeys(LengthGroupedBatches(lengths, t.batch_size * processes, t.seed, t.group_by_length))
+            # Own generators: a DataLoader without one draws its base seed from the global RNG at
+            # every iter(), which would shift dropout masks between a resumed and an unbroken run.
+            train_loader = DataLoader(SeededLoading(self.train_features, t.seed), batch_sampler=self.sampler,
+                                      collate_fn=collate, num_workers=cfg.data.num_workers, generator=torch.Generator(),
+                                      pin_memory=torch.cuda.is_available())
         loader = eval_loader(self.eval_features, collate, (t.eval_batch_size or 2 * t.batch_size) * processes,
                              cfg.data.num_workers)
         self.train_loader, self.eval_loader = self.accelerator.prepare(train_loader, loader)
@@ -276,7 +292,8 @@ class Trainer:
         from hftool.tasks.base import Step
 
         t, acc = self.cfg.train, self.accelerator
-        per_epoch = math.ceil(len(self.train_loader) / t.gradient_accumulation_steps)
+        # A stream is one endless epoch (passes over it are not counted): max_steps ends it.
+        per_epoch = t.max_steps if self.streaming else math.ceil(len(self.train_loader) / t.gradient_accumulation_steps)
         self.steps_per_epoch = per_epoch
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
         self.num_epochs = math.ceil(self.total_steps / per_epoch)
@@ -356,7 +373,8 @@ class Trainer:
         self.train_start = time.perf_counter()
         stop = state.global_step >= self.total_steps
         while not stop and state.epoch < self.num_epochs:
-            self.sampler.epoch = state.epoch
+            if self.sampler is not None:
+                self.sampler.epoch = state.epoch
             loader = self.train_loader
             if state.batches_in_epoch:  # resume mid-epoch at the next unseen batch
                 loader = acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
@@ -379,7 +397,7 @@ class Trainer:
                 if not acc.sync_gradients:
                     continue
                 state.global_step += 1
-                if state.batches_in_epoch == len(self.train_loader):
+                if not self.streaming and state.batches_in_epoch == len(self.train_loader):
                     state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 progress.update(1)
                 if state.global_step % t.logging_steps == 0 or state.global_step == self.total_steps:
@@ -391,7 +409,7 @@ class Trainer:
                               **{name: round(acc.reduce(value, "mean").item() / running_batches, 6)
                                  for name, value in running_parts.items()},
                               "lr": self.step.learning_rate(),
-                              "epoch": round(state.global_step / self.steps_per_epoch, 4),
+                              **({} if self.streaming else {"epoch": round(state.global_step / self.steps_per_epoch, 4)}),
                               "samples_per_second": round(window_examples / max(elapsed, 1e-9), 2)}
                     self._log("train", record)
                     progress.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{record['samples_per_second']:.1f}")
@@ -518,6 +536,16 @@ class Trainer:
                 if not same_spec(saved.get(key), wanted):
                     raise HftoolError(f"--resume: {self.run_dir} was trained with data.{key}={saved.get(key)}, this "
                                       f"command passes {wanted}; resume with the run's data or start a new run")
+            if saved.get("streaming") or self.cfg.data.streaming:  # these decide which rows a stream's batches hold
+                from hftool.config import DataConfig
+
+                for key in ("streaming", "shuffle_buffer", "max_eval_samples", "max_train_samples"):
+                    was, wanted = saved.get(key, getattr(DataConfig, key)), getattr(self.cfg.data, key)
+                    if was != wanted:
+                        was, wanted = json.dumps(was), json.dumps(wanted)  # as YAML and overrides write them
+                        raise HftoolError(f"--resume: {self.run_dir} was trained with data.{key}={was}, this command "
+                                          f"passes {wanted}; a stream resumes only with the same settings: pass "
+                                          f"data.{key}={was} or start a new run")
         checkpoints = list_checkpoints(self.run_dir)
         if not checkpoints:
             logs.warn(f"--resume: no complete checkpoint in {self.run_dir / 'checkpoints'}; starting from scratch")
@@ -609,8 +637,9 @@ class Trainer:
         effective = t.batch_size * t.gradient_accumulation_steps * acc.num_processes
         lines = [
             "Running training",
-            f"  examples: {len(self.train_features)} train, {len(self.eval_features)} eval",
-            f"  epochs: {self.num_epochs} ({self.steps_per_epoch} optimizer steps each)",
+            f"  examples: {'a stream of' if self.streaming else len(self.train_features)} train, {len(self.eval_features)} eval",
+            ("  epochs: not counted (data.streaming=true)" if self.streaming else
+             f"  epochs: {self.num_epochs} ({self.steps_per_epoch} optimizer steps each)"),
             f"  batch: {t.batch_size} per device x {t.gradient_accumulation_steps} accumulation x "
             f"{acc.num_processes} processes = {effective} effective"
             + (" (train.micro_batch_size=auto)" if t.micro_batch_size == "auto" else ""),

@@ -239,3 +239,104 @@ def test_causal_lm_blocks_cut_the_token_stream_across_chunks_and_stay_on_disk(tm
     packed = _pack(datasets.Dataset.from_file(str(path)), 5)
     stream = [token for document in documents for token in document]
     assert packed.cache_files and packed["input_ids"] == [stream[i:i + 5] for i in range(0, len(stream), 5)]
+
+
+def test_tokenized_features_are_reused_by_resume_and_evaluate_and_missed_after_a_change(tmp_path, cli, monkeypatch):
+    for name, rows in (("train", 40), ("valid", 12)):
+        lines = [f"{'good fine' if i % 2 else 'bad poor'} word{i % 5},{'pos' if i % 2 else 'neg'}" for i in range(rows)]
+        (tmp_path / f"{name}.csv").write_text("text,label\n" + "\n".join(lines) + "\n")
+    hits: list[bool] = []  # per tokenized split: was its cached file there already?
+    real = tables.features_fingerprint
+
+    def recording(ds, tokenizer, *settings):
+        fingerprint = real(ds, tokenizer, *settings)
+        hits.append((tmp_path / "cache" / f"cache-{fingerprint}.arrow").is_file())
+        return fingerprint
+
+    monkeypatch.setattr(tables, "features_fingerprint", recording)
+    run = tmp_path / "run"
+    common = ("--model", "tiny:bert", "--data", tmp_path / "train.csv", "--eval-data", tmp_path / "valid.csv",
+              "--output-dir", run, "--batch-size", "8")
+    assert cli("finetune", "bert-cls", *common, "--max-steps", "2").code == 0
+    assert hits == [False, False]  # train and validation, tokenized
+    hits.clear()
+    assert cli("finetune", "bert-cls", *common, "--max-steps", "4", "--resume").code == 0
+    assert hits == [True, True]  # the saved tokenizer is the one trained: the same key
+    hits.clear()
+    scored = cli("evaluate", run, "--data", tmp_path / "valid.csv")
+    assert scored.code == 0 and hits == [True]
+    hits.clear()
+    assert cli("evaluate", run, "--data", tmp_path / "valid.csv", "data.max_length=8").code == 0
+    assert hits == [False]  # another setting: tokenized again
+    hits.clear()
+    (tmp_path / "valid.csv").write_text("text,label\ngood fine word9,pos\nbad poor word8,neg\n")
+    assert cli("evaluate", run, "--data", tmp_path / "valid.csv").code == 0
+    assert hits == [False]  # other rows: tokenized again
+
+
+def _write_sample(name: str, folder):
+    """The embedded sample `name` as files a user would bring: csv, CoNLL, txt paragraphs, JSON lines."""
+    from hftool.samples import load_sample
+
+    folder.mkdir()
+    for split, ds in load_sample(name).items():
+        if split == "test":
+            continue
+        if name == "sentiment":
+            ds.to_pandas().to_csv(folder / f"{split}.csv", index=False)
+        elif name == "ner":
+            sentences = ("\n".join(f"{t} {g}" for t, g in zip(row["tokens"], row["tags"])) for row in ds)
+            (folder / f"{split}.conll").write_text("\n\n".join(sentences) + "\n")
+        elif name == "tales":
+            (folder / f"{split}.txt").write_text("\n\n".join(ds["text"]) + "\n")
+        else:
+            ds.to_json(folder / f"{split}.jsonl", force_ascii=False)
+
+
+@pytest.mark.parametrize("recipe, sample, options", [
+    ("bert-cls", "sentiment", ("data.max_length=64",)), ("bert-ner", "ner", ()),
+    ("gpt2", "tales", ("data.txt_unit=paragraph", "data.block_size=64")), ("seq2seq", "translation", ())])
+def test_an_embedded_sample_written_to_files_trains_the_same_steps_and_metrics(recipe, sample, options, tmp_path, cli):
+    """The chunked reader is invisible: the same rows in files (read a chunk at a time, memory-mapped,
+    tokenized in two processes) train step for step as the in-memory sample does, with the same seed."""
+    import json
+
+    _write_sample(sample, tmp_path / "files")
+    logs = {}
+    for side, data in (("sample", ()), ("files", ("--data", tmp_path / "files", "data.num_proc=2"))):
+        run = tmp_path / f"run-{side}"
+        done = cli("finetune", recipe, *data, "--max-steps", "3", "--output-dir", run, "train.logging_steps=1",
+                   "data.max_eval_samples=16", *options)
+        assert done.code == 0, done.err
+        logs[side] = [{k: v for k, v in json.loads(line).items() if not k.endswith(("per_second", "runtime"))}
+                      for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logs["files"] == logs["sample"]
+    assert [entry["step"] for entry in logs["sample"] if entry["type"] == "train"] == [1, 2, 3]
+
+
+def test_cache_lists_and_clears_what_no_run_used_lately(tmp_path, cli, monkeypatch):
+    import os
+    import time
+
+    paths = []
+    for name in ("old", "used", "new"):
+        path = tmp_path / f"{name}.csv"
+        path.write_text(f"text,label\n{name} row,a\nanother,b\n")
+        load_source(str(path))
+        paths.append(path)
+    written = tables.cache_files()
+    assert len(written) == 6 and cli("cache").out.startswith(f"{tables.cache_dir()}: 6 files")
+    month_ago = time.time() - 30 * 86400
+    for file in written:
+        os.utime(file, (month_ago, month_ago))
+    load_source(str(paths[1]))  # runs read "used" and "new" again: their files are fresh
+    load_source(str(paths[2]))
+    parsed = []
+    monkeypatch.setattr(tables, "_write", lambda path, *rest, write=tables._write: (parsed.append(path.name), write(path, *rest)))
+    cleared = cli("cache", "--clear", "--older-than", "7")
+    assert cleared.code == 0 and cleared.out.startswith("removed 2 files")
+    for path in paths:
+        load_source(str(path))
+    assert parsed == ["old.csv"]  # only the table no run used for a month is read again
+    assert cli("cache", "--clear").out.startswith("removed 6 files")
+    assert tables.cache_files() == []

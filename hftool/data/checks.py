@@ -137,9 +137,14 @@ def check_texts(values, source: str, column: str, findings: Findings | None = No
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        mask = pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(values)), value_set=pa.array(["", "nan"]))
-        count = pc.sum(mask).as_py() or 0
-        first = pc.index(mask, True).as_py() if count else None
+        count, first, offset = 0, None, 0
+        # A chunk at a time: the trimmed, lower-cased copy of a whole column is twice the text in memory.
+        for chunk in values.chunks if isinstance(values, pa.ChunkedArray) else [values]:
+            mask = pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(chunk)), value_set=pa.array(["", "nan"]))
+            found = pc.sum(mask).as_py() or 0
+            if found and first is None:
+                first = offset + pc.index(mask, True).as_py()
+            count, offset = count + found, offset + len(chunk)
     else:
         blank = [i for i, v in enumerate(values) if isinstance(v, str) and v.strip().lower() in ("", "nan")]
         count, first = len(blank), blank[0] if blank else None

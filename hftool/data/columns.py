@@ -48,7 +48,13 @@ def first_not_text(ds, column: str) -> int | None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    values = column_values(ds, column)
+    values = ds.data.column(column)  # the stored rows: a split's row mapping is applied to the mask, not the texts
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-        return 0 if len(values) else None
-    return pc.index(pc.is_null(values), True).as_py() if values.null_count else None
+        return 0 if len(ds) else None
+    if not values.null_count:
+        return None
+    missing = pc.is_null(values)
+    if ds._indices is not None:  # see column_values
+        missing = missing.take(ds._indices.column(0))
+    first = pc.index(missing, True).as_py()
+    return None if first < 0 else first

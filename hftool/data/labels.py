@@ -8,6 +8,7 @@ the user meant (one class; `1` beside `1.0` or beside `pos`).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from hftool.config import Option
 from hftool.data.columns import column_values
@@ -35,17 +36,17 @@ def label_kind(value) -> str:
     return "integer" if INTEGER.fullmatch(text) else "decimal" if DECIMAL.fullmatch(text) else "name"
 
 
-def check_label_types(values: list, source: str, column: str, findings: Findings | None = None) -> None:
-    first: dict[str, int] = {}
+def check_label_types(values: Iterable, source: str, column: str, findings: Findings | None = None) -> None:
+    """Labels written two ways (`1` and `1.0`, `1` and `pos`): a finding naming the first row of each."""
+    first: dict[str, tuple[int, object]] = {}  # kind -> its first row and value
     for row, value in enumerate(values):
         if value is None or value == "":
             continue
-        first.setdefault(label_kind(value), row)
+        first.setdefault(label_kind(value), (row, value))
         if len(first) > 1:
-            (a, row_a), (b, row_b) = sorted(first.items(), key=lambda kv: kv[1])[:2]
+            (a, (row_a, value_a)), (b, (row_b, value_b)) = sorted(first.items(), key=lambda kv: kv[1][0])[:2]
             (findings or Findings()).add("mixed_label_types", source=source, column=column, row_a=row_a + 1,
-                                         value_a=values[row_a], kind_a=a, row_b=row_b + 1, value_b=values[row_b],
-                                         kind_b=b)
+                                         value_a=value_a, kind_a=a, row_b=row_b + 1, value_b=value_b, kind_b=b)
             return
 
 
@@ -56,15 +57,19 @@ def label_names(ds, column: str, source: str, findings: Findings | None = None) 
     Checks that the labels are written one way and that there are at least two classes: a
     single class would build a one-output "classifier" that is right by construction.
     """
+    import pyarrow.compute as pc
+
     findings = findings or Findings()
     feature = ds.features[column]
-    values = column_values(ds, column).to_pylist()  # one Arrow read: a datasets column formats row by row
+    values = column_values(ds, column)  # one Arrow read: a datasets column formats row by row
+    # The distinct values, by Arrow: a Python object per row would be ~60 bytes each (GBs at 10M rows).
+    distinct = {v for v in pc.unique(values).to_pylist() if v is not None and v != ""}
     if hasattr(feature, "names"):  # datasets.ClassLabel
         names = list(feature.names)
-        present = sorted({names[v] for v in values if v is not None and 0 <= v < len(names)})
+        present = sorted(names[v] for v in distinct if 0 <= v < len(names))
     else:
-        check_label_types(values, source, column, findings)
-        distinct = {v for v in values if v is not None and v != ""}
+        if len({label_kind(v) for v in distinct}) > 1:  # written two ways: find the rows, a chunk at a time
+            check_label_types((v for chunk in values.chunks for v in chunk.to_pylist()), source, column, findings)
         if not distinct:
             raise HftoolError(f"{source}: the label column '{column}' is empty; every row needs a label")
         names = present = [str(v) for v in sorted(distinct, key=lambda v: (isinstance(v, str), v))]
@@ -81,8 +86,11 @@ def label_ids(ds, column: str, names: list[str], source: str) -> list[int]:
     feature = ds.features[column]
     values = column_values(ds, column)
     if not hasattr(feature, "names") and (pa.types.is_string(values.type) or pa.types.is_integer(values.type)):
-        # Looked up by Arrow (text and ints read as str() writes them): no Python object per row.
-        found = pc.index_in(values.cast(pa.string()), value_set=pa.array(names, pa.string()))
+        # Looked up by Arrow (text and ints read as str() writes them): no Python object per row,
+        # and on the stored rows, then mapped to the split's: no copy of a split's labels.
+        found = pc.index_in(ds.data.column(column).cast(pa.string()), value_set=pa.array(names, pa.string()))
+        if ds._indices is not None:  # see column_values
+            found = found.take(ds._indices.column(0))
         if not found.null_count:
             return found.to_pylist()
         first = pc.index(pc.is_null(found), True).as_py()  # the message below names it
@@ -98,11 +106,30 @@ def label_ids(ds, column: str, names: list[str], source: str) -> list[int]:
         key = "" if value is None else str(value)
         if key not in ids:
             if key == "":
-                raise HftoolError(f"{source} row {row}: no label in column '{column}'; every row needs one")
+                raise _no_label(source, row, column)
             raise HftoolError(f"{source} row {row}: label {value!r} is not one the model was trained on "
                               f"({', '.join(names)}); fix the row or add the class to the training data")
         out.append(ids[key])
     return out
+
+
+def check_labelled(ds, column: str, source: str) -> None:
+    """Every row has a label in `column`: the first without one is the error label_ids gives,
+    found by Arrow (for the whole data before a hold-out, whose labels are never looked up)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = column_values(ds, column)
+    missing = pc.is_null(values)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        missing = pc.or_kleene(missing, pc.equal(values, ""))
+    first = pc.index(missing, True).as_py()
+    if first >= 0:
+        raise _no_label(source, first + 1, column)
+
+
+def _no_label(source: str, row: int, column: str) -> HftoolError:
+    return HftoolError(f"{source} row {row}: no label in column '{column}'; every row needs one")
 
 
 def has_labels(ds, configured: str | None) -> bool:

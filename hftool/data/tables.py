@@ -40,6 +40,9 @@ CHUNK_ROWS = 20_000
 SAMPLE_BYTES = 1 << 20
 # Part of every cache key: bump it when what a reader produces changes.
 VERSION = "2"
+# Rows each tokenizing process gets at least, where data.num_proc is not set: below this a second
+# process gained nothing measurable (benchmarks/tokenize_parallel.py).
+ROWS_PER_PROCESS = 50_000
 
 
 class _Restart(Exception):
@@ -76,6 +79,7 @@ def read_streamed(path: Path, kind: str, encoding: str | None = None, txt_unit: 
     if not target.with_suffix(".json").is_file():  # its notes are written last: without them, write it (again)
         _write(path, kind, encoding, txt_unit, target)
         return datasets.Dataset.from_file(str(target))
+    _used(target, target.with_suffix(".json"))
     ds = datasets.Dataset.from_file(str(target))
     for message in notes(ds)["warnings"]:
         logs.warn(message)  # read before: its warnings are said again, the data is still what it was
@@ -370,8 +374,9 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
 
     Written here because datasets' own route (select_columns + add_column) flattens a split's row
     mapping through Python objects and hashes the new column with dill: 17 s of a 200k-row run's
-    setup here. Arrow's `take`, a chunk at a time, writes the same rows in a fraction of that and in
-    flat memory. The file is keyed on `ds`'s fingerprint, the columns and the extra values.
+    setup here. Gathering the rows a chunk at a time (`_gather`) writes the same rows in a fraction
+    of that and in flat memory. The file is keyed on `ds`'s fingerprint, the columns and the extra
+    values.
     """
     import datasets
     import numpy as np
@@ -380,12 +385,17 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
 
     extra = extra or {}
     table, indices = ds.data.table, ds._indices  # the rows as stored, and the split's mapping onto them (None: as stored)
+    selected = table.select(list(columns))
+    batches = selected.to_batches()  # zero-copy views of the file's record batches
+    starts = np.cumsum([0] + [len(batch) for batch in batches])
 
     def chunks():
         for start in range(0, len(ds), CHUNK_ROWS):
-            rows = (indices.column(0).slice(start, CHUNK_ROWS) if indices is not None
-                    else pa.array(np.arange(start, min(start + CHUNK_ROWS, len(ds)))))
-            chunk = table.select(list(columns)).take(rows).rename_columns(list(columns.values()))
+            if indices is None:
+                chunk = selected.slice(start, CHUNK_ROWS)
+            else:
+                chunk = _gather(batches, starts, indices.column(0).slice(start, CHUNK_ROWS).to_numpy(), selected.schema)
+            chunk = chunk.rename_columns(list(columns.values()))
             for name, values in extra.items():
                 chunk = chunk.append_column(name, pa.array(values[start:start + CHUNK_ROWS]))
             yield chunk
@@ -398,7 +408,7 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
     digest = hashlib.sha256(f"{sorted(columns.items())}".encode())
     for name, values in sorted(extra.items()):
         digest.update(name.encode())
-        digest.update(np.ascontiguousarray(values).tobytes())
+        digest.update(memoryview(np.ascontiguousarray(values)).cast("B"))  # no copy of a 10M-row column
     return write_rows(ds, chunks(), digest.hexdigest())
 
 
@@ -431,6 +441,7 @@ def write_rows(ds, chunks: Iterator, key: str):
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
+    _used(target)
     return datasets.Dataset.from_file(str(target))
 
 
@@ -447,3 +458,114 @@ def in_memory(table):
                 if buffer is not None:
                     digest.update(buffer)
     return datasets.Dataset(InMemoryTable(table), fingerprint=digest.hexdigest()[:16])
+
+
+def features_fingerprint(ds, tokenizer, *settings) -> str:
+    """The cache key of `ds` tokenized by `tokenizer` under `settings` (for `Dataset.map`'s
+    new_fingerprint): the rows' fingerprint and what the tokenizer does, hashed from its
+    serialised form rather than its path, so a run, its `--resume` and `evaluate` of the run
+    dir (which load the tokenizer from elsewhere) find the same cached features, and a change to
+    the data, the tokenizer or a setting misses.
+
+    Ours because datasets would hash `encode` by pickling the tokenizer inside it: slow, it fails
+    on some dill/pyarrow combinations, and it differs between a tokenizer and its saved copy.
+    """
+    digest = hashlib.sha256(f"{VERSION}|{ds._fingerprint}|{type(tokenizer).__name__}|{settings!r}".encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # a fast tokenizer: vocabulary, normaliser, special tokens, templates
+        state = json.loads(backend.to_str())
+        # Not what a call last set: transformers sets these on the backend per call (the
+        # settings above say what this one asks for).
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        digest.update(json.dumps(state, sort_keys=True).encode())
+    else:
+        digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(repr((tokenizer.padding_side, tokenizer.truncation_side, sorted(tokenizer.special_tokens_map.items()),
+                        getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None))).encode())
+    return digest.hexdigest()[:16]
+
+
+def tokenize(ds, encode, tokenizer, settings: tuple, num_proc: int | None, **options):
+    """`ds.map(encode, batched=True)` dropping ds's columns, cached under the key
+    features_fingerprint gives (a later run, --resume or `evaluate` maps the cached file), in
+    `num_proc` processes (None: one per ROWS_PER_PROCESS rows, at most one per usable core)."""
+    if num_proc is None:
+        num_proc = max(1, min(len(os.sched_getaffinity(0)), len(ds) // ROWS_PER_PROCESS))
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    if num_proc > 1:  # the workers are forked: each tokenizes on one thread, without the fork warning
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        features = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
+                          num_proc=num_proc if num_proc > 1 else None,
+                          new_fingerprint=features_fingerprint(ds, tokenizer, *settings), **options)
+        _used(*(Path(f["filename"]) for f in features.cache_files))
+        return features
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
+def _gather(batches: list, starts, rows, schema):
+    """Rows `rows` (positions in the table of `batches`, whose first rows are at `starts`) as a
+    table, in that order.
+
+    Not `Table.take`: on a table of many record batches, Arrow (26) first concatenates each column
+    whole, so every chunk of a shuffled split would copy the entire column (1 GB of text at 10M
+    rows) and a 10M-row split would take minutes. Here each batch gives only its own rows.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    rows = np.asarray(rows, dtype=np.int64)  # datasets stores a split's indices as uint64
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    which = np.searchsorted(starts, ordered, side="right") - 1
+    bounds = np.flatnonzero(np.diff(which)) + 1
+    pieces = [batches[which[group[0]]].take(pa.array(ordered[group] - starts[which[group[0]]]))
+              for group in np.split(np.arange(len(ordered)), bounds) if len(group)]
+    gathered = pa.Table.from_batches(pieces, schema=schema).combine_chunks()  # one chunk's rows: small
+    return gathered.take(pa.array(np.argsort(order)))  # back in the split's order
+
+
+def _used(*files: Path) -> None:
+    """Mark cached files as just used, in their access time: `hftool cache --clear --older-than`
+    removes what no run has used for a while, not what was written long ago. (Not the
+    modification time: datasets fingerprints a mapped file by it, so the features made from it
+    would be made again.)"""
+    import time
+
+    for file in files:
+        if file.parent == cache_dir():
+            try:
+                os.utime(file, ns=(time.time_ns(), file.stat().st_mtime_ns))
+            except OSError:  # a read-only or shared cache: the mark is a convenience
+                pass
+
+
+def cache_files() -> list[Path]:
+    """Every file in hftool's table cache: parsed tables, their notes, rows, tokenized features."""
+    folder = cache_dir()
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+def clear_cache(older_than_days: float = 0) -> tuple[int, int]:
+    """Remove the cache's files that no run used in `older_than_days` days; (files, bytes) removed.
+
+    A run that has a file mapped keeps reading it (Linux frees it when the run ends); the next run
+    reads and tokenizes its data again.
+    """
+    import time
+
+    cutoff, removed, freed = time.time() - older_than_days * 86400, 0, 0
+    for file in cache_files():
+        try:
+            stat = file.stat()
+            if max(stat.st_atime, stat.st_mtime) <= cutoff:
+                file.unlink()
+                removed, freed = removed + 1, freed + stat.st_size
+        except FileNotFoundError:  # another process cleared it first
+            continue
+    return removed, freed

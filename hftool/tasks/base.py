@@ -26,6 +26,7 @@ Declarations (class attributes):
                          generated images), not the CLI
     peft_unsupported     why model.peft=lora|qlora cannot work for this task; "" where it can
     quantizable          `hftool export --quantize dynamic-int8` applies (the classifiers)
+    streams              data.streaming=true works (stream_features; prepare takes a chunk of rows)
 
 Hooks, in the order a run calls them (`parts` is what `build` returned):
 
@@ -43,6 +44,10 @@ Hooks, in the order a run calls them (`parts` is what `build` returned):
                                                  canonical rows -> model inputs (+ `length` for
                                                  length-grouped batches); `features` is what
                                                  predict uses, and the other two default to it
+    stream_features(parts, cfg, groups) -> iterator of dicts
+                                                 data.streaming=true: model inputs, one dict per
+                                                 example, from prepared rows arriving a small
+                                                 Dataset at a time (tasks with `streams`)
     collate(parts) -> callable                   list of features -> batch of tensors
     updates(parts, cfg) -> [Update]              the models the loop trains, each with its
                                                  optimizer's parameter groups (one by default)
@@ -211,6 +216,7 @@ class Task:
     # what else trains), else why it cannot, which the error gives.
     peft_unsupported: str = "it does not say which of its modules are new heads (Task.peft_heads)"
     quantizable: bool = False  # `hftool export --quantize dynamic-int8` applies
+    streams: bool = False  # data.streaming=true reads the training data as a stream (hftool/data/streaming.py)
 
     def model_inputs(self, batch: dict) -> dict:
         """The batch without meta_keys: what the model is called with."""
@@ -237,6 +243,12 @@ class Task:
     def prepare(self, cfg, ds, source: str, labels: list[str] | None = None, require_labels: bool = True):
         raise NotImplementedError
 
+    def label_set(self, cfg, ds, source: str) -> list[str] | None:
+        """The labels of all the training rows, before a validation hold-out (the run's label map
+        comes from them): prepare's second value. A task whose prepare writes its rows out
+        overrides it, so the whole data is not copied only to read its labels."""
+        return self.prepare(cfg, ds, source)[1]
+
     def build(self, cfg, labels: list[str] | None, train_ds=None, model_path: str | None = None,
               run_dir: Path | None = None) -> Parts:
         raise NotImplementedError
@@ -253,6 +265,13 @@ class Task:
         """Model inputs for evaluation (training, `hftool evaluate`). The training features unless
         the task scores differently, e.g. a language model's overlapping strided windows."""
         return self.features(parts, cfg, ds)
+
+    def stream_features(self, parts: Parts, cfg, groups):
+        """data.streaming=true: the training examples (dicts of model inputs) of a stream of
+        prepared rows, which arrive a small Dataset at a time. Default: each group's
+        train_features; a task that joins rows (packing) carries what is left to the next group."""
+        for rows in groups:
+            yield from self.train_features(parts, cfg, rows)
 
     def collate(self, parts: Parts) -> Callable[[list[dict]], dict]:
         raise NotImplementedError

@@ -23,6 +23,7 @@ from hftool import models
 from hftool.config import DataConfig, EvalConfig, Option
 from hftool.data import chat as chat_data
 from hftool.data.columns import column_values
+from hftool.data.tables import tokenize
 from hftool.errors import HftoolError
 from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
 from hftool.tasks.base import Options, Parts, Reading, Task, find_column
@@ -90,6 +91,7 @@ class CausalLM(Task):
     generate_options = (*TEXT_GENERATION_OPTIONS, CHAT_OPTION)
     meta_keys = ("prompt_ids", "prompt_mask", "index")  # chat evaluation: what eval_generate answers from
     peft_unsupported = ""  # no new head: the LM head is the pretrained one (tied to the embeddings)
+    streams = True
 
     def reading(self, cfg):
         return Reading(txt_unit=cfg.data.txt_unit)
@@ -169,7 +171,7 @@ class CausalLM(Task):
     def features(self, parts, cfg, ds):
         if "messages" in ds.column_names:
             return self._conversations(parts, cfg, ds, pack=cfg.data.packing)
-        return _pack(self._tokenized(parts, ds), self._block_size(parts, cfg))
+        return _pack(self._tokenized(parts, cfg, ds), self._block_size(parts, cfg))
 
     def eval_features(self, parts, cfg, ds):
         if "messages" in ds.column_names:  # one conversation a row, with the question it ends in
@@ -180,7 +182,7 @@ class CausalLM(Task):
         if stride > block:
             raise HftoolError(f"eval.stride={stride} is longer than the block ({block} tokens), so tokens between "
                               f"windows would go unscored; set eval.stride to at most {block}")
-        return _windows(self._token_stream(parts, ds).to_numpy(), block, stride)
+        return _windows(self._token_stream(parts, cfg, ds).to_numpy(), block, stride)
 
     def _block_size(self, parts, cfg) -> int:
         context = getattr(parts.model.config, "max_position_embeddings", None) or MAX_BLOCK
@@ -190,6 +192,26 @@ class CausalLM(Task):
             raise HftoolError(f"data.block_size={cfg.data.block_size} is longer than the model's context "
                               f"({context} tokens); set data.block_size to at most {context}")
         return cfg.data.block_size
+
+    def stream_features(self, parts, cfg, groups):
+        """Plain text packs as `features` does, but a group of rows at a time: each group's tokens
+        follow what the last group left over, and only full blocks go out (the stream's last
+        block may be shorter), so packing holds one group, never the split. Chats: packed a
+        group at a time."""
+        import numpy as np
+
+        block, carried = self._block_size(parts, cfg), np.zeros(0, dtype=np.int64)
+        for rows in groups:
+            if "messages" in rows.column_names:
+                yield from self.train_features(parts, cfg, rows)
+                continue
+            ids = np.concatenate([carried, self._token_stream(parts, cfg, rows).to_numpy()])
+            full = len(ids) - len(ids) % block
+            for start in range(0, full, block):
+                yield {"input_ids": ids[start:start + block].tolist()}
+            carried = ids[full:]
+        if len(carried):
+            yield {"input_ids": carried.tolist()}
 
     def _conversations(self, parts, cfg, ds, pack: bool, prompts: bool = False):
         """Rendered conversations with labels on the assistant's tokens (data.train_on): packed into
@@ -209,11 +231,11 @@ class CausalLM(Task):
             rows["index"] = list(range(len(ds)))
         return datasets.Dataset.from_dict(rows)
 
-    def _token_stream(self, parts, ds):
+    def _token_stream(self, parts, cfg, ds):
         """Every document's tokens followed by EOS, as one flat Arrow array in memory (no Python ints)."""
-        return self._tokenized(parts, ds).data.column("input_ids").combine_chunks().flatten()
+        return self._tokenized(parts, cfg, ds).data.column("input_ids").combine_chunks().flatten()
 
-    def _tokenized(self, parts, ds):
+    def _tokenized(self, parts, cfg, ds):
         """A row of token ids per document, each followed by EOS (memory-mapped where `ds` is)."""
         tokenizer = parts.processor
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -223,7 +245,7 @@ class CausalLM(Task):
             encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
             return {"input_ids": [ids + eos if ids else [] for ids in encoded]}
 
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing")
+        return tokenize(ds, encode, tokenizer, ("documents+eos",), cfg.data.num_proc)
 
     def collate(self, parts):
         import torch

@@ -9,7 +9,6 @@ and scores it against the reference with BLEU, chrF and ROUGE (hftool.metrics.Te
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import statistics
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from hftool import models
 from hftool.config import DataConfig, EvalConfig
 from hftool.data.columns import column_values
+from hftool.data.tables import tokenize
 from hftool.errors import HftoolError
 from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
 from hftool.tasks.base import Options, Parts, Reading, Task, find_column
@@ -84,6 +84,7 @@ class Seq2Seq(Task):
     generate_options = TEXT_GENERATION_OPTIONS
     generation_separator = "\n"  # the output is a new text, not a continuation: it goes below its input
     peft_unsupported = ""  # no new head: the LM head is the pretrained one
+    streams = True
 
     def reading(self, cfg):
         return Reading(langs=(cfg.data.source_lang, cfg.data.target_lang))
@@ -220,11 +221,7 @@ class Seq2Seq(Task):
                               zip(rows["input_ids"], rows.get("labels", [[]] * len(rows["input_ids"])))]
             return rows
 
-        # Our own cache key (see text_classification): hashing `encode` would pickle the tokenizer.
-        key = (f"{ds._fingerprint}|{type(tokenizer).__name__}|{len(tokenizer)}|{tokenizer.name_or_path}|{prefix}|"
-               f"{max_source}|{max_target}")
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
-                      new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16])
+        return tokenize(ds, encode, tokenizer, (prefix, max_source, max_target), cfg.data.num_proc)
 
     def collate(self, parts):
         from hftool.data.batching import pad_collate

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from hftool import models
 from hftool.config import DataConfig
 from hftool.data.checks import check_texts
 from hftool.data.columns import column_values, first_not_text
-from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, has_labels, label_ids, label_names, ranked, with_top_k
+from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, check_labelled, has_labels, label_ids, label_names, ranked, with_top_k
+from hftool.data.tables import tokenize
 from hftool.errors import HftoolError
 from hftool.tasks.base import Options, Parts, Task, find_column
 
@@ -44,6 +44,7 @@ class TextClassification(Task):
     predict_options = (TOP_K_OPTION,)
     quantizable = True
     peft_unsupported = ""
+    streams = True
 
     def peft_heads(self, parts):
         return ["pre_classifier", "classifier", "score"]  # BERT-likes, DistilBERT, decoder-only classifiers
@@ -54,6 +55,20 @@ class TextClassification(Task):
 
         from hftool.data.tables import select_rows
 
+        columns, label, labels = self._columns(cfg, ds, source, labels, require_labels)
+        extra = {} if label is None else {"label": np.asarray(label_ids(ds, label, labels, source), dtype=np.int64)}
+        # Rows read from a file stay memory-mapped, and the tokenized features are then written
+        # beside them on disk (and found there by the next run on the same data).
+        return select_rows(ds, columns, extra), labels
+
+    def label_set(self, cfg, ds, source):
+        _, label, labels = self._columns(cfg, ds, source)  # checked and named, without writing the rows out
+        check_labelled(ds, label, source)  # a row without a label is named by its line in the file
+        return labels
+
+    def _columns(self, cfg, ds, source, labels=None, require_labels=True):
+        """The checked text columns (old name -> new), the label column (None without labels) and
+        the label names (from `ds` when None)."""
         data = cfg.data
         text = find_column(ds, source, data.text_column, TEXT_COLUMNS, "text", "text_column")
         pair = data.text_pair_column
@@ -69,14 +84,11 @@ class TextClassification(Task):
                                   f"holds {ds[bad][column]!r}, not text; fix or remove the row")
             if labels is None and require_labels:  # training data, its first pass: warned once
                 check_texts(column_values(ds, column), source, column)
-        extra = {}
+        label = None
         if require_labels or has_labels(ds, data.label_column):
             label = find_column(ds, source, data.label_column, LABEL_COLUMNS, "label", "label_column")
             labels = label_names(ds, label, source) if labels is None else labels
-            extra["label"] = np.asarray(label_ids(ds, label, labels, source), dtype=np.int64)
-        # Rows read from a file stay memory-mapped, and the tokenized features are then written
-        # beside them on disk (and found there by the next run on the same data).
-        return select_rows(ds, columns, extra), labels
+        return columns, label, labels
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
         """Empty texts, missing/unseen/mixed labels, repeated texts and texts with two labels."""
@@ -128,11 +140,7 @@ class TextClassification(Task):
                 encoded["labels"] = batch["label"]
             return encoded
 
-        # Our own cache key: datasets would otherwise pickle the tokenizer inside `encode` to
-        # hash it, which is slow and fails on some dill/pyarrow combinations.
-        key = f"{ds._fingerprint}|{type(tokenizer).__name__}|{len(tokenizer)}|{tokenizer.name_or_path}|{max_length}"
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
-                      new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16])
+        return tokenize(ds, encode, tokenizer, (max_length,), cfg.data.num_proc)
 
     def collate(self, parts):
         from hftool.data.batching import pad_collate

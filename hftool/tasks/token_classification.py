@@ -21,6 +21,7 @@ from hftool import models
 from hftool.config import DataConfig
 from hftool.data.columns import column_values
 from hftool.data.conll import TAG
+from hftool.data.tables import tokenize
 from hftool.errors import HftoolError
 from hftool.tasks.base import Options, Parts, Task, find_column
 
@@ -373,7 +374,8 @@ class TokenClassification(Task):
                     out["labels"].append(targets)
             return out
 
-        return ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names, desc="Tokenizing")
+        return tokenize(ds, encode, tokenizer, (max_length, stride, label_all, labels), cfg.data.num_proc,
+                        with_indices=True)
 
     def collate(self, parts):
         from hftool.data.batching import pad_collate
