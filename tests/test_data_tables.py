@@ -169,6 +169,78 @@ def test_conll_sentences_across_chunks_keep_their_lines_and_errors_name_the_line
         load_source(str(path))
 
 
+# ------------------------------------------------- task readers: a part of the rows at a time
+def test_parallel_files_are_their_lines_across_chunks_gzip_crlf_and_latin1_past_the_sample(tmp_path, capsys):
+    import gzip
+
+    source = [f"sentence {i}" for i in range(18)] + ["", "caf\xe9 au lait", "last"]
+    target = [f"Satz {i}" for i in range(21)]
+    (tmp_path / "train.en.gz").write_bytes(gzip.compress("\r\n".join(source).encode("latin-1") + b"\r\n"))
+    (tmp_path / "train.de").write_text("\n".join(target), encoding="utf-8")  # no final newline
+    ds = load_source(str(tmp_path), langs=("en", "de"))["train"]
+    # What the whole-file reader gave: the text split on line breaks, less the empty string after the last one.
+    assert ds.to_list() == [{"en": s, "de": t} for s, t in zip(source, target)] and ds.cache_files
+    assert "train.en.gz is not valid UTF-8 (line 20); reading it as Latin-1" in capsys.readouterr().err
+    (tmp_path / "train.de").write_bytes(gzip.compress(b"x\n")[:-6])
+    (tmp_path / "train.de").rename(tmp_path / "train.de.gz")
+    with pytest.raises(HftoolError, match=r"train.de.gz: not a readable gzip file .*re-download or decompress it"):
+        load_source(str(tmp_path), langs=("en", "de"))
+
+
+def test_prepared_ner_rows_across_chunks_and_a_bad_tag_in_a_later_chunk_names_its_line(tmp_path):
+    from hftool.config import load_config
+    from hftool.tasks import get_task
+
+    path = tmp_path / "train.conll"
+    kinds = ["B-PER", "O", "B-LOC"]
+    sentences = [[(f"w{i}", kind), ("end", "O" if kind == "O" else f"I-{kind[2:]}")] for i, kind in
+                 ((i, kinds[i % 3]) for i in range(20))]
+    path.write_text("".join("".join(f"{w} {t}\n" for w, t in s) + "\n" for s in sentences))
+    task, cfg = get_task("token-classification"), load_config("bert-ner")
+    rows, labels = task.prepare(cfg, load_source(str(path))["train"], str(path))
+    assert labels == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"] and rows.cache_files
+    assert rows.to_list() == [{"tokens": [w for w, _ in s], "tags": [labels.index(t) for _, t in s]} for s in sentences]
+    # Rows 15 on are a later chunk (7 rows each): the error still names the file's line.
+    path.write_text(path.read_text().replace("w15 B-PER", "w15 X-PER"))
+    with pytest.raises(HftoolError, match=rf"{path} line 46: tag 'X-PER' is not O or B-/I-/E-/S-<type>"):
+        task.prepare(cfg, load_source(str(path))["train"], str(path))
+
+
+def test_seq2seq_rows_across_chunks_and_an_empty_target_in_a_later_chunk_names_its_row(tmp_path):
+    from hftool.config import load_config
+    from hftool.tasks import get_task
+
+    path = tmp_path / "train.jsonl"
+    pairs = [{"source": f"the dog {i}", "target": f"der Hund {i}"} for i in range(16)]
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    task, cfg = get_task("seq2seq"), load_config("seq2seq")
+    rows, _ = task.prepare(cfg, load_source(str(path))["train"], str(path))
+    assert rows.to_list() == pairs and rows.cache_files
+    pairs[12]["target"] = " "
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    with pytest.raises(HftoolError, match=r"train.jsonl row 13: the target column 'target' is empty"):
+        task.prepare(cfg, load_source(str(path))["train"], str(path))
+
+
+def test_causal_lm_blocks_cut_the_token_stream_across_chunks_and_stay_on_disk(tmp_path):
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+
+    from hftool.tasks.causal_lm import _pack
+
+    rng = np.random.default_rng(0)
+    documents = [rng.integers(0, 100, rng.integers(0, 9)).astype(np.int32).tolist() for _ in range(40)]
+    path = tmp_path / "tokenized.arrow"
+    schema = pa.schema({"input_ids": pa.list_(pa.int32())})
+    with pa.ipc.new_stream(str(path), schema) as writer:  # record batches of 6 documents: blocks span them
+        for start in range(0, 40, 6):
+            writer.write_table(pa.table({"input_ids": documents[start:start + 6]}, schema=schema))
+    packed = _pack(datasets.Dataset.from_file(str(path)), 5)
+    stream = [token for document in documents for token in document]
+    assert packed.cache_files and packed["input_ids"] == [stream[i:i + 5] for i in range(0, len(stream), 5)]
+
+
 def test_tokenized_features_are_reused_by_resume_and_evaluate_and_missed_after_a_change(tmp_path, cli, monkeypatch):
     for name, rows in (("train", 40), ("valid", 12)):
         lines = [f"{'good fine' if i % 2 else 'bad poor'} word{i % 5},{'pos' if i % 2 else 'neg'}" for i in range(rows)]

@@ -81,7 +81,9 @@ def _class_folders(root: Path, name: str, train: bool = False) -> tuple[list[str
     folder that holds its images directly, with no class folders. In training data an empty
     class folder is an error: its class would silently not exist."""
     stray = next((p for p in sorted(root.iterdir()) if p.is_file() and is_image(p)), None)
-    found = {p: image_files(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    # Each folder's paths become strings before the next is listed: a Path object costs ~10x its string.
+    found = {p: [str(f.resolve()) for f in image_files(p)] for p in sorted(root.iterdir())
+             if p.is_dir() and not p.name.startswith(".")}
     folders = {folder: files for folder, files in found.items() if files}
     if stray is not None and not folders:
         return [str(f.resolve()) for f in image_files(root)], None
@@ -95,7 +97,7 @@ def _class_folders(root: Path, name: str, train: bool = False) -> tuple[list[str
 
             Findings().add("empty_class_folder", folder=folder, label=folder.name, items="images")
     for folder, files in folders.items():
-        paths += [str(f.resolve()) for f in files]
+        paths += files
         labels += [folder.name] * len(files)
     return paths, labels
 
@@ -215,8 +217,10 @@ def image_rows(ds, source: str, configured: str | None, skip_bad: bool):
     column holds images (nothing is dropped then; a damaged one is caught when decoded).
     """
     import datasets
+    import pyarrow as pa
 
-    from hftool.data.columns import find_column, source_dir
+    from hftool.data.columns import column_values, find_column, source_dir
+    from hftool.data.tables import in_memory
 
     column = find_column(ds, source, configured, IMAGE_COLUMNS, "image", "image_column")
     feature = ds.features[column]
@@ -227,10 +231,11 @@ def image_rows(ds, source: str, configured: str | None, skip_bad: bool):
     if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
         raise HftoolError(f"{source}: column '{column}' holds {feature}, not image paths or images; "
                           "set data.image_column to the column with the images")
-    given = ds[column]
+    given = column_values(ds, column).to_pylist()  # one Arrow read: a datasets column formats row by row
     paths = resolve_paths(("" if v is None else v for v in given), source_dir(ds))
     kept = check_images(paths, given, source, column, skip_bad)
-    return datasets.Dataset.from_dict({"image": [paths[i] for i in kept]}).cast_column("image", image_type), kept
+    rows = in_memory(pa.table({"image": pa.array([paths[i] for i in kept], pa.string())}))
+    return rows.cast_column("image", image_type), kept
 
 
 def labelled_rows(ds, source: str, data: ImageData, labels: list[str] | None = None, require_labels: bool = True):

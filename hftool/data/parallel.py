@@ -7,11 +7,10 @@ for other folders (val, dev -> validation).
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
-from hftool.data.encoding import decode_text
 from hftool.data.splits import SPLIT_ALIASES
+from hftool.data.tables import read_streamed
 from hftool.errors import HftoolError
 
 
@@ -30,21 +29,6 @@ def parallel_files(folder: Path, lang: str) -> dict[str, Path]:
     return found
 
 
-def read_lines(path: Path, encoding: str | None = None) -> list[str]:
-    """The lines of a text file (gzip-compressed when it ends in .gz), without the final newline's empty line."""
-    raw = path.read_bytes()
-    if path.name.endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise HftoolError(f"{path}: not a readable gzip file ({err}); re-download or decompress it") from None
-    text = decode_text(raw, path, encoding)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
-
-
 def read_parallel(folder: Path, source_lang: str, target_lang: str, encoding: str | None = None):
     """A folder of parallel files -> DatasetDict with a column per language (en, de), a row per line pair."""
     import datasets
@@ -60,11 +44,13 @@ def read_parallel(folder: Path, source_lang: str, target_lang: str, encoding: st
         if target_path is None:
             raise HftoolError(f"{folder}: {source_path.name} has no {target_lang} counterpart; add "
                               f"{source_path.name.replace('.' + source_lang, '.' + target_lang, 1)} or check data.target_lang")
-        src, tgt = read_lines(source_path, encoding), read_lines(target_path, encoding)
+        # Each file read in chunks into a memory-mapped Arrow file; the two sides joined without copying.
+        src, tgt = read_streamed(source_path, "lines", encoding), read_streamed(target_path, "lines", encoding)
         if len(src) != len(tgt):
             raise HftoolError(f"{source_path} has {len(src)} lines but {target_path} has {len(tgt)}; parallel files "
                               "need one sentence per line, line N of one translating line N of the other")
-        splits[split] = datasets.Dataset.from_dict({source_lang: src, target_lang: tgt})
+        splits[split] = datasets.concatenate_datasets([src.rename_column("text", source_lang),
+                                                       tgt.rename_column("text", target_lang)], axis=1)
     if "train" not in splits and len(splits) == 1:
         splits = {"train": next(iter(splits.values()))}
     return datasets.DatasetDict(splits)

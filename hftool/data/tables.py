@@ -1,4 +1,5 @@
-"""csv, tsv, JSON lines, txt and CoNLL files read in chunks into a memory-mapped Arrow file.
+"""csv, tsv, JSON lines, txt, CoNLL and parallel text files (gzip too) read in chunks into a
+memory-mapped Arrow file; and the rows tasks make from them, written the same way.
 
 Reading takes memory flat in the number of rows: each chunk of rows is parsed (pandas for
 csv/tsv, json for JSON lines), written to an Arrow file in the datasets cache and dropped; the
@@ -17,11 +18,14 @@ up past it; CRLF read as LF; quotes are text in a tsv; errors name the file and 
 from __future__ import annotations
 
 import codecs
+import gzip
 import hashlib
+import io
 import json
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +49,11 @@ class _Restart(Exception):
     """A later chunk needs other column types or another encoding: read the file again from the start."""
 
 
+def _open(path: Path):
+    """The bytes of `path`, decompressed when it ends in .gz (parallel text files ship so)."""
+    return gzip.open(path) if path.name.endswith(".gz") else path.open("rb")
+
+
 def cache_dir() -> Path:
     import datasets
 
@@ -55,7 +64,8 @@ def read_streamed(path: Path, kind: str, encoding: str | None = None, txt_unit: 
     """The rows of `path` as a memory-mapped Dataset.
 
     Args:
-        kind: "csv", "tsv", "jsonl", "txt" or "conll".
+        kind: "csv", "tsv", "jsonl", "txt", "conll" or "lines" (a `text` row per line, empty
+            lines too: line N of a parallel file translates line N of the other).
         encoding: data.encoding; None decides between UTF-8 and Latin-1.
         txt_unit: for txt, "line" (a row per non-empty line) or "paragraph" (a row per block
             between blank lines).
@@ -84,7 +94,7 @@ def notes(ds) -> dict:
 
 def sample_text(path: Path, encoding: str | None = None) -> str:
     """The start of a text file, decoded as the reader will decode it (for format sniffing)."""
-    with path.open("rb") as handle:
+    with _open(path) as handle:
         raw = handle.read(SAMPLE_BYTES)
     decoder = codecs.getincrementaldecoder(_sample_encoding(raw, path, encoding)[0])(errors="replace")
     return decoder.decode(raw).replace("\r\n", "\n").replace("\r", "\n")
@@ -114,7 +124,7 @@ def _sample_encoding(raw: bytes, path: Path, encoding: str | None) -> tuple[str,
 def _first_bad_line(path: Path) -> int:
     """The line of the first byte UTF-8 cannot read (one pass over the bytes, in blocks)."""
     decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
-    with path.open("rb") as handle:
+    with _open(path) as handle:
         while block := handle.read(1 << 24):
             carried = decoder.getstate()[0]  # an incomplete character from the previous block: no newline in it
             try:
@@ -127,7 +137,14 @@ def _first_bad_line(path: Path) -> int:
 
 def _write(path: Path, kind: str, encoding: str | None, txt_unit: str, target: Path) -> None:
     """Parse `path` chunk by chunk into the Arrow file `target` (written whole, then renamed)."""
-    with path.open("rb") as handle:
+    try:
+        _parse(path, kind, encoding, txt_unit, target)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:  # only a .gz file's reading raises these
+        raise HftoolError(f"{path}: not a readable gzip file ({err}); re-download or decompress it") from None
+
+
+def _parse(path: Path, kind: str, encoding: str | None, txt_unit: str, target: Path) -> None:
+    with _open(path) as handle:
         chosen, warning = _sample_encoding(handle.read(SAMPLE_BYTES), path, encoding)
     said = [warning] if warning else []
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +153,8 @@ def _write(path: Path, kind: str, encoding: str | None, txt_unit: str, target: P
     try:
         while True:
             try:
-                with path.open(encoding=chosen, newline=None) as text:  # newline=None: CRLF and CR read as LF
+                # newline=None: CRLF and CR read as LF
+                with io.TextIOWrapper(_open(path), encoding=chosen, newline=None) as text:
                     _write_chunks(_CHUNKERS[kind](text, path, settings, txt_unit), temporary, f"Reading {path.name}")
                 break
             except UnicodeDecodeError as err:
@@ -321,7 +339,21 @@ def _conll_chunks(text, path: Path, settings: dict, txt_unit: str):
         yield pa.table(columns)
 
 
-_CHUNKERS = {"csv": _csv_chunks, "tsv": _tsv_chunks, "jsonl": _jsonl_chunks, "txt": _txt_chunks, "conll": _conll_chunks}
+def _lines_chunks(text, path: Path, settings: dict, txt_unit: str):
+    """Tables of one `text` column: a row per line, empty lines included (as str.split("\n") of the
+    whole text gives them, less the empty string after a final newline)."""
+    import pyarrow as pa
+
+    rows: list[str] = []
+    for line in text:
+        rows.append(line.removesuffix("\n"))
+        if len(rows) == CHUNK_ROWS:
+            yield pa.table({"text": pa.array(rows, pa.string())})
+            rows = []
+    yield pa.table({"text": pa.array(rows, pa.string())})
+
+
+_CHUNKERS = {"lines": _lines_chunks, "csv": _csv_chunks, "tsv": _tsv_chunks, "jsonl": _jsonl_chunks, "txt": _txt_chunks, "conll": _conll_chunks}
 
 
 def looks_like_json_lines(path: Path, encoding: str | None = None) -> bool:
@@ -368,26 +400,64 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
                 chunk = chunk.append_column(name, pa.array(values[start:start + CHUNK_ROWS]))
             yield chunk
 
-    if not ds.cache_files or not len(ds):  # in memory already (samples, predict inputs): stays there
+    if not len(ds):
         empty = table.select(list(columns)).slice(0, 0).rename_columns(list(columns.values()))
         for name, values in extra.items():
             empty = empty.append_column(name, pa.array(np.asarray(values)[:0]))
-        return datasets.Dataset(InMemoryTable(pa.concat_tables([empty, *chunks()])))
-    digest = hashlib.sha256(f"{VERSION}|{ds._fingerprint}|{sorted(columns.items())}".encode())
+        return datasets.Dataset(InMemoryTable(empty))
+    digest = hashlib.sha256(f"{sorted(columns.items())}".encode())
     for name, values in sorted(extra.items()):
         digest.update(name.encode())
         digest.update(memoryview(np.ascontiguousarray(values)).cast("B"))  # no copy of a 10M-row column
-    target = cache_dir() / f"rows-{digest.hexdigest()[:24]}.arrow"
+    return write_rows(ds, chunks(), digest.hexdigest())
+
+
+def row_parts(ds) -> Iterator[tuple[int, object]]:
+    """(first row, the next CHUNK_ROWS rows of `ds` as a Dataset), in order: for readers that turn
+    rows into Python objects, a part at a time, so their memory stays flat in the number of rows."""
+    for start in range(0, len(ds), CHUNK_ROWS):
+        yield start, ds.select(range(start, min(start + CHUNK_ROWS, len(ds))))
+
+
+def write_rows(ds, chunks: Iterator, key: str):
+    """The Arrow tables of `chunks` (at least one; rows made from `ds`, in order) as one Dataset:
+    memory-mapped from a file in the cache, keyed on `ds`'s fingerprint and `key` (what else decides
+    the rows), when `ds` is on disk; in memory when `ds` is (samples, predict inputs).
+
+    A file already there is mapped and `chunks` is not read: whatever it checks passed when the
+    file was written (a failed write leaves no file)."""
+    import datasets
+    import pyarrow as pa
+
+    if not ds.cache_files:
+        return in_memory(pa.concat_tables(list(chunks)))
+    digest = hashlib.sha256(f"{VERSION}|{ds._fingerprint}|{key}".encode()).hexdigest()[:24]
+    target = cache_dir() / f"rows-{digest}.arrow"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         try:
-            _write_chunks(chunks(), temporary)
+            _write_chunks(chunks, temporary)
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
     _used(target)
     return datasets.Dataset.from_file(str(target))
+
+
+def in_memory(table):
+    """A pyarrow table as an in-memory Dataset, fingerprinted by a hash of its schema and buffers:
+    datasets' own fingerprint pickles the table to hash it, ~5x the table's size in memory."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    digest = hashlib.sha256(f"{VERSION}|{table.schema}".encode())
+    for column in table.columns:
+        for chunk in column.chunks:
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    digest.update(buffer)
+    return datasets.Dataset(InMemoryTable(table), fingerprint=digest.hexdigest()[:16])
 
 
 def features_fingerprint(ds, tokenizer, *settings) -> str:

@@ -104,15 +104,26 @@ class CausalLM(Task):
         conversations = chat_data.conversations(ds, source)
         if conversations is not None:
             return datasets.Dataset.from_dict({"messages": conversations}), None
+        import pyarrow as pa
+
+        from hftool.data.tables import row_parts, write_rows
+
         column = find_column(ds, source, cfg.data.text_column, TEXT_COLUMNS, "text", "text_column")
-        texts = column_values(ds, column).to_pylist()  # one Arrow read, not a formatted row at a time
-        bad = next((i for i, v in enumerate(texts) if not isinstance(v, str)), None)
-        if bad is not None:
-            raise HftoolError(f"{source} row {bad + 1}: column '{column}' holds {texts[bad]!r}, not text; "
-                              "fix or remove the row")
-        if not cfg.data.keep_linebreaks:
-            texts = [" ".join(line.strip() for line in t.split("\n") if line.strip()) for t in texts]
-        return datasets.Dataset.from_dict({"text": texts}), None
+
+        def tables():  # a part of the rows at a time: memory stays flat in the number of rows
+            for start, part in row_parts(ds):
+                texts = column_values(part, column).to_pylist()  # one Arrow read, not a formatted row at a time
+                bad = next((i for i, v in enumerate(texts) if not isinstance(v, str)), None)
+                if bad is not None:
+                    raise HftoolError(f"{source} row {start + bad + 1}: column '{column}' holds {texts[bad]!r}, not "
+                                      "text; fix or remove the row")
+                if not cfg.data.keep_linebreaks:
+                    texts = [" ".join(line.strip() for line in t.split("\n") if line.strip()) for t in texts]
+                yield pa.table({"text": pa.array(texts, pa.string())})
+            if not len(ds):
+                yield pa.table({"text": pa.array([], pa.string())})
+
+        return write_rows(ds, tables(), f"{column}|{cfg.data.keep_linebreaks}"), None
 
     def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None) -> Parts:
         spec = model_path or cfg.model.name
@@ -160,8 +171,7 @@ class CausalLM(Task):
     def features(self, parts, cfg, ds):
         if "messages" in ds.column_names:
             return self._conversations(parts, cfg, ds, pack=cfg.data.packing)
-        ids = self._token_stream(parts, cfg, ds)
-        return _pack(ids, self._block_size(parts, cfg))
+        return _pack(self._tokenized(parts, cfg, ds), self._block_size(parts, cfg))
 
     def eval_features(self, parts, cfg, ds):
         if "messages" in ds.column_names:  # one conversation a row, with the question it ends in
@@ -222,7 +232,11 @@ class CausalLM(Task):
         return datasets.Dataset.from_dict(rows)
 
     def _token_stream(self, parts, cfg, ds):
-        """Every document's tokens followed by EOS, as one flat Arrow array (no Python ints)."""
+        """Every document's tokens followed by EOS, as one flat Arrow array in memory (no Python ints)."""
+        return self._tokenized(parts, cfg, ds).data.column("input_ids").combine_chunks().flatten()
+
+    def _tokenized(self, parts, cfg, ds):
+        """A row of token ids per document, each followed by EOS (memory-mapped where `ds` is)."""
         tokenizer = parts.processor
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
@@ -231,8 +245,7 @@ class CausalLM(Task):
             encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
             return {"input_ids": [ids + eos if ids else [] for ids in encoded]}
 
-        tokenized = tokenize(ds, encode, tokenizer, ("documents+eos",), cfg.data.num_proc)
-        return tokenized.data.column("input_ids").combine_chunks().flatten()
+        return tokenize(ds, encode, tokenizer, ("documents+eos",), cfg.data.num_proc)
 
     def collate(self, parts):
         import torch
@@ -407,17 +420,35 @@ def _templated(tokenizer, name: str):
         return {"input_ids": ids, "attention_mask": mask}
 
 
-def _pack(ids, block: int):
-    """Cut a flat token array into rows of `block` tokens; the last row keeps the remainder."""
-    import datasets
+def _pack(tokenized, block: int):
+    """Cut the documents of `tokenized` (rows of token ids), as one flat stream, into rows of
+    `block` tokens; the last row keeps the remainder. Written a part at a time (write_rows): the
+    stream is never whole in memory."""
     import numpy as np
     import pyarrow as pa
 
-    if len(ids) == 0:
+    from hftool.data.tables import write_rows
+
+    column = tokenized.data.column("input_ids")
+    if not sum(len(chunk.flatten()) for chunk in column.chunks):
         raise HftoolError("the data holds no text to train or score a language model on; check data.text_column")
-    offsets = np.append(np.arange(0, len(ids), block), len(ids)).astype(np.int64)
-    rows = pa.LargeListArray.from_arrays(pa.array(offsets), ids)  # zero-copy views of the flat array
-    return datasets.Dataset(pa.table({"input_ids": rows}))
+
+    def rows(ids):
+        offsets = np.append(np.arange(0, len(ids), block), len(ids)).astype(np.int64)
+        return pa.table({"input_ids": pa.LargeListArray.from_arrays(pa.array(offsets), ids)})  # views of `ids`
+
+    def tables():
+        carry = None  # tokens after the last whole block so far
+        for chunk in column.chunks:
+            ids = chunk.flatten() if carry is None else pa.concat_arrays([carry, chunk.flatten()])
+            whole = len(ids) // block * block
+            if whole:
+                yield rows(ids.slice(0, whole))
+            carry = ids.slice(whole)
+        if carry is not None and len(carry):
+            yield rows(carry)
+
+    return write_rows(tokenized, tables(), f"pack|{block}")
 
 
 def _windows(ids, block: int, stride: int):

@@ -15,6 +15,7 @@ from pathlib import Path
 from hftool import models, vision
 from hftool.config import Option
 from hftool.data import images
+from hftool.data.columns import column_values
 from hftool.errors import HftoolError
 from hftool.generation import GenerativeModel, update_generation_config
 from hftool.outputs import atomic_path, check_output
@@ -78,22 +79,27 @@ class ImageCaptioning(Task):
         of its captions. Image paths are read relative to the data file and checked up front.
         """
         import datasets
+        import pyarrow as pa
+
+        from hftool.data.tables import in_memory
 
         captions = None
         if require_labels:
             caption_column = find_column(ds, source, cfg.data.caption_column, CAPTION_COLUMNS, "caption",
                                          "caption_column")
-            captions = [_captions(value, source, row, caption_column) for row, value in enumerate(ds[caption_column], 1)]
+            values = column_values(ds, caption_column).to_pylist()  # one Arrow read, not a formatted row at a time
+            captions = [_captions(value, source, row, caption_column) for row, value in enumerate(values, 1)]
         rows, kept = images.image_rows(ds, source, cfg.data.image_column, cfg.data.skip_bad_images)
         if kept is None:  # images stored in the data: one row each
             return (rows if captions is None else rows.add_column("captions", captions)), None
         merged: dict[str, list[str]] = {}
-        for entry, i in zip(rows["image"], kept):
-            merged.setdefault(entry["path"], []).extend(captions[i] if captions is not None else [])
-        table = {"image": list(merged)}
+        # Paths by Arrow, not a dict per row from `rows["image"]`.
+        for path, i in zip(column_values(rows, "image").combine_chunks().field("path").to_pylist(), kept):
+            merged.setdefault(path, []).extend(captions[i] if captions is not None else [])
+        table = {"image": pa.array(list(merged), pa.string())}
         if captions is not None:
-            table["captions"] = list(merged.values())
-        return datasets.Dataset.from_dict(table).cast_column("image", datasets.Image(decode=False)), None
+            table["captions"] = pa.array(list(merged.values()), pa.list_(pa.string()))
+        return in_memory(pa.table(table)).cast_column("image", datasets.Image(decode=False)), None
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
         """Missing, empty, unreadable and unusual images; empty captions (each, with its row)."""
@@ -128,17 +134,35 @@ class ImageCaptioning(Task):
 
     def train_features(self, parts, cfg, ds):
         """One example per (image, caption): every caption is trained on."""
-        owners = [i for i, texts in enumerate(ds["captions"]) for _ in texts]
-        labels = self._encode(parts, cfg, [t for texts in ds["captions"] for t in texts])
-        rows = ds.select_columns(["image"]).select(owners).flatten_indices()
-        rows = rows.add_column("labels", labels).add_column("length", [len(ids) for ids in labels])
-        return rows.with_transform(self._transform(parts, cfg))
+        return self._caption_rows(parts, cfg, ds, every=True).with_transform(self._transform(parts, cfg))
 
     def features(self, parts, cfg, ds):
         """One example per image; its first caption gives eval_loss, all of them the metrics."""
-        labels = self._encode(parts, cfg, [texts[0] for texts in ds["captions"]])
-        rows = ds.select_columns(["image"]).add_column("labels", labels).add_column("index", list(range(len(ds))))
-        return rows.with_transform(self._transform(parts, cfg))
+        return self._caption_rows(parts, cfg, ds, every=False).with_transform(self._transform(parts, cfg))
+
+    def _caption_rows(self, parts, cfg, ds, every: bool):
+        """Rows image, labels (caption ids) and length (`every` caption) or index (the first caption
+        of each image), built a part of the rows at a time as Arrow: no Python list of every caption."""
+        import datasets
+        import pyarrow as pa
+
+        from hftool.data.tables import row_parts, write_rows
+
+        def tables():
+            for start, part in row_parts(ds):
+                captions, entries = column_values(part, "captions").to_pylist(), column_values(part, "image")
+                if every:
+                    owners = [i for i, texts in enumerate(captions) for _ in texts]
+                    labels = self._encode(parts, cfg, [t for texts in captions for t in texts])
+                    yield pa.table({"image": entries.take(owners), "labels": labels,
+                                    "length": [len(ids) for ids in labels]})
+                else:
+                    labels = self._encode(parts, cfg, [texts[0] for texts in captions])
+                    yield pa.table({"image": entries, "labels": labels, "index": list(range(start, start + len(labels)))})
+
+        tokenizer = parts.processor
+        key = f"captions|{every}|{type(tokenizer).__name__}|{len(tokenizer)}|{tokenizer.name_or_path}|{cfg.data.max_length}"
+        return write_rows(ds, tables(), key).cast_column("image", datasets.Image(decode=False))
 
     def collate(self, parts):
         return collate

@@ -97,9 +97,17 @@ class ImageGPT(Task):
                     out[key] = [values[i] for i, _ in done]
             return out
 
+        import uuid
+
+        from datasets.fingerprint import get_temporary_cache_files_directory
+
         ds = ds.add_column("index", list(range(len(ds))))
-        return ds.map(quantise, batched=True, batch_size=256, remove_columns=["image"], keep_in_memory=True,
-                      desc="Quantising")
+        # Into a file mapped from disk, not memory (2 KB an image at 16 px); a file of this process's
+        # own, deleted at exit: the ids follow the image files' contents, which no cache key here covers.
+        name = uuid.uuid4().hex
+        return ds.map(quantise, batched=True, batch_size=256, remove_columns=["image"], desc="Quantising",
+                      cache_file_name=str(Path(get_temporary_cache_files_directory()) / f"quantised-{name}.arrow"),
+                      new_fingerprint=name)
 
     def collate(self, parts):
         config = parts.model.config

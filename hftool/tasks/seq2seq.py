@@ -92,23 +92,37 @@ class Seq2Seq(Task):
     # ----------------------------------------------------------------------------- data
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns `source` and `target`, both non-empty text (predict takes raw texts)."""
-        import datasets
+        import pyarrow as pa
+
+        from hftool.data.tables import row_parts, write_rows
 
         data = cfg.data
         if not (data.source_column or data.target_column) and _is_translation_dict(ds):
-            columns = _from_translation(ds, source, data.source_lang, data.target_lang)
+            def columns(part, start):
+                return _from_translation(part, source, data.source_lang, data.target_lang, start)
+            key = ["translation", data.source_lang, data.target_lang]
         else:
             # A column named after a language (parallel files, Multi30k-style tables) is that side.
             by_lang = {k: lang if lang in ds.column_names else None
                        for k, lang in (("source", data.source_lang), ("target", data.target_lang))}
             text = find_column(ds, source, data.source_column or by_lang["source"], SOURCE_COLUMNS, "source",
                                "source_column")
-            columns = {"source": _texts(column_values(ds, text).to_pylist(), source, text, "source")}
             candidates = tuple(c for c in TARGET_COLUMNS if c != text)
             target = find_column(ds, source, data.target_column or by_lang["target"], candidates, "target",
                                  "target_column")
-            columns["target"] = _texts(column_values(ds, target).to_pylist(), source, target, "target")
-        return datasets.Dataset.from_dict(columns), None
+
+            def columns(part, start):
+                return {"source": _texts(column_values(part, text).to_pylist(), source, text, "source", start),
+                        "target": _texts(column_values(part, target).to_pylist(), source, target, "target", start)}
+            key = [text, target]
+
+        def tables():  # a part of the rows at a time: memory stays flat in the number of rows
+            for start, part in row_parts(ds):
+                yield pa.table({k: pa.array(v, pa.string()) for k, v in columns(part, start).items()})
+            if not len(ds):
+                yield pa.table({k: pa.array([], pa.string()) for k in ("source", "target")})
+
+        return write_rows(ds, tables(), repr(key)), None
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
         """Empty sources or targets, pairs whose lengths are too far apart, repeated pairs."""
@@ -317,8 +331,9 @@ def generate_limits(generation, max_new_tokens: int | None) -> dict:
     return {"max_new_tokens": max_new_tokens}
 
 
-def _texts(values: list, source: str, column: str, what: str) -> list[str]:
-    for row, value in enumerate(values, 1):
+def _texts(values: list, source: str, column: str, what: str, offset: int = 0) -> list[str]:
+    """`values`, checked to be non-empty texts (rows from `offset` + 1 on, as errors name them)."""
+    for row, value in enumerate(values, offset + 1):
         if not isinstance(value, str) or not value.strip():
             problem = "is empty" if isinstance(value, str) or value is None else f"holds {value!r}, not text"
             raise HftoolError(f"{source} row {row}: the {what} column '{column}' {problem}; every row needs a {what} text "
@@ -326,8 +341,9 @@ def _texts(values: list, source: str, column: str, what: str) -> list[str]:
     return list(values)
 
 
-def _from_translation(ds, source: str, source_lang: str | None, target_lang: str | None) -> dict[str, list[str]]:
-    """A hub `translation` column of {lang: text} -> source and target texts."""
+def _from_translation(ds, source: str, source_lang: str | None, target_lang: str | None,
+                      offset: int = 0) -> dict[str, list[str]]:
+    """A hub `translation` column of {lang: text} -> source and target texts (`ds` starts at row `offset` + 1)."""
     pairs = ds["translation"]
     languages = sorted(pairs[0]) if pairs and isinstance(pairs[0], dict) else []
     if not (source_lang and target_lang):
@@ -338,7 +354,7 @@ def _from_translation(ds, source: str, source_lang: str | None, target_lang: str
         if lang not in languages:
             raise HftoolError(f"{source}: the translation column has no '{lang}' (languages: {', '.join(languages)}); "
                               f"fix data.{key}_lang")
-        columns[key] = _texts([p.get(lang) for p in pairs], source, f"translation.{lang}", key)
+        columns[key] = _texts([p.get(lang) for p in pairs], source, f"translation.{lang}", key, offset)
     return columns
 
 

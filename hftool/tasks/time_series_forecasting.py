@@ -85,7 +85,7 @@ class TimeSeriesForecasting(Task):
         """Rows -> a regular series: `date` (ISO) and `values` (one float per value column).
 
         `labels` are the value columns (a trained model's, for evaluate and predict)."""
-        import datasets
+        import pyarrow as pa
 
         from hftool.data import timeseries
 
@@ -98,8 +98,8 @@ class TimeSeriesForecasting(Task):
         series = timeseries.read_series(ds.to_dict(), ds.column_names, source, data, report=source not in self._reported)
         if series.added_dates or series.empty_values:
             self._reported.add(source)
-        rows = datasets.Dataset.from_dict({"date": [d.isoformat() for d in series.dates],
-                                           "values": series.values.tolist()})
+        rows = _table({"date": pa.array([d.isoformat() for d in series.dates], pa.string()),
+                       "values": _float_lists(series.values)})
         rows.info.description = source  # features() names it in errors
         return rows, series.columns
 
@@ -161,12 +161,11 @@ class TimeSeriesForecasting(Task):
 
         Scored targets start once a window and a season of history exist before them, so the
         model and both baselines are scored on the same steps."""
-        import datasets
         import numpy as np
 
         config = parts.model.config
         context, season = config.context_length, config.season_length
-        values = np.asarray(ds["values"], dtype=np.float64).reshape(len(ds), -1)
+        values = _values(ds)
         start = max(context, season) if scored else context
         if len(values) <= start:
             need = f"data.context_length={context}" + (f" and season_length={season}" if season > context and scored else "")
@@ -175,11 +174,10 @@ class TimeSeriesForecasting(Task):
         scaled = parts.processor.transform(values).astype(np.float32)
         windows = np.lib.stride_tricks.sliding_window_view(scaled, context, axis=0).transpose(0, 2, 1)
         steps = np.arange(start, len(values))
-        columns = {"past_values": windows[steps - context].tolist(), "labels": scaled[steps].tolist()}
+        columns = {"past_values": windows[steps - context], "labels": scaled[steps]}
         if scored:
-            columns |= {"target": values[steps].tolist(), "naive": values[steps - 1].tolist(),
-                        "seasonal": values[steps - season].tolist()}
-        return datasets.Dataset.from_dict(columns)
+            columns |= {"target": values[steps], "naive": values[steps - 1], "seasonal": values[steps - season]}
+        return _table({name: _float_lists(array) for name, array in columns.items()})
 
     def features(self, parts, cfg, ds):
         return self._windows(parts, ds, scored=True)
@@ -192,8 +190,6 @@ class TimeSeriesForecasting(Task):
 
     # ----------------------------------------------------------------------------- model
     def build(self, cfg, labels, train_ds=None, model_path=None, run_dir=None) -> Parts:
-        import numpy as np
-
         from hftool.data import timeseries
         from hftool.forecaster import CELLS, ForecasterConfig, TimeSeriesForecaster
 
@@ -202,7 +198,7 @@ class TimeSeriesForecasting(Task):
         if models.tiny_arch(spec) is not None and model_path is None:
             cell = models.check_tiny(spec, CELLS, self.name)
             models.check_config_overrides(ForecasterConfig(), overrides)
-            values = np.asarray(train_ds["values"], dtype=np.float64).reshape(len(train_ds), -1)
+            values = _values(train_ds)
             import pandas as pd
 
             freq = timeseries.resolve_freq(cfg.data.freq, pd.DatetimeIndex(train_ds["date"]), "the training data")
@@ -362,3 +358,34 @@ def write_forecast(path: Path, predictions: list[dict], columns: list[str], date
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
     return png
+
+
+def _values(ds):
+    """The `values` column as a (steps, columns) float64 array, read by Arrow (no Python floats)."""
+    import numpy as np
+
+    from hftool.data.columns import column_values
+
+    flat = column_values(ds, "values").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float64).reshape(len(ds), -1)
+
+
+def _float_lists(array):
+    """The rows of a numpy array as an Arrow list array of float64 (lists of lists for 3 dimensions),
+    built from its buffer: a window per step as Python floats took ~30x the memory of the numbers."""
+    import numpy as np
+    import pyarrow as pa
+
+    values = pa.array(np.ascontiguousarray(array, dtype=np.float64).reshape(-1))
+    for size in reversed(array.shape[1:]):
+        values = pa.ListArray.from_arrays(pa.array(np.arange(0, len(values) + 1, size, dtype=np.int32)), values)
+    return values
+
+
+def _table(columns: dict):
+    """An in-memory Dataset of Arrow arrays (see tables.in_memory)."""
+    import pyarrow as pa
+
+    from hftool.data.tables import in_memory
+
+    return in_memory(pa.table(columns))

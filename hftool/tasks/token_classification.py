@@ -135,49 +135,80 @@ class TokenClassification(Task):
         return ["classifier", "score"]
 
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
-        """Rows -> columns tokens, [tags] (IOB2 tag ids); tag names come from `ds` when None."""
-        import datasets
+        """Rows -> columns tokens, [tags] (IOB2 tag ids); tag names come from `ds` when None.
+
+        Read, checked and written CHUNK_ROWS rows at a time (memory flat in the number of rows):
+        a first pass finds the tag names where they are not given, the second writes the rows."""
+        from hftool.data.tables import row_parts, write_rows
 
         data = cfg.data
         column = find_column(ds, source, data.text_column, TOKEN_COLUMNS, "tokens", "text_column")
+        tag_column = None
+        if require_labels or any(c in ds.column_names for c in (data.label_column, *TAG_COLUMNS) if c):
+            tag_column = find_column(ds, source, data.label_column, TAG_COLUMNS, "tags", "label_column")
+
+        def chunks(names: list[str] | None):
+            for start, part in row_parts(ds):
+                yield self._checked_rows(part, start, column, tag_column, source, data.tag_names, names)
+
+        if tag_column is not None and labels is None:
+            types = set()
+            for _, tags in chunks(None):
+                types.update(tag[2:] for row in tags for tag in row if tag != "O")
+            labels = label_names(types)
+
+        def tables():
+            import pyarrow as pa
+
+            for tokens, tags in chunks(labels if tag_column else None):
+                yield pa.table({"tokens": pa.array(tokens, pa.list_(pa.string())),
+                                **({"tags": pa.array(tags, pa.list_(pa.int64()))} if tag_column else {})})
+            if not len(ds):
+                yield pa.table({"tokens": pa.array([], pa.list_(pa.string())),
+                                **({"tags": pa.array([], pa.list_(pa.int64()))} if tag_column else {})})
+
+        return write_rows(ds, tables(), json.dumps([column, tag_column, data.tag_names, labels])), labels
+
+    def _checked_rows(self, ds, offset: int, column: str, tag_column: str | None, source: str,
+                      tag_names: list | None, labels: list[str] | None) -> tuple[list, list]:
+        """Rows `offset`... of the data (`ds`, a part of it) -> (tokens, tags): IOB2 tag names, or
+        with `labels` their ids (a tag outside them is an error). Errors name the file's line
+        (CoNLL) or the row."""
         # One Arrow read per column: iterating a datasets column formats each row (~26 s per million).
         lines = column_values(ds, "line").to_pylist() if "line" in ds.column_names else None
 
         def where(row: int, word: int) -> str:
-            return f"{source} line {lines[row] + word}" if lines else f"{source} row {row + 1}, word {word + 1}"
+            return f"{source} line {lines[row] + word}" if lines else f"{source} row {offset + row + 1}, word {word + 1}"
 
         sentences = column_values(ds, column).to_pylist()
         for row, words in enumerate(sentences):
             if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-                raise HftoolError(f"{source} row {row + 1}: column '{column}' holds {words!r}, not a list of "
+                raise HftoolError(f"{source} row {offset + row + 1}: column '{column}' holds {words!r}, not a list of "
                                   "words; each row needs a list of tokens")
-        columns = {"tokens": sentences}
-        if require_labels or any(c in ds.column_names for c in (data.label_column, *TAG_COLUMNS) if c):
-            tag_column = find_column(ds, source, data.label_column, TAG_COLUMNS, "tags", "label_column")
-            rows = self._tag_strings(ds, tag_column, source, data.tag_names, where)
-            normalised = []
-            for row, (words, tags) in enumerate(zip(sentences, rows)):
-                if len(tags) != len(words):
-                    raise HftoolError(f"{where(row, 0)}: {len(words)} tokens but {len(tags)} tags; "
-                                      "every token needs exactly one tag")
-                for i, tag in enumerate(tags):
-                    if not TAG.match(tag):
-                        raise HftoolError(f"{where(row, i)}: tag {tag!r} is not O or B-/I-/E-/S-<type> "
-                                          "(IOB1, IOB2 and BIOES are accepted); fix the tag")
-                normalised.append(to_iob2(tags))
-            if labels is None:
-                labels = label_names({tag[2:] for tags in normalised for tag in tags if tag != "O"})
-            ids = {name: i for i, name in enumerate(labels)}
-            columns["tags"] = []
-            for row, tags in enumerate(normalised):
-                unknown = next((i for i, tag in enumerate(tags) if tag not in ids), None)
-                if unknown is not None:
-                    kinds = sorted({n[2:] for n in labels if n != "O"})
-                    raise HftoolError(f"{where(row, unknown)}: tag {rows[row][unknown]!r} is not a type the model was "
-                                      f"trained on ({', '.join(kinds) or 'none'}); fix the tag or add the type to "
-                                      "the training data")
-                columns["tags"].append([ids[tag] for tag in tags])
-        return datasets.Dataset.from_dict(columns), labels
+        if tag_column is None:
+            return sentences, []
+        rows = self._tag_strings(ds, tag_column, source, tag_names, where, offset)
+        normalised = []
+        for row, (words, tags) in enumerate(zip(sentences, rows)):
+            if len(tags) != len(words):
+                raise HftoolError(f"{where(row, 0)}: {len(words)} tokens but {len(tags)} tags; "
+                                  "every token needs exactly one tag")
+            for i, tag in enumerate(tags):
+                if not TAG.match(tag):
+                    raise HftoolError(f"{where(row, i)}: tag {tag!r} is not O or B-/I-/E-/S-<type> "
+                                      "(IOB1, IOB2 and BIOES are accepted); fix the tag")
+            normalised.append(to_iob2(tags))
+        if labels is None:
+            return sentences, normalised
+        ids = {name: i for i, name in enumerate(labels)}
+        for row, tags in enumerate(normalised):
+            unknown = next((i for i, tag in enumerate(tags) if tag not in ids), None)
+            if unknown is not None:
+                kinds = sorted({n[2:] for n in labels if n != "O"})
+                raise HftoolError(f"{where(row, unknown)}: tag {rows[row][unknown]!r} is not a type the model was "
+                                  f"trained on ({', '.join(kinds) or 'none'}); fix the tag or add the type to "
+                                  "the training data")
+        return sentences, [[ids[tag] for tag in tags] for tags in normalised]
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
         """Tags outside the scheme, I- with no B- before it (in IOB2 data), token/tag count
@@ -238,16 +269,16 @@ class TokenClassification(Task):
         return summary
 
     @staticmethod
-    def _tag_strings(ds, column: str, source: str, tag_names: list | None, where) -> list[list[str]]:
+    def _tag_strings(ds, column: str, source: str, tag_names: list | None, where, offset: int = 0) -> list[list[str]]:
         """Tags as names: strings as they are; integer ids through data.tag_names or the
-        dataset's ClassLabel names."""
+        dataset's ClassLabel names. `offset`: the number of the first row of `ds` in its file."""
         values = column_values(ds, column).to_pylist()
         inner = getattr(ds.features[column], "feature", None)
         names = tag_names or getattr(inner, "names", None)
         out = []
         for row, tags in enumerate(values):
             if not isinstance(tags, list):
-                raise HftoolError(f"{source} row {row + 1}: column '{column}' holds {tags!r}, not a list of tags")
+                raise HftoolError(f"{source} row {offset + row + 1}: column '{column}' holds {tags!r}, not a list of tags")
             if all(isinstance(t, str) for t in tags):
                 out.append(tags)
                 continue
