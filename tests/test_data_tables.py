@@ -340,3 +340,36 @@ def test_cache_lists_and_clears_what_no_run_used_lately(tmp_path, cli, monkeypat
     assert parsed == ["old.csv"]  # only the table no run used for a month is read again
     assert cli("cache", "--clear").out.startswith("removed 6 files")
     assert tables.cache_files() == []
+
+
+def test_captioning_rows_merge_by_image_in_first_appearance_order_across_chunks(tmp_path):
+    from PIL import Image
+
+    from hftool.config import load_config
+    from hftool.tasks import get_task
+
+    (tmp_path / "images").mkdir()
+    for i in range(9):
+        Image.new("RGB", (4, 4), (i * 20, 0, 0)).save(tmp_path / "images" / f"{i}.png")
+    (tmp_path / "images" / "bad.png").write_text("not an image")
+    # Images come back out of order and far apart (rows 0 and 30, chunks of 7), one caption or several.
+    order = [(i * 5) % 9 for i in range(36)]
+    records = [{"image": f"images/{n}.png", "caption": [f"a {n} {row}", f"b {row}"] if row % 4 else [f" c {row} "]}
+               for row, n in enumerate(order)]
+    records.insert(17, {"image": "images/bad.png", "caption": ["skipped"]})
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    task = get_task("image-captioning")
+    cfg = load_config("caption", overrides=["data.skip_bad_images=true"])
+    split = load_source(str(path))["train"].train_test_split(test_size=0.2, seed=1)["train"]  # a row mapping too
+    for ds in (load_source(str(path))["train"], split):
+        rows, _ = task.prepare(cfg, ds, str(path))
+        merged: dict[str, list[str]] = {}  # what the whole-file merge gave: a dict in first-appearance order
+        for r in ds:
+            if r["image"] != "images/bad.png":
+                merged.setdefault(str(tmp_path / r["image"]), []).extend(t.strip() for t in r["caption"])
+        assert rows.cache_files and [(r["image"]["path"], r["captions"]) for r in rows] == list(merged.items())
+    records[30]["caption"] = ["fine", ""]  # a later chunk: the error names the file's row
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(HftoolError, match=r"train.jsonl row 31: empty caption in column 'caption'"):
+        task.prepare(cfg, load_source(str(path))["train"], str(path))

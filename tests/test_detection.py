@@ -84,6 +84,33 @@ def test_coco_sparse_ids_become_contiguous_and_crowds_are_kept_for_scoring(coco,
     assert "images found in" in capsys.readouterr().err  # annotations/ beside images/, as COCO ships
 
 
+def test_coco_rows_group_shuffled_annotations_per_image_in_file_order(tmp_path):
+    from hftool.data import load_source
+
+    rng = random.Random(3)
+    images = [{"id": 50 - i, "file_name": f"{i}.png", "width": 90 + i} for i in range(30)]  # no height: 0
+    annotations = [{"id": n, "image_id": rng.choice(images[:-3])["id"], "category_id": rng.choice((7, 2)),
+                    "bbox": [rng.uniform(0, 9), rng.randint(0, 9), rng.uniform(1, 9), rng.uniform(1, 9)]}
+                   for n in range(200)]
+    for n in range(0, 200, 3):  # area and iscrowd where given; else w * h and 0
+        annotations[n].update(area=n + 0.5, iscrowd=n % 2)
+    rng.shuffle(annotations)
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 7, "name": "b"}, {"id": 2, "name": "a"}]}))
+    rows = load_source(str(path))["train"]
+    expected = []  # a row per image, its annotations in file order (the last 3 images: none)
+    for image in images:
+        mine = [a for a in annotations if a["image_id"] == image["id"]]
+        expected.append({"image": image["file_name"], "image_id": image["id"], "width": image["width"], "height": 0,
+                         "objects": {"bbox": [np.float32(a["bbox"]).tolist() for a in mine],
+                                     "category": [0 if a["category_id"] == 2 else 1 for a in mine],
+                                     "iscrowd": [a.get("iscrowd", 0) for a in mine],
+                                     "area": [float(np.float32(a.get("area") or a["bbox"][2] * a["bbox"][3]))
+                                              for a in mine]}})
+    assert rows.to_list() == expected and rows.features["objects"]["category"].feature.names == ["a", "b"]
+
+
 def test_coco_images_dir_is_used_and_a_missing_image_is_named(coco, tmp_path):
     from hftool.errors import HftoolError
 

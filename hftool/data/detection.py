@@ -39,10 +39,17 @@ def _features(names: list[str]):
                     "area": datasets.Sequence(datasets.Value("float32"))}})
 
 
-def _dataset(rows: dict, names: list[str], category_ids: list[int] | None):
+def _dataset(rows, names: list[str], category_ids: list[int] | None):
+    """Rows (a dict of Python columns, or a pyarrow table of them) as an in-memory Dataset."""
     import datasets
 
-    ds = datasets.Dataset.from_dict(rows, features=_features(names))
+    from hftool.data.tables import in_memory
+
+    features = _features(names)
+    if isinstance(rows, dict):
+        ds = datasets.Dataset.from_dict(rows, features=features)
+    else:
+        ds = in_memory(rows.cast(features.arrow_schema), features)
     ds.info.description = json.dumps({INFO_TAG: True, "category_ids": category_ids})
     return ds
 
@@ -71,7 +78,17 @@ def _number(value, where: str, what: str) -> float:
 
 def read_coco(path: Path, loaded: dict):
     """A COCO instances file (already parsed) -> Dataset, one row per image (images without
-    objects included: they teach the model what background is)."""
+    objects included: they teach the model what background is).
+
+    Takes `loaded` apart as it reads (its "images" and "annotations" lists are popped), and keeps
+    ids, classes and boxes in flat arrays, not a dict per image: the parsed document is freed
+    before the Arrow columns are built, which are built from those arrays, not Python rows.
+    """
+    from array import array
+
+    import numpy as np
+    import pyarrow as pa
+
     categories = loaded.get("categories")
     if not isinstance(categories, list) or not categories:
         raise HftoolError(f"{path}: a COCO file needs a non-empty \"categories\" list of {{\"id\", \"name\"}}")
@@ -84,18 +101,18 @@ def read_coco(path: Path, loaded: dict):
         raise HftoolError(f"{path}: two categories share a name ({', '.join(n for n in names if names.count(n) > 1)}); "
                           "make the names unique")
     class_of = {c["id"]: i for i, c in enumerate(categories)}
-    rows = {"image": [], "image_id": [], "width": [], "height": [], "objects": []}
+    files, ids, widths, heights = [], array("q"), array("q"), array("q")
     row_of = {}
-    for n, image in enumerate(loaded["images"]):
+    for n, image in enumerate(loaded.pop("images")):
         if not isinstance(image, dict) or "id" not in image or not image.get("file_name"):
             raise HftoolError(f"{path}: images[{n}] needs an \"id\" and a \"file_name\"")
-        row_of[image["id"]] = len(rows["image"])
-        rows["image"].append(str(image["file_name"]))
-        rows["image_id"].append(int(image["id"]))
-        rows["width"].append(int(image.get("width") or 0))
-        rows["height"].append(int(image.get("height") or 0))
-        rows["objects"].append({"bbox": [], "category": [], "iscrowd": [], "area": []})
-    for n, ann in enumerate(loaded["annotations"]):
+        row_of[image["id"]] = n
+        files.append(str(image["file_name"]))
+        ids.append(int(image["id"]))
+        widths.append(int(image.get("width") or 0))
+        heights.append(int(image.get("height") or 0))
+    owners, classes, crowds, areas, boxes = array("q"), array("q"), array("q"), array("d"), array("d")
+    for n, ann in enumerate(loaded.pop("annotations")):
         where = f"{path}: annotation {ann.get('id', f'#{n}') if isinstance(ann, dict) else f'#{n}'}"
         if not isinstance(ann, dict):
             raise HftoolError(f"{where} is not an object")
@@ -109,12 +126,28 @@ def read_coco(path: Path, loaded: dict):
         if not isinstance(bbox, list) or len(bbox) != 4:
             raise HftoolError(f"{where} needs a \"bbox\" [x, y, width, height], got {bbox!r}")
         bbox = [_number(v, where, "bbox") for v in bbox]
-        objects = rows["objects"][row_of[ann["image_id"]]]
-        objects["bbox"].append(bbox)
-        objects["category"].append(class_of[ann["category_id"]])
-        objects["iscrowd"].append(int(ann.get("iscrowd") or 0))
-        objects["area"].append(float(ann.get("area") or bbox[2] * bbox[3]))
-    return _dataset(rows, names, [c["id"] for c in categories])
+        owners.append(row_of[ann["image_id"]])
+        classes.append(class_of[ann["category_id"]])
+        crowds.append(int(ann.get("iscrowd") or 0))
+        areas.append(float(ann.get("area") or bbox[2] * bbox[3]))
+        boxes.extend(bbox)
+    # Each image's objects in file order: a stable sort by image row, cut by counts into lists.
+    order = np.argsort(np.frombuffer(owners, np.int64), kind="stable")
+    offsets = pa.array(np.concatenate(([0], np.cumsum(np.bincount(np.frombuffer(owners, np.int64), minlength=len(files))))),
+                       pa.int32())
+
+    def lists(values: np.ndarray, size: int | None = None):
+        values = pa.array(values[order] if size is None else values.reshape(-1, size)[order].ravel())
+        return pa.ListArray.from_arrays(offsets, values if size is None else pa.FixedSizeListArray.from_arrays(values, size))
+
+    objects = pa.StructArray.from_arrays(
+        [lists(np.frombuffer(boxes, np.float64).astype(np.float32), 4), lists(np.frombuffer(classes, np.int64)),
+         lists(np.frombuffer(crowds, np.int64)), lists(np.frombuffer(areas, np.float64).astype(np.float32))],
+        names=["bbox", "category", "iscrowd", "area"])
+    table = pa.table({"image": pa.array(files, pa.string()), "image_id": np.frombuffer(ids, np.int64),
+                      "width": np.frombuffer(widths, np.int64), "height": np.frombuffer(heights, np.int64),
+                      "objects": objects})
+    return _dataset(table, names, [c["id"] for c in categories])
 
 
 def is_voc(path: Path) -> bool:

@@ -219,8 +219,8 @@ def image_rows(ds, source: str, configured: str | None, skip_bad: bool):
     import datasets
     import pyarrow as pa
 
-    from hftool.data.columns import column_values, find_column, source_dir
-    from hftool.data.tables import in_memory
+    from hftool.data.columns import find_column, source_dir
+    from hftool.data.tables import column_parts, in_memory
 
     column = find_column(ds, source, configured, IMAGE_COLUMNS, "image", "image_column")
     feature = ds.features[column]
@@ -231,10 +231,17 @@ def image_rows(ds, source: str, configured: str | None, skip_bad: bool):
     if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
         raise HftoolError(f"{source}: column '{column}' holds {feature}, not image paths or images; "
                           "set data.image_column to the column with the images")
-    given = column_values(ds, column).to_pylist()  # one Arrow read: a datasets column formats row by row
-    paths = resolve_paths(("" if v is None else v for v in given), source_dir(ds))
-    kept = check_images(paths, given, source, column, skip_bad)
-    rows = in_memory(pa.table({"image": pa.array([paths[i] for i in kept], pa.string())}))
+    base, kept, chunks, bad = source_dir(ds), [], [], []
+    # A part of the rows at a time (Arrow reads, not a formatted row at a time): the Python strings
+    # of every path, twice (given and resolved), would grow with the data.
+    for start, part in column_parts(ds, [column]):
+        given = part.column(0).to_pylist()
+        paths = resolve_paths(("" if v is None else v for v in given), base)
+        readable_here = _checked(paths, given, source, column, skip_bad, None, "images", "skip_bad_images", start, bad)
+        kept += readable_here
+        chunks.append(pa.array([paths[i - start] for i in readable_here], pa.string()))
+    _report(bad, len(ds), kept, source, column, "images", "skip_bad_images")
+    rows = in_memory(pa.table({"image": pa.chunked_array(chunks, pa.string())}))
     return rows.cast_column("image", image_type), kept
 
 
@@ -289,8 +296,18 @@ def check_images(paths: list[str], given: list, source: str, column: str, skip_b
 
     Other media (videos) use the same rule and wording: `check(i)` says why row i cannot be read
     (None: it can), `noun` and `key` (the data.* option that skips) name them in messages."""
-    kept, bad = [], []
-    for i, (path, value) in enumerate(zip(paths, given)):
+    bad: list[str] = []
+    kept = _checked(paths, given, source, column, skip_bad, check, noun, key, 0, bad)
+    _report(bad, len(paths), kept, source, column, noun, key)
+    return kept
+
+
+def _checked(paths: list[str], given: list, source: str, column: str, skip_bad: bool,
+             check: Callable[[int], str | None] | None, noun: str, key: str, offset: int, bad: list[str]) -> list[int]:
+    """check_images for rows `offset`, `offset + 1`, ...: their readable indices; skipped ones
+    are added to `bad`."""
+    kept = []
+    for i, (path, value) in enumerate(zip(paths, given), offset):
         reason = f"no {noun[:-1]} path" if not value else check(i) if check else check_header(path)
         if reason is None:
             kept.append(i)
@@ -299,12 +316,16 @@ def check_images(paths: list[str], given: list, source: str, column: str, skip_b
             raise HftoolError(f"{path if value else f'{source} row {i + 1}'}: {reason} ({source}, column "
                               f"'{column}'); fix or remove it, or pass data.{key}=true")
         bad.append(f"{path if value else f'row {i + 1}'}: {reason}")
+    return kept
+
+
+def _report(bad: list[str], total: int, kept: list[int], source: str, column: str, noun: str, key: str) -> None:
+    """The skipped rows' warning, or the error when none is left."""
     if bad:
         shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
-        logs.warn(f"data.{key}: skipped {len(bad)} of {len(paths)} {noun} in {source} ({shown})")
+        logs.warn(f"data.{key}: skipped {len(bad)} of {total} {noun} in {source} ({shown})")
     if not kept:
-        raise HftoolError(f"{source}: none of the {len(paths)} {noun} can be read; check the paths in column '{column}'")
-    return kept
+        raise HftoolError(f"{source}: none of the {total} {noun} can be read; check the paths in column '{column}'")
 
 
 def entry_name(entry) -> str:

@@ -119,13 +119,8 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
         return read_streamed(path, "txt", encoding, txt_unit)
     if suffix != ".json":  # a .txt of token/tag columns, or another extension: CoNLL
         return read_streamed(path, "conll", encoding)
-    text = read_text(path, encoding)
-    # One JSON document: records, columns, or COCO (read whole: json cannot stream it).
-    try:
-        loaded = json.loads(text)
-    except json.JSONDecodeError as err:
-        if text.lstrip().startswith("{") and '"images"' in text[:100000] and '"annotations"' in text:
-            raise HftoolError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the file") from None
+    loaded = _json_document(path, encoding)
+    if loaded is None:
         return read_streamed(path, "jsonl", encoding)  # JSON lines with a bad line: its error names the line
     from hftool.data.captions import is_coco_captions, read_coco_captions
     from hftool.data.detection import is_coco, read_coco
@@ -143,6 +138,19 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise HftoolError(f"{path}: expected JSON objects (one per row), e.g. {{\"text\": ..., \"label\": ...}}")
     return _records_to_dataset(records, path)
+
+
+def _json_document(path: Path, encoding: str | None):
+    """One JSON document: records, columns, or COCO (read whole: json cannot stream it); None when
+    it does not parse and is not COCO (JSON lines, then). Its text is freed on return, before the
+    rows are built from the document."""
+    text = read_text(path, encoding)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        if text.lstrip().startswith("{") and '"images"' in text[:100000] and '"annotations"' in text:
+            raise HftoolError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the file") from None
+        return None
 
 
 def check_table_text(text: str, path: Path, sep: str, findings: Findings | None = None) -> None:

@@ -384,24 +384,16 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
     from datasets.table import InMemoryTable
 
     extra = extra or {}
-    table, indices = ds.data.table, ds._indices  # the rows as stored, and the split's mapping onto them (None: as stored)
-    selected = table.select(list(columns))
-    batches = selected.to_batches()  # zero-copy views of the file's record batches
-    starts = np.cumsum([0] + [len(batch) for batch in batches])
 
     def chunks():
-        for start in range(0, len(ds), CHUNK_ROWS):
-            if indices is None:
-                chunk = selected.slice(start, CHUNK_ROWS)
-            else:
-                chunk = _gather(batches, starts, indices.column(0).slice(start, CHUNK_ROWS).to_numpy(), selected.schema)
+        for start, chunk in column_parts(ds, list(columns)):
             chunk = chunk.rename_columns(list(columns.values()))
             for name, values in extra.items():
                 chunk = chunk.append_column(name, pa.array(values[start:start + CHUNK_ROWS]))
             yield chunk
 
     if not len(ds):
-        empty = table.select(list(columns)).slice(0, 0).rename_columns(list(columns.values()))
+        empty = ds.data.table.select(list(columns)).slice(0, 0).rename_columns(list(columns.values()))
         for name, values in extra.items():
             empty = empty.append_column(name, pa.array(np.asarray(values)[:0]))
         return datasets.Dataset(InMemoryTable(empty))
@@ -410,6 +402,27 @@ def select_rows(ds, columns: dict[str, str], extra: dict | None = None):
         digest.update(name.encode())
         digest.update(memoryview(np.ascontiguousarray(values)).cast("B"))  # no copy of a 10M-row column
     return write_rows(ds, chunks(), digest.hexdigest())
+
+
+def column_parts(ds, columns: list[str], rows=None) -> Iterator[tuple[int, object]]:
+    """(first row, a pyarrow table of `columns` for the next CHUNK_ROWS rows of `ds`), in its row
+    order, gathered batch-wise (`_gather`) where a split maps rows; `rows` (a numpy array of
+    positions in `ds`), when given, replaces the rows `ds` lists, in that order."""
+    import numpy as np
+
+    selected = ds.data.table.select(columns)  # the rows as stored
+    indices = ds._indices  # the split's mapping onto them (None: as stored)
+    if rows is None and indices is None:
+        for start in range(0, len(ds), CHUNK_ROWS):
+            yield start, selected.slice(start, CHUNK_ROWS)
+        return
+    batches = selected.to_batches()  # zero-copy views of the file's record batches
+    starts = np.cumsum([0] + [len(batch) for batch in batches])
+    for start in range(0, len(ds) if rows is None else len(rows), CHUNK_ROWS):
+        wanted = np.arange(start, min(start + CHUNK_ROWS, len(ds))) if rows is None else rows[start:start + CHUNK_ROWS]
+        if indices is not None:
+            wanted = indices.column(0).take(wanted).to_numpy()
+        yield start, _gather(batches, starts, wanted, selected.schema)
 
 
 def row_parts(ds) -> Iterator[tuple[int, object]]:
@@ -445,19 +458,21 @@ def write_rows(ds, chunks: Iterator, key: str):
     return datasets.Dataset.from_file(str(target))
 
 
-def in_memory(table):
-    """A pyarrow table as an in-memory Dataset, fingerprinted by a hash of its schema and buffers:
-    datasets' own fingerprint pickles the table to hash it, ~5x the table's size in memory."""
+def in_memory(table, features=None):
+    """A pyarrow table as an in-memory Dataset (of datasets `features`, when given: a ClassLabel's
+    names), fingerprinted by a hash of its schema and buffers: datasets' own fingerprint pickles
+    the table to hash it, ~5x the table's size in memory."""
     import datasets
     from datasets.table import InMemoryTable
 
-    digest = hashlib.sha256(f"{VERSION}|{table.schema}".encode())
+    digest = hashlib.sha256(f"{VERSION}|{table.schema}|{features}".encode())
     for column in table.columns:
         for chunk in column.chunks:
             for buffer in chunk.buffers():
                 if buffer is not None:
                     digest.update(buffer)
-    return datasets.Dataset(InMemoryTable(table), fingerprint=digest.hexdigest()[:16])
+    info = datasets.DatasetInfo(features=features) if features is not None else None
+    return datasets.Dataset(InMemoryTable(table), info=info, fingerprint=digest.hexdigest()[:16])
 
 
 def features_fingerprint(ds, tokenizer, *settings) -> str:

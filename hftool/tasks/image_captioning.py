@@ -9,6 +9,7 @@ model and its generation config, so `generate` and the loss agree on them out of
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,31 +76,69 @@ class ImageCaptioning(Task):
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns image (datasets Image, not decoded) and captions (list of str).
 
-        Rows naming the same image file are merged, so an image is evaluated once against all
-        of its captions. Image paths are read relative to the data file and checked up front.
+        Rows naming the same image file are merged (in the order each file first appears), so an
+        image is evaluated once against all of its captions. Image paths are read relative to the
+        data file and checked up front, every time. Captions are checked and the merged rows
+        written a part at a time, memory-mapped from the cache when `ds` is on disk.
         """
         import datasets
+        import numpy as np
         import pyarrow as pa
+        import pyarrow.compute as pc
 
-        from hftool.data.tables import in_memory
+        from hftool.data import tables
+        from hftool.data.tables import write_rows
 
-        captions = None
+        texts = None
         if require_labels:
             caption_column = find_column(ds, source, cfg.data.caption_column, CAPTION_COLUMNS, "caption",
                                          "caption_column")
-            values = column_values(ds, caption_column).to_pylist()  # one Arrow read, not a formatted row at a time
-            captions = [_captions(value, source, row, caption_column) for row, value in enumerate(values, 1)]
+
+            def normalised():
+                for start, part in tables.column_parts(ds, [caption_column]):
+                    values = part.column(0).to_pylist()
+                    yield pa.table({"captions": pa.array(
+                        [_captions(value, source, row, caption_column) for row, value in enumerate(values, start + 1)],
+                        pa.list_(pa.string()))})
+
+            texts = write_rows(ds, normalised(), f"captions|{caption_column}")
         rows, kept = images.image_rows(ds, source, cfg.data.image_column, cfg.data.skip_bad_images)
         if kept is None:  # images stored in the data: one row each
-            return (rows if captions is None else rows.add_column("captions", captions)), None
-        merged: dict[str, list[str]] = {}
-        # Paths by Arrow, not a dict per row from `rows["image"]`.
-        for path, i in zip(column_values(rows, "image").combine_chunks().field("path").to_pylist(), kept):
-            merged.setdefault(path, []).extend(captions[i] if captions is not None else [])
-        table = {"image": pa.array(list(merged), pa.string())}
-        if captions is not None:
-            table["captions"] = pa.array(list(merged.values()), pa.list_(pa.string()))
-        return in_memory(pa.table(table)).cast_column("image", datasets.Image(decode=False)), None
+            return (rows if texts is None else rows.add_column("captions", texts.data.column("captions"))), None
+        entries = column_values(rows, "image").combine_chunks()
+        # Codes number the paths in the order each first appears; a stable sort by code lists each
+        # image's rows together, in file order: the merge in Arrow and numpy, not a dict of every path.
+        codes = pc.dictionary_encode(entries.field("path")).indices.to_numpy()
+        order = np.argsort(codes, kind="stable")
+        sizes = np.bincount(codes, minlength=0)
+        ends = np.cumsum(sizes)
+        kept = np.asarray(kept, dtype=np.int64)
+
+        def merged():
+            for start in range(0, max(len(sizes), 1), tables.CHUNK_ROWS):  # one table at least, if empty
+                part = sizes[start:start + tables.CHUNK_ROWS]
+                begin = ends[start] - sizes[start] if len(part) else 0
+                mine = order[begin:begin + part.sum()]  # the kept rows of these images, image by image
+                starts = np.cumsum(part) - part
+                columns = {"image": entries.take(pa.array(mine[starts]))}
+                if texts is not None:
+                    lists = pa.concat_tables(t for _, t in tables.column_parts(texts, ["captions"], kept[mine]))
+                    lists = lists.column(0).combine_chunks()
+                    lengths = pc.list_value_length(lists).to_numpy()
+                    totals = np.add.reduceat(lengths, starts) if len(part) else lengths
+                    offsets = pa.array(np.concatenate(([0], np.cumsum(totals))), pa.int32())
+                    columns["captions"] = pa.ListArray.from_arrays(offsets, lists.flatten())
+                yield pa.table(columns)
+
+        # What decides the rows beyond ds: the resolved paths (data folder, image column), which
+        # were kept (skip_bad_images), the captions read. The image files' contents are not in them.
+        digest = hashlib.sha256(f"{texts._fingerprint if texts is not None else ''}".encode())
+        for buffer in entries.field("path").buffers():
+            if buffer is not None:
+                digest.update(buffer)
+        digest.update(kept.tobytes())
+        return write_rows(ds, merged(), f"merged|{digest.hexdigest()}").cast_column(
+            "image", datasets.Image(decode=False)), None
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
         """Missing, empty, unreadable and unusual images; empty captions (each, with its row)."""
@@ -146,11 +185,11 @@ class ImageCaptioning(Task):
         import datasets
         import pyarrow as pa
 
-        from hftool.data.tables import row_parts, write_rows
+        from hftool.data.tables import column_parts, features_fingerprint, write_rows
 
         def tables():
-            for start, part in row_parts(ds):
-                captions, entries = column_values(part, "captions").to_pylist(), column_values(part, "image")
+            for start, part in column_parts(ds, ["captions", "image"]):
+                captions, entries = part.column("captions").to_pylist(), part.column("image")
                 if every:
                     owners = [i for i, texts in enumerate(captions) for _ in texts]
                     labels = self._encode(parts, cfg, [t for texts in captions for t in texts])
@@ -160,8 +199,9 @@ class ImageCaptioning(Task):
                     labels = self._encode(parts, cfg, [texts[0] for texts in captions])
                     yield pa.table({"image": entries, "labels": labels, "index": list(range(start, start + len(labels)))})
 
-        tokenizer = parts.processor
-        key = f"captions|{every}|{type(tokenizer).__name__}|{len(tokenizer)}|{tokenizer.name_or_path}|{cfg.data.max_length}"
+        # What the tokenizer does, not where it was loaded from: --resume and `evaluate` reuse the rows.
+        key = features_fingerprint(ds, parts.processor, "captions", every, cfg.data.max_length,
+                                   parts.model.config.eos_token_id)
         return write_rows(ds, tables(), key).cast_column("image", datasets.Image(decode=False))
 
     def collate(self, parts):
