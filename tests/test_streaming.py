@@ -117,10 +117,10 @@ def test_streaming_without_max_steps_is_a_one_line_error(data, tmp_path, cli):
 
 
 def test_a_task_that_cannot_stream_says_which_can(tmp_path, cli):
-    result = cli("finetune", "bert-ner", "-o", tmp_path / "run", "--max-steps", "2", "data.streaming=true")
+    result = cli("finetune", "lstm-forecast", "-o", tmp_path / "run", "--max-steps", "2", "data.streaming=true")
     assert result.code == 2
-    assert "token-classification cannot stream its data" in result.err
-    assert "text-classification, causal-lm" in result.err
+    assert "time-series-forecasting cannot stream its data" in result.err
+    assert "text-classification, token-classification, causal-lm" in result.err
 
 
 def test_a_bad_byte_past_the_sample_names_the_line_and_the_fix(tmp_path, cli, monkeypatch):
@@ -308,3 +308,42 @@ def test_seq2seq_streams_pairs_in_file_order(tmp_path, cli, monkeypatch):
     assert result.code == 0, result.err
     assert [t.strip() for t in targets] == pairs["target"][8:20]
     assert "eval_bleu" in json.loads(result.out)
+
+
+def conll(path: Path, sentences: int, late: str | None = None) -> None:
+    """`sentences` CoNLL sentences of three tokens (PER, LOC), each four lines with its blank one;
+    `late`: one more sentence at the end, tagged with that type."""
+    blocks = [f"Anna B-PER\nvisits O\n{'Paris' if i % 2 else 'Rome'} B-LOC" for i in range(sentences)]
+    if late:
+        blocks.append(f"the O\nAcme B-{late}\nCup I-{late}")
+    path.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+
+
+def test_ner_streams_conll_and_takes_a_type_first_seen_deep_in_the_file(tmp_path, cli, monkeypatch):
+    from hftool.data import tables
+
+    monkeypatch.setattr(tables, "CHUNK_ROWS", 8)  # the tag pass crosses chunks
+    path = tmp_path / "train.conll"
+    conll(path, 60, late="MISC")
+    run = tmp_path / "run"
+    result = cli("finetune", "bert-ner", "--data", path, "-o", run, "--batch-size", "4", "--max-steps", "3",
+                 "data.streaming=true", "data.max_eval_samples=10")
+    assert result.code == 0, result.err
+    assert "reading the tags" in result.err
+    labels = json.loads((run / "config.json").read_text())["id2label"]
+    assert sorted(labels.values()) == ["B-LOC", "B-MISC", "B-PER", "I-LOC", "I-MISC", "I-PER", "O"]
+
+
+def test_a_bad_tag_deep_in_a_streamed_conll_file_names_its_line(tmp_path, cli, monkeypatch):
+    from hftool.data import tables
+
+    monkeypatch.setattr(tables, "CHUNK_ROWS", 8)
+    path = tmp_path / "train.conll"
+    conll(path, 60)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    lines[4 * 50 + 1] = "visits X-PER"  # sentence 50's second token: line 202
+    path.write_text("\n".join(lines), encoding="utf-8")
+    result = cli("finetune", "bert-ner", "--data", path, "-o", tmp_path / "run", "--max-steps", "2",
+                 "data.streaming=true", "data.max_eval_samples=10")
+    assert result.code == 2
+    assert f"{path} line 202: tag 'X-PER' is not O or B-/I-/E-/S-<type>" in result.err

@@ -346,6 +346,10 @@ def _labels(stream: Stream, first, loaded) -> list[str]:
     from hftool.data.labels import LABEL_COLUMNS, label_names
 
     data, name = stream.cfg.data, stream.names["train"]
+    own = stream.task.stream_labels(stream.cfg, ((start, _dataset(table, stream.features_of))
+                                                 for _, start, table in stream.chunks()), name)
+    if own is not None:
+        return own
     column = find_column(_dataset(first[2], stream.features_of), name, getattr(data, "label_column", None), LABEL_COLUMNS,
                          "label", "label_column")
     if loaded is not None:  # already read whole: its own features (ClassLabel names) decide

@@ -44,6 +44,8 @@ Hooks, in the order a run calls them (`parts` is what `build` returned):
                                                  canonical rows -> model inputs (+ `length` for
                                                  length-grouped batches); `features` is what
                                                  predict uses, and the other two default to it
+    stream_labels(cfg, chunks, source) -> labels  data.streaming=true: label names from one pass
+                                                 (tasks whose labels are not one column's values)
     stream_features(parts, cfg, groups) -> iterator of dicts
                                                  data.streaming=true: model inputs, one dict per
                                                  example, from prepared rows arriving a small
@@ -265,6 +267,13 @@ class Task:
         """Model inputs for evaluation (training, `hftool evaluate`). The training features unless
         the task scores differently, e.g. a language model's overlapping strided windows."""
         return self.features(parts, cfg, ds)
+
+    def stream_labels(self, cfg, chunks, source: str) -> list[str] | None:
+        """data.streaming=true: the label names of every training row, from one pass over
+        `chunks` ((first row, Dataset of raw rows) each), for a task whose labels are not one
+        column's values (tags of a sentence). None: the default pass, which keeps the distinct
+        values of the label column (hftool/data/streaming.py)."""
+        return None
 
     def stream_features(self, parts: Parts, cfg, groups):
         """data.streaming=true: the training examples (dicts of model inputs) of a stream of

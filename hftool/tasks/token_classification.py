@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from hftool import models
+from hftool import logs, models
 from hftool.config import DataConfig
 from hftool.data.columns import column_values
 from hftool.data.conll import TAG
@@ -130,6 +130,7 @@ class TokenClassification(Task):
     pipeline_task = "token-classification"
     meta_keys = ("word_ids", "example_id")
     peft_unsupported = ""
+    streams = True  # data.streaming=true: tag names from one pass (stream_labels)
 
     def peft_heads(self, parts):
         return ["classifier", "score"]
@@ -168,6 +169,18 @@ class TokenClassification(Task):
                                 **({"tags": pa.array([], pa.list_(pa.int64()))} if tag_column else {})})
 
         return write_rows(ds, tables(), json.dumps([column, tag_column, data.tag_names, labels])), labels
+
+    def stream_labels(self, cfg, chunks, source):
+        """The tag names of a stream: one pass, each chunk checked as prepare checks it (its
+        errors name the file's line), keeping only the entity types seen."""
+        data, types = cfg.data, set()
+        logs.info(f"data.streaming: reading the tags of {source} once for their types")
+        for start, part in chunks:
+            column = find_column(part, source, data.text_column, TOKEN_COLUMNS, "tokens", "text_column")
+            tag_column = find_column(part, source, data.label_column, TAG_COLUMNS, "tags", "label_column")
+            _, tags = self._checked_rows(part, start, column, tag_column, source, data.tag_names, None)
+            types.update(tag[2:] for row in tags for tag in row if tag != "O")
+        return label_names(types)
 
     def _checked_rows(self, ds, offset: int, column: str, tag_column: str | None, source: str,
                       tag_names: list | None, labels: list[str] | None) -> tuple[list, list]:
