@@ -38,9 +38,22 @@ def column_values(ds, column: str):
     lists (28 s for 900k). `_indices` is the row mapping select/shuffle/train_test_split leave:
     datasets has no public way to read it.
     """
-    values = ds.data.column(column)
     indices = ds._indices
-    return values if indices is None else values.take(indices.column(0))
+    if indices is None:
+        return ds.data.column(column)
+    import numpy as np
+    import pyarrow as pa
+
+    from hftool.data.tables import _gather
+
+    # Gathered batch by batch: Arrow's take would concatenate the whole stored column first, on
+    # every call, which a reader calling this per part of a split (row_parts) pays per part.
+    selected = ds.data.table.select([column])
+    batches = selected.to_batches()
+    starts = np.cumsum([0] + [len(batch) for batch in batches])
+    if not batches:
+        return pa.chunked_array([], selected.schema.field(0).type)
+    return _gather(batches, starts, indices.column(0).to_numpy(), selected.schema).column(0)
 
 
 def first_not_text(ds, column: str) -> int | None:
