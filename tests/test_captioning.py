@@ -189,6 +189,42 @@ def test_one_caption_per_row_is_grouped_by_image(tmp_path):
     assert rows[0]["image"]["path"] == str(tmp_path / "images" / "0.png")
 
 
+def test_rows_merge_by_image_in_first_seen_order_whatever_the_part_size(tmp_path, monkeypatch):
+    """Rows of one image anywhere in the file merge into one row (images in the order each is
+    first named, its captions in file order); parts of 4 rows and captions tokenized 3 images at
+    a time give the rows and features that one part does."""
+    from hftool.config import load_config
+    from hftool.data import load_source, tables
+    from hftool.tasks import get_task, image_captioning
+
+    data = write_shapes(tmp_path, 7, seed=3, one_per_row=True)
+    lines = data.read_text(encoding="utf-8").splitlines()
+    random.Random(0).shuffle(lines)
+    data.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    named = [json.loads(line) for line in lines]
+    first_seen = list(dict.fromkeys(row["image"] for row in named))
+    cfg = load_config("caption", overrides=TINY)
+    task = get_task("image-captioning")
+
+    def prepared(chunk_rows, encode_rows):
+        monkeypatch.setattr(tables, "CHUNK_ROWS", chunk_rows)
+        monkeypatch.setattr(image_captioning, "ENCODE_ROWS", encode_rows)
+        monkeypatch.setattr(tables, "cache_dir", lambda: tmp_path / f"cache-{chunk_rows}")
+        rows, _ = task.prepare(cfg, load_source(str(data))["train"], str(data))
+        parts = task.build(cfg, None, rows)
+        table = task.train_features(parts, cfg, rows).data.table
+        return rows, table.select(["labels", "length"]).to_pylist(), table.column("image").to_pylist()
+
+    rows, features, images = prepared(20_000, 1_000)
+    assert [Path(entry["path"]).relative_to(tmp_path).as_posix() for entry in rows["image"]] == first_seen
+    assert rows["captions"] == [[row["caption"] for row in named if row["image"] == image] for image in first_seen]
+    assert len(features) == len(named) and [entry["path"] for entry in images] == [
+        entry["path"] for entry, captions in zip(rows["image"], rows["captions"]) for _ in captions]
+    small_rows, small_features, small_images = prepared(4, 3)
+    assert small_rows.to_list() == rows.to_list()
+    assert (small_features, small_images) == (features, images)
+
+
 def test_coco_captions_json(tmp_path):
     from hftool.data import load_source
 

@@ -373,3 +373,17 @@ def test_captioning_rows_merge_by_image_in_first_appearance_order_across_chunks(
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(HftoolError, match=r"train.jsonl row 31: empty caption in column 'caption'"):
         task.prepare(cfg, load_source(str(path))["train"], str(path))
+
+
+def test_first_seen_codes_number_values_in_the_order_they_first_appear_across_chunks():
+    import random
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rng = random.Random(0)
+    for n, distinct in ((0, 1), (1, 1), (30, 1), (30, 4), (100, 1000)):
+        values = pa.array([f"images/{rng.randrange(distinct)}.png" for _ in range(n)], pa.string())
+        expected = pc.dictionary_encode(values).indices.to_numpy().astype(np.int64)
+        assert tables.first_seen_codes(values).tolist() == expected.tolist()

@@ -347,3 +347,66 @@ def test_a_bad_tag_deep_in_a_streamed_conll_file_names_its_line(tmp_path, cli, m
                  "data.streaming=true", "data.max_eval_samples=10")
     assert result.code == 2
     assert f"{path} line 202: tag 'X-PER' is not O or B-/I-/E-/S-<type>" in result.err
+
+
+def hub_stub(monkeypatch, splits) -> list[tuple]:
+    """datasets.load_dataset answering for the hub id someone/reviews with `splits()` (what it
+    was asked: name and streaming, per call): the hub itself cannot be reached in tests."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(name, config=None, **options):
+        calls.append((name, options.get("streaming", False)))
+        assert name == "someone/reviews", name
+        return splits(**options)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_a_hub_dataset_trains_from_its_own_stream_as_the_same_local_rows_do(data, tmp_path, cli, monkeypatch,
+                                                                                trained_batches):
+    import datasets
+
+    _, rows = data
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    for path, part in ((train, rows[:50]), (dev, rows[50:])):
+        path.write_text("".join(json.dumps(row) + "\n" for row in part), encoding="utf-8")
+    json_files = datasets.load_dataset
+    calls = hub_stub(monkeypatch, lambda **options: json_files("json", data_files={"train": str(train), "dev": str(dev)},
+                                                                **options))
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    runs = {}
+    for name, source in (("hub", ["--data", "someone/reviews"]), ("files", ["--data", train, "--eval-data", dev])):
+        trained_batches.clear()
+        result = cli("finetune", "bert-cls", *source, "-o", tmp_path / name, "--batch-size", "4", "--max-steps", "5",
+                     "data.streaming=true", "data.shuffle_buffer=16", "eval.save_predictions=true")
+        assert result.code == 0, result.err
+        assert "holding out" not in result.err  # validation is the hub's dev split
+        if name == "hub":  # nothing copied: its validation rows are read into memory
+            assert not (cache / "hftool-tables").exists()
+        runs[name] = (list(trained_batches), json.loads(result.out)["eval_loss"],
+                      len((tmp_path / name / "predictions.jsonl").read_text().splitlines()))
+    assert calls == [("someone/reviews", True)]  # streamed, never loaded whole
+    (hub_batches, hub_loss, hub_scored), (file_batches, file_loss, file_scored) = runs["hub"], runs["files"]
+    assert hub_batches == file_batches and len(hub_batches) == 20
+    assert hub_loss == pytest.approx(file_loss) and hub_scored == file_scored == 10
+
+
+def test_a_hub_stream_with_class_labels_takes_their_names_without_a_pass(tmp_path, cli, monkeypatch):
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "neutral", "positive"])})
+    rows = {"text": [f"row {i} is {'good' if i % 2 else 'bad'}" for i in range(40)], "label": [2 * (i % 2) for i in range(40)]}
+    table = datasets.Dataset.from_dict(rows, features=features)
+    hub_stub(monkeypatch, lambda **options: datasets.IterableDatasetDict(train=table.to_iterable_dataset()))
+    run = tmp_path / "run"
+    result = cli("finetune", "bert-cls", "--data", "someone/reviews", "-o", run, "--batch-size", "4", "--max-steps", "2",
+                 "data.streaming=true", "data.max_eval_samples=8")
+    assert result.code == 0, result.err
+    assert "reading the label column" not in result.err and "holding out the first 8 rows" in result.err
+    labels = json.loads((run / "config.json").read_text())["id2label"]
+    assert [labels[str(i)] for i in range(3)] == ["negative", "neutral", "positive"]

@@ -262,7 +262,7 @@ def labelled_rows(ds, source: str, data: ImageData, labels: list[str] | None = N
         ids = label_ids(ds, column, labels, source)
     rows, kept = image_rows(ds, source, data.image_column, data.skip_bad_images)
     if ids is not None:
-        rows = rows.add_column("label", ids if kept is None else [ids[i] for i in kept])
+        rows = rows.add_column("label", ids if kept is None else ids[kept])
     return rows, labels
 
 

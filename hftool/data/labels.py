@@ -78,8 +78,10 @@ def label_names(ds, column: str, source: str, findings: Findings | None = None) 
     return names
 
 
-def label_ids(ds, column: str, names: list[str], source: str) -> list[int]:
-    """Class ids of `column` against `names`; a missing or unknown label is an error naming the row."""
+def label_ids(ds, column: str, names: list[str], source: str):
+    """Class ids of `column` against `names`, a numpy int64 array (not a list: a Python int per
+    row is 8 bytes of list besides the array); a missing or unknown label is an error naming the row."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -92,7 +94,7 @@ def label_ids(ds, column: str, names: list[str], source: str) -> list[int]:
         if ds._indices is not None:  # see column_values
             found = found.take(ds._indices.column(0))
         if not found.null_count:
-            return found.to_pylist()
+            return found.to_numpy().astype(np.int64)
         first = pc.index(pc.is_null(found), True).as_py()  # the message below names it
         values = values.slice(first, 1)
         offset = first
@@ -110,7 +112,7 @@ def label_ids(ds, column: str, names: list[str], source: str) -> list[int]:
             raise HftoolError(f"{source} row {row}: label {value!r} is not one the model was trained on "
                               f"({', '.join(names)}); fix the row or add the class to the training data")
         out.append(ids[key])
-    return out
+    return np.asarray(out, dtype=np.int64)
 
 
 def check_labelled(ds, column: str, source: str) -> None:

@@ -273,10 +273,15 @@ def _read_shards(shards: list[Path], encoding: str | None, txt_unit: str):
 def _normalise_splits(dd):
     import datasets
 
+    return datasets.DatasetDict(normal_split_names(dd))
+
+
+def normal_split_names(splits) -> dict:
+    """{split: rows} with aliases (dev, valid, ...) under their usual name; the first one wins."""
     renamed = {}
-    for name, ds in dd.items():
+    for name, ds in splits.items():
         renamed.setdefault(SPLIT_ALIASES.get(name, name), ds)
-    return datasets.DatasetDict(renamed)
+    return renamed
 
 
 def load_source(spec: str, encoding: str | None = None, token: str | None = None, txt_unit: str = "line",
@@ -314,14 +319,26 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
     looks_like_file = path.suffix.lower() in FOLDER_EXTENSIONS or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec)
     if looks_like_file:
         raise HftoolError(f"data file {spec} does not exist; check the path (or pass a hub dataset as name or name:config)")
-    name, _, config = spec.partition(":")
+    return _normalise_splits(load_hub(spec, token))
+
+
+def load_hub(spec: str, token: str | None = None, streaming: bool = False):
+    """A hub dataset `name[:config]`: a DatasetDict, or with `streaming` an IterableDatasetDict
+    that reads its files as it is iterated (nothing downloaded up front). Split names as given."""
+    import datasets
+
     from hftool.hub import from_hub
 
-    loaded = from_hub(
-        "dataset", spec, "a local file or folder (--data train.csv, csv/tsv/json/jsonl/parquet/txt)",
-        lambda: datasets.load_dataset(name, config or None, token=token),
-    )
-    return _normalise_splits(loaded)
+    name, _, config = spec.partition(":")
+    return from_hub("dataset", spec, "a local file or folder (--data train.csv, csv/tsv/json/jsonl/parquet/txt)",
+                    lambda: datasets.load_dataset(name, config or None, token=token, streaming=streaming))
+
+
+def is_hub_spec(spec: str) -> bool:
+    """Whether load_source reads `spec` from the hub: not a sample, nor a local file or folder."""
+    path = Path(spec).expanduser()
+    return not (spec.startswith("sample:") or path.exists() or path.suffix.lower() in FOLDER_EXTENSIONS
+                or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec))
 
 
 def _is_parallel_folder(path: Path) -> bool:

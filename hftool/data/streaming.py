@@ -15,8 +15,10 @@ than a second read from the start.
 Validation is bounded and read as usual (map-style): data.eval, else the source's validation
 split, else the first rows of the stream, which training skips.
 
-Sources other than table files and folders of split files (samples, save_to_disk folders, the
-hub) are loaded as usual and their training split then goes through the same stream.
+A hub dataset is read through datasets' own stream (`load_dataset(..., streaming=True)`): its files
+are fetched as training reads them, its validation split (data.max_eval_samples rows of it, when
+set) is read before training. Other sources (samples, save_to_disk folders, image folders) are
+loaded as usual and their training split then goes through the same stream.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ def _source(cfg, task, token: str | None):
     """(stream without labels or sample, raw validation rows, the loaded training split where the
     source was loaded rather than streamed)."""
     from hftool.data import _one_file
-    from hftool.data.sources import describe, load_source
+    from hftool.data.sources import describe, is_hub_spec, load_hub, load_source, normal_split_names
 
     data, reading = cfg.data, task.reading(cfg)
     if not data.train:
@@ -185,6 +187,16 @@ def _source(cfg, task, token: str | None):
 
             validation = _read_shards(validation_files, data.encoding, reading.txt_unit)
             validation_name = f"{data.train} [validation]"
+    elif is_hub_spec(data.train):  # the hub's own stream: its files are read as training goes
+        splits = normal_split_names(load_hub(data.train, token, streaming=True))
+        if "train" not in splits:
+            raise HftoolError(f"{data.train} has no train split (splits: {', '.join(splits)}); pass the training data with --data")
+        features_of, name = splits["train"].features, describe(data.train, "train", False)
+        chunks = lambda: _iterable_chunks(splits["train"], name)
+        if "validation" in splits and not data.eval:
+            validation = _dataset(_first_rows_of(_iterable_chunks(splits["validation"], name), data.max_eval_samples),
+                                  splits["validation"].features)
+            validation_name = describe(data.train, "validation", False)
     else:  # loaded as usual, then streamed from its (memory-mapped or in-memory) table
         source = load_source(data.train, data.encoding, token, reading.txt_unit, reading.langs, reading.videos)
         if "train" not in source:
@@ -324,14 +336,30 @@ def _loaded_chunks(ds, name: str):
         yield name, start, table[start:start + CHUNK_ROWS]
 
 
+def _iterable_chunks(rows, name: str):
+    """A datasets IterableDataset's rows (a hub stream) as Arrow tables of CHUNK_ROWS rows."""
+    from hftool.data.tables import CHUNK_ROWS
+
+    start = 0
+    for table in rows.with_format("arrow").iter(batch_size=CHUNK_ROWS):
+        yield name, start, table
+        start += len(table)
+
+
 def _first_rows(stream: Stream, n: int):
     """The first `n` rows of the stream as one Arrow table (fewer when it has fewer)."""
+    return _first_rows_of(stream.chunks(), n)
+
+
+def _first_rows_of(chunks, n: int | None):
+    """The first `n` rows (all of them: None) of `chunks` ((name, start, table) each) as one table."""
     import pyarrow as pa
 
-    tables = []
-    for _, _, table in stream.chunks():
-        tables.append(table.slice(0, n - sum(len(t) for t in tables)))
-        if sum(len(t) for t in tables) >= n:
+    tables, held = [], 0
+    for _, _, table in chunks:
+        tables.append(table if n is None else table.slice(0, n - held))
+        held += len(tables[-1])
+        if n is not None and held >= n:
             break
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
@@ -354,6 +382,8 @@ def _labels(stream: Stream, first, loaded) -> list[str]:
                          "label", "label_column")
     if loaded is not None:  # already read whole: its own features (ClassLabel names) decide
         return label_names(loaded, column, name)
+    if hasattr((stream.features_of or {}).get(column), "names"):  # a hub stream's ClassLabel: no pass needed
+        return label_names(_dataset(first[2], stream.features_of), column, name)
     logs.info(f"data.streaming: reading the label column '{column}' of {name} once for its classes")
     distinct = []
     for _, _, table in stream.chunks():

@@ -25,6 +25,7 @@ from hftool.tasks.base import Options, Parts, Task, find_column
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
 DEFAULT_SIDE = 64  # tiny:vit's input when data.image_size is unset
 REPORT = "captions.jsonl"
+ENCODE_ROWS = 1_000  # images whose captions are tokenized in one call
 
 
 @dataclass
@@ -108,7 +109,7 @@ class ImageCaptioning(Task):
         entries = column_values(rows, "image").combine_chunks()
         # Codes number the paths in the order each first appears; a stable sort by code lists each
         # image's rows together, in file order: the merge in Arrow and numpy, not a dict of every path.
-        codes = pc.dictionary_encode(entries.field("path")).indices.to_numpy()
+        codes = tables.first_seen_codes(entries.field("path"))
         order = np.argsort(codes, kind="stable")
         sizes = np.bincount(codes, minlength=0)
         ends = np.cumsum(sizes)
@@ -187,17 +188,26 @@ class ImageCaptioning(Task):
 
         from hftool.data.tables import column_parts, features_fingerprint, write_rows
 
+        id_lists = pa.list_(pa.int64())
+
+        def rows(start, part):
+            captions, entries = part.column("captions").to_pylist(), part.column("image")
+            if every:
+                owners = [i for i, texts in enumerate(captions) for _ in texts]
+                labels = self._encode(parts, cfg, [t for texts in captions for t in texts])
+                return pa.table({"image": entries.take(owners), "labels": pa.array(labels, id_lists),
+                                 "length": pa.array([len(ids) for ids in labels], pa.int64())})
+            labels = self._encode(parts, cfg, [texts[0] for texts in captions])
+            return pa.table({"image": entries, "labels": pa.array(labels, id_lists),
+                             "index": pa.array(range(start, start + len(labels)), pa.int64())})
+
         def tables():
+            # The tokenizer sees ENCODE_ROWS images at a time: its encodings of a whole part (tens
+            # of thousands of captions, each with its tokens, offsets and masks) would be the peak.
             for start, part in column_parts(ds, ["captions", "image"]):
-                captions, entries = part.column("captions").to_pylist(), part.column("image")
-                if every:
-                    owners = [i for i, texts in enumerate(captions) for _ in texts]
-                    labels = self._encode(parts, cfg, [t for texts in captions for t in texts])
-                    yield pa.table({"image": entries.take(owners), "labels": labels,
-                                    "length": [len(ids) for ids in labels]})
-                else:
-                    labels = self._encode(parts, cfg, [texts[0] for texts in captions])
-                    yield pa.table({"image": entries, "labels": labels, "index": list(range(start, start + len(labels)))})
+                pieces = [rows(start + offset, part.slice(offset, ENCODE_ROWS))
+                          for offset in range(0, max(part.num_rows, 1), ENCODE_ROWS)]
+                yield pa.concat_tables(pieces).combine_chunks()
 
         # What the tokenizer does, not where it was loaded from: --resume and `evaluate` reuse the rows.
         key = features_fingerprint(ds, parts.processor, "captions", every, cfg.data.max_length,

@@ -51,12 +51,11 @@ class TextClassification(Task):
 
     def prepare(self, cfg, ds, source, labels=None, require_labels=True):
         """Rows -> columns text, [text_pair], label (class id); label names come from `ds` when None."""
-        import numpy as np
 
         from hftool.data.tables import select_rows
 
         columns, label, labels = self._columns(cfg, ds, source, labels, require_labels)
-        extra = {} if label is None else {"label": np.asarray(label_ids(ds, label, labels, source), dtype=np.int64)}
+        extra = {} if label is None else {"label": label_ids(ds, label, labels, source)}
         # Rows read from a file stay memory-mapped, and the tokenized features are then written
         # beside them on disk (and found there by the next run on the same data).
         return select_rows(ds, columns, extra), labels

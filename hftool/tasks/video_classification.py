@@ -129,7 +129,7 @@ class VideoClassification(Task):
             raise HftoolError(f"{folder} is a folder of frames, which has no frame rate: data.clip_seconds cannot "
                               "place clips in it; use data.frame_stride")
         if ids is not None:
-            rows = rows.add_column("label", [ids[i] for i in kept])
+            rows = rows.add_column("label", ids[kept])
         return rows, labels
 
     def validate_rows(self, cfg, ds, source, findings, labels=None):
