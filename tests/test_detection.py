@@ -111,6 +111,38 @@ def test_coco_rows_group_shuffled_annotations_per_image_in_file_order(tmp_path):
     assert rows.to_list() == expected and rows.features["objects"]["category"].feature.names == ["a", "b"]
 
 
+def test_coco_is_streamed_an_item_at_a_time_and_reads_as_the_whole_document_does(tmp_path, monkeypatch):
+    import hftool.data.sources as sources
+    from hftool.data import load_source
+    from hftool.errors import HftoolError
+
+    path = write_coco(tmp_path, 6, seed=2)
+    raw = json.loads(path.read_text())
+    raw = {"info": {"year": 2017}, "licenses": [], "images": raw["images"],  # COCO's own key order: categories last
+           "annotations": raw["annotations"], "categories": raw["categories"]}
+    raw["images"].append({"id": 5000, "file_name": "5.png", "width": 96, "height": 96})  # no objects
+    path.write_text(json.dumps(raw, indent=1))
+    whole = load_source(str(path))["train"].to_list()
+    real_loads = json.loads
+
+    def no_document(text, *args, **kwargs):  # a whole-document parse of this file fails the test
+        assert len(text) < 1000, "the COCO document was parsed whole"
+        return real_loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(sources.json, "loads", no_document)
+    monkeypatch.setattr(sources, "_json_document", lambda *a: pytest.fail("the COCO document was read whole"))
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # not the first read's rows
+    streamed = load_source(str(path))["train"]
+    assert streamed.to_list() == whole and len(whole) == 7 and whole[-1]["objects"]["bbox"] == []
+    assert streamed.features["objects"]["category"].feature.names == ["circle", "rectangle"]
+    del raw["annotations"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(HftoolError, match=r'instances\.json: a COCO file needs an "annotations" list beside "images"'):
+        load_source(str(path))
+
+
 def test_coco_images_dir_is_used_and_a_missing_image_is_named(coco, tmp_path):
     from hftool.errors import HftoolError
 

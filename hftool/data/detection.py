@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from pathlib import Path
 
 from hftool import logs
@@ -76,20 +77,20 @@ def _number(value, where: str, what: str) -> float:
     return float(value)
 
 
-def read_coco(path: Path, loaded: dict):
-    """A COCO instances file (already parsed) -> Dataset, one row per image (images without
-    objects included: they teach the model what background is).
+def read_coco(path: Path, categories, images: Iterable, annotations: Iterable):
+    """A COCO instances file's "categories" list and its "images" and "annotations" (iterables:
+    ijson's stream of the file, or the parsed document's lists) -> Dataset, one row per image
+    (images without objects included: they teach the model what background is).
 
-    Takes `loaded` apart as it reads (its "images" and "annotations" lists are popped), and keeps
-    ids, classes and boxes in flat arrays, not a dict per image: the parsed document is freed
-    before the Arrow columns are built, which are built from those arrays, not Python rows.
+    Keeps ids, classes and boxes in flat arrays, not a dict per image, and builds the Arrow
+    columns from those arrays, not Python rows: an image or annotation is dropped as soon as it
+    is read.
     """
     from array import array
 
     import numpy as np
     import pyarrow as pa
 
-    categories = loaded.get("categories")
     if not isinstance(categories, list) or not categories:
         raise HftoolError(f"{path}: a COCO file needs a non-empty \"categories\" list of {{\"id\", \"name\"}}")
     try:
@@ -103,7 +104,7 @@ def read_coco(path: Path, loaded: dict):
     class_of = {c["id"]: i for i, c in enumerate(categories)}
     files, ids, widths, heights = [], array("q"), array("q"), array("q")
     row_of = {}
-    for n, image in enumerate(loaded.pop("images")):
+    for n, image in enumerate(images):
         if not isinstance(image, dict) or "id" not in image or not image.get("file_name"):
             raise HftoolError(f"{path}: images[{n}] needs an \"id\" and a \"file_name\"")
         row_of[image["id"]] = n
@@ -112,7 +113,7 @@ def read_coco(path: Path, loaded: dict):
         widths.append(int(image.get("width") or 0))
         heights.append(int(image.get("height") or 0))
     owners, classes, crowds, areas, boxes = array("q"), array("q"), array("q"), array("d"), array("d")
-    for n, ann in enumerate(loaded.pop("annotations")):
+    for n, ann in enumerate(annotations):
         where = f"{path}: annotation {ann.get('id', f'#{n}') if isinstance(ann, dict) else f'#{n}'}"
         if not isinstance(ann, dict):
             raise HftoolError(f"{where} is not an object")

@@ -119,6 +119,9 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
         return read_streamed(path, "txt", encoding, txt_unit)
     if suffix != ".json":  # a .txt of token/tag columns, or another extension: CoNLL
         return read_streamed(path, "conll", encoding)
+    streamed = _streamed_coco(path, encoding)
+    if streamed is not None:
+        return streamed
     loaded = _json_document(path, encoding)
     if loaded is None:
         return read_streamed(path, "jsonl", encoding)  # JSON lines with a bad line: its error names the line
@@ -128,7 +131,7 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
     if is_coco_captions(loaded):  # COCO captions: one row per image, its captions listed
         return read_coco_captions(loaded, path)
     if is_coco(loaded):  # a COCO instances file: one row per image, its objects nested
-        return read_coco(path, loaded)
+        return read_coco(path, loaded.get("categories"), loaded.pop("images"), loaded.pop("annotations"))
     if isinstance(loaded, dict) and "images" in loaded and ("categories" in loaded or "info" in loaded):
         raise HftoolError(f"{path}: a COCO file needs an \"annotations\" list beside \"images\" (use an "
                           "empty list for images without objects)")
@@ -140,10 +143,69 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
     return _records_to_dataset(records, path)
 
 
+# How a COCO instances file starts (within its first MB): an object with an "images" list.
+COCO_IMAGES = re.compile(rb'^\s*\{.*?"images"\s*:\s*\[', re.DOTALL)
+COCO_HEAD_BYTES = 1 << 20
+
+
+def _streamed_coco(path: Path, encoding: str | None):
+    """A COCO instances file read by ijson an image and an annotation at a time (three passes:
+    categories, images, annotations), so memory holds the rows' arrays, never the document
+    (instances_train2017.json parses into several GB of Python objects). None when the file is
+    not one, or is not UTF-8 JSON: the whole-document reader then reads it, and names the line
+    of a syntax error."""
+    if encoding not in (None, "utf-8", "utf8"):
+        return None
+    with path.open("rb") as f:
+        if not COCO_IMAGES.match(f.read(COCO_HEAD_BYTES)):
+            return None
+    import ijson
+
+    from hftool.data.detection import read_coco
+
+    def items(prefix: str):
+        with path.open("rb") as f:
+            yield from ijson.items(f, prefix, use_float=True)
+
+    annotations = 0
+
+    def counted(rows):
+        nonlocal annotations
+        for row in rows:
+            annotations += 1
+            yield row
+
+    try:
+        categories = list(items("categories.item"))
+        first_image = items("images.item")
+        found = next(first_image, None)
+        first_image.close()
+        if not categories or found is None:  # a caption file (no categories), records or columns
+            return None
+        ds = read_coco(path, categories, items("images.item"), counted(items("annotations.item")))
+    except (ijson.JSONError, UnicodeDecodeError):
+        return None
+    if not annotations and not _mentions(path, b'"annotations"'):
+        raise HftoolError(f"{path}: a COCO file needs an \"annotations\" list beside \"images\" (use an "
+                          "empty list for images without objects)")
+    return ds
+
+
+def _mentions(path: Path, word: bytes) -> bool:
+    """Whether `word` is anywhere in the file, read 1 MB at a time (the overlap catches it across reads)."""
+    tail = b""
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            if word in tail + block:
+                return True
+            tail = block[-len(word):]
+    return False
+
+
 def _json_document(path: Path, encoding: str | None):
-    """One JSON document: records, columns, or COCO (read whole: json cannot stream it); None when
-    it does not parse and is not COCO (JSON lines, then). Its text is freed on return, before the
-    rows are built from the document."""
+    """One JSON document: records, columns, or a COCO file that _streamed_coco did not take (read
+    whole: json cannot stream it); None when it does not parse and is not COCO (JSON lines, then).
+    Its text is freed on return, before the rows are built from the document."""
     text = read_text(path, encoding)
     try:
         return json.loads(text)
