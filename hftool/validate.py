@@ -28,6 +28,9 @@ from hftool.errors import HftoolError
 # The distribution figures the summary gives for each of a split's measured values.
 STATS = {"min": min, "median": statistics.median, "mean": statistics.fmean, "max": max}
 REPORT_FILES = ("report.json", "summary.png")  # what --report-dir holds
+# Findings of one check printed on the terminal; the rest are counted (the JSON report has all):
+# a million-row file's thousands of repeated rows would bury the other findings.
+SHOWN_PER_CHECK = 10
 
 
 @dataclass
@@ -40,9 +43,10 @@ class Report:
         return {"errors": self.errors, "warnings": self.warnings, "summary": self.summary}
 
     def text(self) -> str:
-        """For the terminal: every finding on one line, then the summary."""
-        lines = [f"{kind}: {f['message']}; {f['fix']} [{f['check']}]" if f["fix"] else f"{kind}: {f['message']} [{f['check']}]"
-                 for kind, found in (("error", self.errors), ("warning", self.warnings)) for f in found]
+        """For the terminal: a line per finding (the first SHOWN_PER_CHECK of each check, then
+        how many more), then the summary."""
+        lines = [line for kind, found in (("error", self.errors), ("warning", self.warnings))
+                 for line in shown_findings(kind, found)]
         for split, about in self.summary.get("splits", {}).items():
             lines.append(f"{split}: {about['source']}: {about['rows']} rows")
             if about["classes"]:
@@ -57,6 +61,21 @@ class Report:
             lines.append(f"leakage: {self.summary['leakage']} validation rows are copies of training rows")
         lines.append(f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)")
         return "\n".join(lines)
+
+
+def shown_findings(kind: str, found: list[dict], every: str = "--json or --report-dir lists every one") -> list[str]:
+    """Lines for `found` (records of one kind): the first SHOWN_PER_CHECK of each check, in order,
+    then a line per check saying how many more there are and where `every` one is listed."""
+    lines, per_check = [], {}
+    for f in found:
+        per_check[f["check"]] = per_check.get(f["check"], 0) + 1
+        if per_check[f["check"]] <= SHOWN_PER_CHECK:
+            lines.append(f"{kind}: {f['message']}; {f['fix']} [{f['check']}]" if f["fix"]
+                         else f"{kind}: {f['message']} [{f['check']}]")
+    for check, count in per_check.items():
+        if count > SHOWN_PER_CHECK:
+            lines.append(f"{kind}: ... and {count - SHOWN_PER_CHECK} more [{check}] ({every})")
+    return lines
 
 
 def as_record(finding: Finding) -> dict:
@@ -223,10 +242,11 @@ def hint(recipe: str, cfg: RunConfig):
 def refuse_bad_data(cfg: RunConfig, recipe: str = "", report_dir: str | Path | None = None) -> Report:
     """`finetune --validate`: the report's findings on stderr; bad data stops the run (exit 2)."""
     report = validate(cfg, report_dir)
-    for f in report.errors:
-        logs.info(f"error: {f['message']}; {f['fix']} [{f['check']}]")
-    for f in report.warnings:
-        logs.warn(f"{f['message']}; {f['fix']} [{f['check']}]")
+    every = f"`{command(recipe, cfg)} --json` lists every one"
+    for line in shown_findings("error", report.errors, every):
+        logs.info(line)
+    for line in shown_findings("warning", report.warnings, every):
+        logs.warn(line.removeprefix("warning: "))
     if report.errors:
         raise HftoolError(f"--validate: {len(report.errors)} error(s) in the data (listed above); fix them, or run "
                           f"`{command(recipe, cfg)} --json` for a machine-readable list")

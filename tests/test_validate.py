@@ -103,6 +103,24 @@ def test_warnings_alone_exit_0_and_the_report_dir(cli, tmp_path):
         assert png.width > 300 and png.height > 200
 
 
+def test_the_terminal_shows_ten_findings_of_a_check_and_counts_the_rest(cli, tmp_path):
+    rows = [["a fine film", "pos"], ["a dull film", "neg"]] + [["a fine film", "pos"]] * 25 + [["", "neg"]]
+    train = write_csv(tmp_path / "train.csv", ["text", "label"], rows)
+    result = cli("validate", "bert-cls", "--data", train)
+    assert result.code == 0, result.err
+    shown = [line for line in result.out.splitlines() if "[duplicate_row]" in line]
+    assert len(shown) == 11 and "row 12: the same text as row 1" in shown[9]
+    assert shown[10] == "warning: ... and 15 more [duplicate_row] (--json or --report-dir lists every one)"
+    assert "row 28: column 'text' is empty" in result.out  # another check's finding is not buried
+    assert "0 error(s), 26 warning(s)" in result.out
+    code, report = validate(cli, "bert-cls", "--data", train)
+    assert code == 0 and len([f for f in report["warnings"] if f["check"] == "duplicate_row"]) == 25
+    refused = cli("finetune", "bert-cls", "--data", train, "--validate", "--max-steps", "1", "-o", tmp_path / "run")
+    assert refused.code == 0, refused.err
+    assert f"... and 15 more [duplicate_row] (`hftool validate bert-cls --data {train} --json` lists every one)" \
+        in refused.err
+
+
 def test_ner_every_planted_problem(cli, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [
         {"tokens": ["John", "lives", "in", "Paris"], "ner_tags": ["B-PER", "O", "O", "B-LOC"]},  # 1
