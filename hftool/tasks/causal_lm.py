@@ -23,7 +23,7 @@ from hftool import models
 from hftool.config import DataConfig, EvalConfig, Option
 from hftool.data import chat as chat_data
 from hftool.data.columns import column_values
-from hftool.data.tables import tokenize
+from hftool.data.tables import column_texts, tokenize
 from hftool.errors import HftoolError
 from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
 from hftool.tasks.base import Options, Parts, Reading, Task, find_column
@@ -132,8 +132,8 @@ class CausalLM(Task):
             arch = models.check_tiny(spec, ("gpt2", "llama"), self.name)
             from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
-            texts = ([m["content"] for messages in train_ds["messages"] for m in messages]
-                     if "messages" in train_ds.column_names else column_values(train_ds, "text").to_pylist())
+            texts = ((m["content"] for messages in column_texts(train_ds, ["messages"]) for m in messages)
+                     if "messages" in train_ds.column_names else column_texts(train_ds, ["text"]))
             train = models.train_chat_tokenizer if arch == "llama" else models.train_byte_bpe
             tokenizer = models.tiny_tokenizer(run_dir, lambda: train(texts, cfg.model.tiny_vocab_size))
             if arch == "llama":

@@ -17,6 +17,7 @@ from hftool import models, vision
 from hftool.config import Option
 from hftool.data import images
 from hftool.data.columns import column_values
+from hftool.data.tables import column_texts
 from hftool.errors import HftoolError
 from hftool.generation import GenerativeModel, update_generation_config
 from hftool.outputs import atomic_path, check_output
@@ -234,7 +235,8 @@ class ImageCaptioning(Task):
                 raise HftoolError(f"model.config_overrides: an encoder-decoder takes {{encoder: {{...}}, decoder: "
                                   f"{{...}}}}, not '{sorted(unknown)[0]}'")
             encoder, image_processor = _encoder(cfg, m.encoder)
-            texts = [t for texts in train_ds["captions"] for t in texts] if train_ds is not None else []
+            texts = ((t for texts in column_texts(train_ds, ["captions"]) for t in texts)
+                     if train_ds is not None and len(train_ds) else None)
             decoder, tokenizer = _decoder(cfg, m.decoder, texts, run_dir)
             model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
         else:
@@ -468,14 +470,15 @@ def _encoder(cfg, spec: str):
     return model, models.load("image processor", AutoImageProcessor, spec, token)
 
 
-def _decoder(cfg, spec: str, texts: list[str], run_dir):
-    """A causal LM with cross-attention layers (new, randomly initialised) and its tokenizer."""
+def _decoder(cfg, spec: str, texts, run_dir):
+    """A causal LM with cross-attention layers (new, randomly initialised) and its tokenizer; a
+    tiny:gpt2 decoder's tokenizer is learned from `texts` (the training captions; None: none)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
     overrides = dict(cfg.model.config_overrides.get("decoder") or {})
     if models.tiny_arch(spec) is not None:
         models.check_tiny(spec, ("gpt2",), "model.decoder: image captioning")
-        if not texts and run_dir is None:
+        if texts is None and run_dir is None:
             raise HftoolError("tiny:gpt2 learns its tokenizer from the training captions; none were given")
         tokenizer = models.tiny_tokenizer(run_dir, lambda: models.train_byte_bpe(texts, cfg.model.tiny_vocab_size))
         return GPT2LMHeadModel(models.tiny_gpt2_config(tokenizer, overrides, add_cross_attention=True)), tokenizer

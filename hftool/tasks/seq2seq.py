@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hftool import models
 from hftool.config import DataConfig, EvalConfig
 from hftool.data.columns import column_values
-from hftool.data.tables import tokenize
+from hftool.data.tables import column_texts, tokenize
 from hftool.errors import HftoolError
 from hftool.generation import TEXT_GENERATION_OPTIONS, GenerativeModel, update_generation_config
 from hftool.tasks.base import Options, Parts, Reading, Task, find_column
@@ -169,8 +170,7 @@ class Seq2Seq(Task):
             from transformers import MBartForConditionalGeneration, T5ForConditionalGeneration
 
             tokenizer = models.tiny_tokenizer(run_dir, lambda: train_tokenizer(
-                [*column_values(train_ds, "source").to_pylist(), *column_values(train_ds, "target").to_pylist()],
-                cfg.model.tiny_vocab_size))
+                column_texts(train_ds, ["source", "target"]), cfg.model.tiny_vocab_size))
             if arch == "mbart":
                 model = MBartForConditionalGeneration(tiny_mbart_config(tokenizer, overrides))
             else:
@@ -358,7 +358,7 @@ def _from_translation(ds, source: str, source_lang: str | None, target_lang: str
     return columns
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 512):
+def train_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int = 512):
     """A byte-level BPE tokenizer with T5's special tokens (<pad> 0, </s> 1, <unk> 2) learned from
     `texts` (source and target: the model shares one vocabulary), for tiny:mbart and tiny:t5.
 

@@ -9,7 +9,7 @@ from hftool.config import DataConfig
 from hftool.data.checks import check_texts
 from hftool.data.columns import column_values, first_not_text
 from hftool.data.labels import LABEL_COLUMNS, TOP_K_OPTION, check_labelled, has_labels, label_ids, label_names, ranked, with_top_k
-from hftool.data.tables import tokenize
+from hftool.data.tables import column_texts, tokenize
 from hftool.errors import HftoolError
 from hftool.tasks.base import Options, Parts, Task, find_column
 
@@ -111,9 +111,9 @@ class TextClassification(Task):
         overrides = dict(cfg.model.config_overrides)
         if models.tiny_arch(spec) is not None:
             models.check_tiny(spec, ("bert",), self.name)
-            texts = [column_values(train_ds, c).to_pylist() for c in ("text", "text_pair") if c in train_ds.column_names]
+            columns = [c for c in ("text", "text_pair") if c in train_ds.column_names]
             tokenizer = models.tiny_tokenizer(run_dir, lambda: models.train_wordpiece(
-                [t for column in texts for t in column], cfg.model.tiny_vocab_size))
+                column_texts(train_ds, columns), cfg.model.tiny_vocab_size))
             from transformers import BertForSequenceClassification
 
             config = models.tiny_bert_config(tokenizer, overrides, **models.label_maps(labels))

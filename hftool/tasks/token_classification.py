@@ -21,7 +21,7 @@ from hftool import logs, models
 from hftool.config import DataConfig
 from hftool.data.columns import column_values
 from hftool.data.conll import TAG
-from hftool.data.tables import tokenize
+from hftool.data.tables import column_texts, tokenize
 from hftool.errors import HftoolError
 from hftool.tasks.base import Options, Parts, Task, find_column
 
@@ -315,7 +315,7 @@ class TokenClassification(Task):
         if models.tiny_arch(spec) is not None:
             models.check_tiny(spec, ("bert",), self.name)
             tokenizer = models.tiny_tokenizer(run_dir, lambda: models.train_wordpiece(
-                (" ".join(words) for words in train_ds["tokens"]), cfg.model.tiny_vocab_size))
+                (" ".join(words) for words in column_texts(train_ds, ["tokens"])), cfg.model.tiny_vocab_size))
             from transformers import BertForTokenClassification
 
             config = models.tiny_bert_config(tokenizer, overrides, **models.label_maps(labels))
