@@ -41,19 +41,16 @@ def column_values(ds, column: str):
     indices = ds._indices
     if indices is None:
         return ds.data.column(column)
-    import numpy as np
     import pyarrow as pa
 
-    from hftool.data.tables import _gather
+    from hftool.data.tables import _gather, stored_batches
 
     # Gathered batch by batch: Arrow's take would concatenate the whole stored column first, on
     # every call, which a reader calling this per part of a split (row_parts) pays per part.
-    selected = ds.data.table.select([column])
-    batches = selected.to_batches()
-    starts = np.cumsum([0] + [len(batch) for batch in batches])
+    batches, starts, schema = stored_batches(ds, [column])
     if not batches:
-        return pa.chunked_array([], selected.schema.field(0).type)
-    return _gather(batches, starts, indices.column(0).to_numpy(), selected.schema).column(0)
+        return pa.chunked_array([], schema.field(0).type)
+    return _gather(batches, starts, indices.column(0).to_numpy(), schema).column(0)
 
 
 def first_not_text(ds, column: str) -> int | None:

@@ -133,8 +133,7 @@ def _read_table(path: Path, encoding: str | None = None, txt_unit: str = "line")
     if is_coco(loaded):  # a COCO instances file: one row per image, its objects nested
         return read_coco(path, loaded.get("categories"), loaded.pop("images"), loaded.pop("annotations"))
     if isinstance(loaded, dict) and "images" in loaded and ("categories" in loaded or "info" in loaded):
-        raise HftoolError(f"{path}: a COCO file needs an \"annotations\" list beside \"images\" (use an "
-                          "empty list for images without objects)")
+        raise _no_annotations(path)
     records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
     if isinstance(records, dict):  # {"column": [values...]}
         return _columns_to_dataset(records, path)
@@ -186,9 +185,13 @@ def _streamed_coco(path: Path, encoding: str | None):
     except (ijson.JSONError, UnicodeDecodeError):
         return None
     if not annotations and not _mentions(path, b'"annotations"'):
-        raise HftoolError(f"{path}: a COCO file needs an \"annotations\" list beside \"images\" (use an "
-                          "empty list for images without objects)")
+        raise _no_annotations(path)
     return ds
+
+
+def _no_annotations(path: Path) -> HftoolError:
+    return HftoolError(f"{path}: a COCO file needs an \"annotations\" list beside \"images\" (use an empty list "
+                       "for images without objects)")
 
 
 def _mentions(path: Path, word: bytes) -> bool:
@@ -378,8 +381,7 @@ def load_source(spec: str, encoding: str | None = None, token: str | None = None
 
             return read_parallel(path, langs[0], langs[1], encoding)
         return read_folder(path, encoding, txt_unit, videos)
-    looks_like_file = path.suffix.lower() in FOLDER_EXTENSIONS or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec)
-    if looks_like_file:
+    if not is_hub_spec(spec):
         raise HftoolError(f"data file {spec} does not exist; check the path (or pass a hub dataset as name or name:config)")
     return _normalise_splits(load_hub(spec, token))
 

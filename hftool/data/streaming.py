@@ -194,7 +194,7 @@ def _source(cfg, task, token: str | None):
         features_of, name = splits["train"].features, describe(data.train, "train", False)
         chunks = lambda: _iterable_chunks(splits["train"], name)
         if "validation" in splits and not data.eval:
-            validation = _dataset(_first_rows_of(_iterable_chunks(splits["validation"], name), data.max_eval_samples),
+            validation = _dataset(_first_rows(_iterable_chunks(splits["validation"], name), data.max_eval_samples),
                                   splits["validation"].features)
             validation_name = describe(data.train, "validation", False)
     else:  # loaded as usual, then streamed from its (memory-mapped or in-memory) table
@@ -213,7 +213,7 @@ def _source(cfg, task, token: str | None):
     stream = Stream(cfg, task, chunks, features_of, skip=0)
     if validation is None:  # the first rows of the stream, which training skips
         held_out = data.max_eval_samples or HOLD_OUT
-        validation = _dataset(_first_rows(stream, held_out), features_of)
+        validation = _dataset(_first_rows(stream.chunks(), held_out), features_of)
         if len(validation) < held_out:
             raise HftoolError(f"{name} has {len(validation)} rows: too few to hold out {held_out} for validation and "
                               "train on the rest; pass --eval-data, or lower data.max_eval_samples")
@@ -346,13 +346,9 @@ def _iterable_chunks(rows, name: str):
         start += len(table)
 
 
-def _first_rows(stream: Stream, n: int):
-    """The first `n` rows of the stream as one Arrow table (fewer when it has fewer)."""
-    return _first_rows_of(stream.chunks(), n)
-
-
-def _first_rows_of(chunks, n: int | None):
-    """The first `n` rows (all of them: None) of `chunks` ((name, start, table) each) as one table."""
+def _first_rows(chunks, n: int | None):
+    """The first `n` rows (all of them: None) of `chunks` ((name, start, table) each) as one
+    Arrow table (fewer when there are fewer)."""
     import pyarrow as pa
 
     tables, held = [], 0

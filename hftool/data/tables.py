@@ -410,19 +410,28 @@ def column_parts(ds, columns: list[str], rows=None) -> Iterator[tuple[int, objec
     positions in `ds`), when given, replaces the rows `ds` lists, in that order."""
     import numpy as np
 
-    selected = ds.data.table.select(columns)  # the rows as stored
-    indices = ds._indices  # the split's mapping onto them (None: as stored)
+    indices = ds._indices  # the split's mapping onto the stored rows (None: as stored)
     if rows is None and indices is None:
+        selected = ds.data.table.select(columns)
         for start in range(0, len(ds), CHUNK_ROWS):
             yield start, selected.slice(start, CHUNK_ROWS)
         return
-    batches = selected.to_batches()  # zero-copy views of the file's record batches
-    starts = np.cumsum([0] + [len(batch) for batch in batches])
+    batches, starts, schema = stored_batches(ds, columns)
     for start in range(0, len(ds) if rows is None else len(rows), CHUNK_ROWS):
         wanted = np.arange(start, min(start + CHUNK_ROWS, len(ds))) if rows is None else rows[start:start + CHUNK_ROWS]
         if indices is not None:
             wanted = indices.column(0).take(wanted).to_numpy()
-        yield start, _gather(batches, starts, wanted, selected.schema)
+        yield start, _gather(batches, starts, wanted, schema)
+
+
+def stored_batches(ds, columns: list[str]) -> tuple[list, object, object]:
+    """(record batches, each batch's first row, schema) of `columns` as `ds` stores them (zero-copy
+    views of the file's batches): what `_gather` takes rows from."""
+    import numpy as np
+
+    selected = ds.data.table.select(columns)
+    batches = selected.to_batches()
+    return batches, np.cumsum([0] + [len(batch) for batch in batches]), selected.schema
 
 
 def first_seen_codes(values):

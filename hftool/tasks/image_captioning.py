@@ -207,7 +207,7 @@ class ImageCaptioning(Task):
             # of thousands of captions, each with its tokens, offsets and masks) would be the peak.
             for start, part in column_parts(ds, ["captions", "image"]):
                 pieces = [rows(start + offset, part.slice(offset, ENCODE_ROWS))
-                          for offset in range(0, max(part.num_rows, 1), ENCODE_ROWS)]
+                          for offset in range(0, part.num_rows, ENCODE_ROWS)]
                 yield pa.concat_tables(pieces).combine_chunks()
 
         # What the tokenizer does, not where it was loaded from: --resume and `evaluate` reuse the rows.
